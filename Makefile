@@ -1,0 +1,45 @@
+# edgelm: `make demo` runs the main job, `make test` runs the tests. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user
+STAMP := $(VENV)/.edgelm-setup
+
+.PHONY: setup apt demo test test-fast lint clean
+
+setup: $(STAMP)
+
+# Debian packages: the aarch64 cross-compiler and user-mode QEMU (the emulated boards).
+apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | apt
+	$(MAKE) apt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 is pinned in pyproject.toml: the CPU build, taken from this machine's disk.
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/edgelm export --model tiny --quant 8da4w --out out/demo/export
+	$(BIN)/edgelm inspect out/demo/export/model.pte
+
+test: setup
+	$(BIN)/python -m pytest -ra
+
+test-fast: setup
+	$(BIN)/python -m pytest -ra -m "not slow and not hil"
+
+lint: setup
+	$(BIN)/ruff check toolchain tests benchmarks
+	$(BIN)/mypy
+
+clean:
+	rm -rf out build .pytest_cache

@@ -1,0 +1,210 @@
+"""torch.export -> ExecuTorch edge dialect -> backend delegate -> ``.pte`` bytes.
+
+Backends sit in a small registry (name -> partitioner factory), listable from the CLI. The
+program exported here has one method, ``forward(tokens [1,T], input_pos [1]) -> logits [1,V]``,
+with T dynamic in [1, max_seq_len], and carries its state (KV caches, conv states) as mutable
+buffers. No ``llama::`` custom ops are used: the runtime libraries in the executorch wheel do
+not carry them.
+
+Lowering never degrades silently: :func:`delegation_report` lists, per decoder layer, which
+operators the backend took and which stayed on the portable CPU kernels, with the reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from toolchain import logs
+from toolchain.errors import UsageError
+from toolchain.model.lfm2 import Lfm2Model
+
+log = logging.getLogger(__name__)
+logs.quiet_torch()
+
+METHOD = "forward"
+STATE_BUFFERS = ("k_cache", "v_cache", "conv_state")
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    make_partitioners: Callable[[], list[Any]]
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> None:
+    if backend.name in _BACKENDS:
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    _BACKENDS[backend.name] = backend
+
+
+def backends() -> dict[str, Backend]:
+    return dict(_BACKENDS)
+
+
+def get_backend(name: str) -> Backend:
+    if name not in _BACKENDS:
+        raise UsageError(f"unknown backend {name!r}; known: {', '.join(sorted(_BACKENDS))}")
+    return _BACKENDS[name]
+
+
+def _xnnpack() -> list[Any]:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+    return [XnnpackPartitioner()]
+
+
+register_backend(Backend("xnnpack", "XNNPACK delegate: Arm Cortex-A (NEON, dotprod, i8mm) and x86 CPUs", _xnnpack))
+
+# Why an operator that stays outside the delegate does so (shown in the manifest).
+_WHY_NOT_DELEGATED = {
+    "quantized_decomposed.embedding_byte.dtype": "quantized embedding gather: runs on ExecuTorch's "
+                                                 "quantized kernels",
+    "quantized_decomposed.embedding_4bit.dtype": "quantized embedding gather: runs on ExecuTorch's "
+                                                 "quantized kernels",
+    "aten.embedding.default": "embedding gather: not an XNNPACK operator",
+    "aten.index_select.default": "rotary table lookup by position: not an XNNPACK operator",
+    "aten.arange.start_step": "position/mask construction from input_pos",
+    "aten.where.self": "attention mask construction",
+    "aten.le.Tensor": "attention mask construction",
+    "aten.gt.Scalar": "new-sequence flag from input_pos",
+    "aten._to_copy.default": "dtype cast of a flag or index",
+}
+
+
+def example_inputs(seq_len: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros((1, seq_len), dtype=torch.long), torch.zeros((1,), dtype=torch.long)
+
+
+def export(model: Lfm2Model) -> torch.export.ExportedProgram:
+    """``torch.export`` with a dynamic token dimension, gradients off."""
+    seq = torch.export.Dim("seq", min=1, max=model.max_seq_len)
+    with torch.no_grad():
+        return torch.export.export(model, example_inputs(), dynamic_shapes=({1: seq}, None), strict=False)
+
+
+def lower(exported: torch.export.ExportedProgram, backend: str = "xnnpack"):
+    """Partition and lower to the backend; returns the EdgeProgramManager."""
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
+
+    parts = get_backend(backend).make_partitioners()
+    return to_edge_transform_and_lower(exported, partitioner=parts,
+                                       compile_config=EdgeCompileConfig(_check_ir_validity=False))
+
+
+def to_program_bytes(edge) -> bytes:
+    from executorch.exir import ExecutorchBackendConfig
+    from executorch.exir.passes import MemoryPlanningPass
+    from executorch.exir.passes.init_mutable_pass import InitializedMutableBufferPass
+
+    # The state buffers start as zeros in the program itself: a planned arena is uninitialized
+    # memory, and 0 * NaN from a masked-out cache row would poison the first token.
+    et = edge.to_executorch(ExecutorchBackendConfig(
+        passes=[InitializedMutableBufferPass(list(STATE_BUFFERS))],
+        extract_delegate_segments=True,
+        memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
+    ))
+    return et.buffer
+
+
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
+
+
+def _op_name(target: Any) -> str:
+    """'aten.index_put.default' for an (edge) operator; the bare name for a Python callable."""
+    op = getattr(target, "_op", target)  # an EdgeOpOverload wraps the aten OpOverload
+    if hasattr(op, "_schema"):
+        return str(op)
+    return getattr(target, "__name__", str(target))
+
+
+def _layer_of(node: torch.fx.Node) -> int | None:
+    stack = node.meta.get("nn_module_stack") or {}
+    for path, _ in reversed(list(stack.values())):
+        m = _LAYER_RE.search(str(path))
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _is_compute(node: torch.fx.Node) -> bool:
+    """An operator on tensors (not symbolic-size arithmetic such as operator.mul or getitem)."""
+    if node.op != "call_function":
+        return False
+    return hasattr(node.target, "_schema") or _op_name(node.target) == "executorch_call_delegate"
+
+
+# Operators a decoder layer may leave outside the delegate without anything being computed there:
+# writes of the program's state, and views (the emitter turns view_copy into an alias).
+_LAYER_STATE_OPS = {
+    "aten.index_put.default": "KV-cache write at input_pos (mutable buffer)",
+    "aten.index_copy.default": "KV-cache write at input_pos (mutable buffer)",
+    "aten.slice_copy.Tensor": "conv state: keep the last conv_L_cache-1 inputs (mutable buffer)",
+}
+_VIEW_OPS = {"aten.view_copy.default", "aten.unsqueeze_copy.default", "aten.squeeze_copy.dims",
+             "aten.squeeze_copy.dim", "aten.alias_copy.default"}
+
+
+def delegation_report(edge, backend: str, layer_types: tuple[str, ...]) -> dict[str, Any]:
+    """Counts of delegated and non-delegated operators, overall and per decoder layer."""
+    gm = edge.exported_program().graph_module
+    delegated: collections.Counter[str] = collections.Counter()
+    outside: collections.Counter[str] = collections.Counter()
+    per_layer: dict[int, dict[str, collections.Counter[str]]] = {
+        i: {"delegated": collections.Counter(), "outside": collections.Counter()} for i in range(len(layer_types))}
+    n_delegates = 0
+    for node in gm.graph.nodes:
+        if not _is_compute(node):
+            continue
+        name = _op_name(node.target)
+        if name == "executorch_call_delegate":
+            n_delegates += 1
+            lowered = getattr(gm, node.args[0].target)
+            for inner in lowered.original_module.graph.nodes:
+                if _is_compute(inner):
+                    inner_name = _op_name(inner.target)
+                    delegated[inner_name] += 1
+                    layer = _layer_of(inner)
+                    if layer is not None:
+                        per_layer[layer]["delegated"][inner_name] += 1
+            continue
+        if name == "aten.sym_size.int":
+            continue
+        outside[name] += 1
+        layer = _layer_of(node)
+        if layer is not None:
+            per_layer[layer]["outside"][name] += 1
+    layers = []
+    for i, kind in enumerate(layer_types):
+        out = per_layer[i]["outside"]
+        unexplained = sorted(op for op in out if op not in _LAYER_STATE_OPS and op not in _VIEW_OPS)
+        layers.append({
+            "layer": i, "type": kind,
+            "delegated_ops": sum(per_layer[i]["delegated"].values()),
+            "non_delegated": dict(sorted(out.items())),
+            "compute_fully_delegated": not unexplained,
+            "not_delegated_compute": unexplained,
+        })
+    return {
+        "backend": backend,
+        "delegate_calls": n_delegates,
+        "delegated_ops": dict(sorted(delegated.items())),
+        "delegated_total": sum(delegated.values()),
+        "non_delegated_ops": {op: {"count": n, "why": _WHY_NOT_DELEGATED.get(op) or _LAYER_STATE_OPS.get(op) or (
+                                   "view (aliased by the emitter, no copy)" if op in _VIEW_OPS
+                                   else "not supported by the backend's partitioner")}
+                              for op, n in sorted(outside.items())},
+        "non_delegated_total": sum(outside.values()),
+        "layers": layers,
+        "decoder_layers_fully_delegated": all(x["compute_fully_delegated"] for x in layers),
+    }

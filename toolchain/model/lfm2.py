@@ -1,0 +1,258 @@
+"""An export-ready LFM2 / LFM2.5 decoder, written for ``torch.export`` and ExecuTorch.
+
+Shapes (batch is always 1 on a board):
+
+    tokens     int64 [1, T]          T in [1, max_seq_len]: a prefill chunk or one decode token
+    input_pos  int64 [1]             position of tokens[0, 0] in the sequence
+    logits     float [1, V]          next-token logits at the last position (``all_logits=False``)
+               float [1, T, V]       at every position (``all_logits=True``, for tests and reference)
+
+State lives in the program as mutable buffers, updated in place on every call:
+
+    k_cache, v_cache   [1, n_kv_heads, max_seq_len, head_dim]   per attention layer, written at
+                                                                 input_pos .. input_pos+T-1
+    conv_state         [1, hidden, conv_L_cache - 1]            per conv layer: the last inputs
+                                                                 of the depthwise causal conv
+
+A call with ``input_pos == 0`` starts a new sequence: the conv states are zeroed by arithmetic
+(no control flow) and cache slots past the current position are masked out, so resetting for a
+new prompt needs no reload and no extra method. Parameter names follow the Hugging Face
+checkpoint layout (``model.layers.N.conv.in_proj.weight`` ...), so a state dict loads directly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from toolchain.model.config import LAYER_ATTENTION, Lfm2Config
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight over the last dimension.
+
+    The mean is taken over the last two dims of a 4-D view [1, N, dim, 1]: that is the form of
+    mean XNNPACK delegates, so the norm stays inside the delegate instead of falling back to the
+    portable kernels between two delegated blocks.
+    """
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+        self.dim = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        sq = (x32 * x32).reshape(1, -1, self.dim, 1)
+        ms = sq.mean(dim=(-2, -1), keepdim=True).reshape(*x.shape[:-1], 1)
+        return self.weight * (x32 * torch.rsqrt(ms + self.eps)).to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, hidden: int, ff_dim: int):
+        super().__init__()
+        self.w1 = nn.Linear(hidden, ff_dim, bias=False)
+        self.w3 = nn.Linear(hidden, ff_dim, bias=False)
+        self.w2 = nn.Linear(ff_dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class ShortConv(nn.Module):
+    """Gated short convolution: (B, C, x) = in_proj(u); y = C * causal_conv(B * x); out_proj(y).
+
+    The checkpoint's ``in_proj`` [3h, h] is held as three [h, h] projections (split on load), so
+    no runtime split of a dynamic-length tensor is needed and each GEMM is delegated on its own.
+    """
+
+    def __init__(self, cfg: Lfm2Config):
+        super().__init__()
+        h, L = cfg.hidden_size, cfg.conv_L_cache
+        self.hidden = h
+        self.L = L
+        self.B_proj = nn.Linear(h, h, bias=cfg.conv_bias)
+        self.C_proj = nn.Linear(h, h, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(h, h, bias=cfg.conv_bias)
+        # Same parameter shape as the checkpoint's nn.Conv1d(h, h, L, groups=h): weight [h, 1, L].
+        self.conv = nn.Conv1d(h, h, kernel_size=L, groups=h, bias=cfg.conv_bias, padding=0)
+        self.out_proj = nn.Linear(h, h, bias=cfg.conv_bias)
+        self.register_buffer("conv_state", torch.zeros(1, h, L - 1), persistent=False)
+        self._register_load_state_dict_pre_hook(self._split_in_proj)
+
+    @staticmethod
+    def _split_in_proj(state_dict, prefix, *args, **kwargs) -> None:
+        for suffix in ("weight", "bias"):
+            key = f"{prefix}in_proj.{suffix}"
+            if key in state_dict:
+                b, c, x = state_dict.pop(key).chunk(3, dim=0)
+                state_dict[f"{prefix}B_proj.{suffix}"] = b
+                state_dict[f"{prefix}C_proj.{suffix}"] = c
+                state_dict[f"{prefix}x_proj.{suffix}"] = x
+
+    def forward(self, u: torch.Tensor, keep_state: torch.Tensor) -> torch.Tensor:
+        bx = (self.B_proj(u) * self.x_proj(u)).transpose(-1, -2)  # [1, h, T]
+        window = torch.cat([self.conv_state * keep_state, bx], dim=-1)  # [1, h, L-1+T]
+        self.conv_state.copy_(window[:, :, -(self.L - 1):])
+        conv_out = self.conv(window).transpose(-1, -2)  # no padding: [1, T, h]
+        return self.out_proj(self.C_proj(u) * conv_out)
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with q/k RMSNorm, RoPE and a fixed-size KV cache."""
+
+    def __init__(self, cfg: Lfm2Config, max_seq_len: int):
+        super().__init__()
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv = cfg.num_key_value_heads
+        self.head_dim = cfg.head_dim
+        self.n_rep = self.n_heads // self.n_kv
+        self.scale = self.head_dim ** -0.5
+        h = cfg.hidden_size
+        self.q_proj = nn.Linear(h, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(h, self.n_kv * self.head_dim, bias=False)
+        self.out_proj = nn.Linear(self.n_heads * self.head_dim, h, bias=False)
+        self.q_layernorm = RMSNorm(self.head_dim, cfg.norm_eps)
+        self.k_layernorm = RMSNorm(self.head_dim, cfg.norm_eps)
+        half = self.head_dim // 2
+        rot = torch.zeros(self.head_dim, self.head_dim)  # F.linear(x, rot) == cat(-x[half:], x[:half])
+        rot[torch.arange(half), torch.arange(half) + half] = -1.0
+        rot[torch.arange(half) + half, torch.arange(half)] = 1.0
+        self.register_buffer("rotate_half", rot, persistent=False)
+        cache = (self.n_kv, max_seq_len, self.head_dim)
+        self.register_buffer("k_cache", torch.zeros(cache), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(cache), persistent=False)
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        # rotate_half(x) = cat(-x2, x1) as a product with a constant signed permutation: exact
+        # (one non-zero term per output) and a GEMM XNNPACK delegates, where slicing a
+        # dynamic-length tensor would fall back to the portable kernels.
+        return x * cos + F.linear(x, self.rotate_half) * sin
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, group_mask: torch.Tensor,
+                positions: torch.Tensor) -> torch.Tensor:
+        """``group_mask`` [n_rep*T, S]: the causal mask tiled once per query head of a KV group."""
+        T = x.shape[1]
+        # RoPE in [1, T, heads, D] layout (cos, sin: [T, 1, D]), then heads-major for the cache.
+        q = self._rope(self.q_layernorm(self.q_proj(x).view(1, T, self.n_heads, self.head_dim)), cos, sin)
+        k = self._rope(self.k_layernorm(self.k_proj(x).view(1, T, self.n_kv, self.head_dim)), cos, sin)
+        v = self.v_proj(x).view(1, T, self.n_kv, self.head_dim)
+        self.k_cache.index_copy_(1, positions, k.view(T, self.n_kv, self.head_dim).transpose(0, 1))
+        self.v_cache.index_copy_(1, positions, v.view(T, self.n_kv, self.head_dim).transpose(0, 1))
+        # The n_rep query heads sharing a KV head are stacked along the rows, so every KV head is
+        # read from the cache as is (no repeat_interleave copy of the cache per step).
+        qg = q.view(T, self.n_heads, self.head_dim).transpose(0, 1).contiguous()
+        qg = qg.view(self.n_kv, self.n_rep * T, self.head_dim)
+        scores = torch.bmm(qg, self.k_cache.transpose(1, 2)) * self.scale  # [n_kv, n_rep*T, S]
+        probs = torch.softmax(scores + group_mask, dim=-1)
+        out = torch.bmm(probs, self.v_cache)  # [n_kv, n_rep*T, D]
+        out = out.view(self.n_kv, self.n_rep, T, self.head_dim).permute(2, 0, 1, 3)
+        out = out.reshape(1, T, self.n_heads * self.head_dim)
+        return self.out_proj(out)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: Lfm2Config, kind: str, max_seq_len: int):
+        super().__init__()
+        self.is_attention = kind == LAYER_ATTENTION
+        if self.is_attention:
+            self.self_attn = Attention(cfg, max_seq_len)
+        else:
+            self.conv = ShortConv(cfg)
+        self.feed_forward = FeedForward(cfg.hidden_size, cfg.ff_dim)
+        self.operator_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                positions: torch.Tensor, keep_state: torch.Tensor) -> torch.Tensor:
+        if self.is_attention:
+            h = self.self_attn(self.operator_norm(x), cos, sin, mask, positions)
+        else:
+            h = self.conv(self.operator_norm(x), keep_state)
+        x = x + h
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: Lfm2Config, max_seq_len: int):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, kind, max_seq_len) for kind in cfg.layer_types)
+        self.embedding_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+
+
+class Lfm2Model(nn.Module):
+    """The whole decoder: ``forward(tokens [1,T], input_pos [1]) -> logits``."""
+
+    def __init__(self, cfg: Lfm2Config, max_seq_len: int = 512, all_logits: bool = False):
+        super().__init__()
+        if max_seq_len < 2:
+            raise ValueError(f"max_seq_len={max_seq_len} must be at least 2")
+        self.config = cfg
+        self.max_seq_len = max_seq_len
+        self.n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
+        self.all_logits = all_logits
+        self.model = Backbone(cfg, max_seq_len)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32)
+                                             / cfg.head_dim))
+        freqs = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        self.register_buffer("rope_cos", emb.cos(), persistent=False)  # [S, head_dim]
+        self.register_buffer("rope_sin", emb.sin(), persistent=False)
+
+    @property
+    def is_tied(self) -> bool:
+        return self.lm_head.weight is self.model.embed_tokens.weight
+
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        T = tokens.shape[1]
+        positions = input_pos + torch.arange(T, dtype=torch.long)  # [T]
+        cos = self.rope_cos.index_select(0, positions).unsqueeze(1)  # [T, 1, head_dim]
+        sin = self.rope_sin.index_select(0, positions).unsqueeze(1)
+        key_pos = torch.arange(self.max_seq_len, dtype=torch.long)
+        allowed = key_pos.unsqueeze(0) <= positions.unsqueeze(1)  # [T, S]
+        mask = torch.where(allowed, 0.0, float("-inf"))
+        group_mask = mask.repeat(self.n_rep, 1)  # [n_rep*T, S], shared by all attention layers
+        keep_state = (input_pos > 0).to(torch.float32)  # [1]: 0 starts a new sequence
+        x = self.model.embed_tokens(tokens)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, group_mask, positions, keep_state)
+        if not self.all_logits:
+            x = x[:, -1, :]
+        return self.lm_head(self.model.embedding_norm(x))
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Fresh zero state (eager use; the exported program resets at input_pos == 0).
+
+        The buffers are replaced rather than zeroed in place, so a graph still holding the old
+        ones (training accumulates several sequences before backward) stays valid.
+        """
+        for module in self.modules():
+            for name in ("k_cache", "v_cache", "conv_state"):
+                if name in module._buffers:
+                    module._buffers[name] = torch.zeros_like(module._buffers[name])
+
+
+def build_model(cfg: Lfm2Config, max_seq_len: int = 512, all_logits: bool = False,
+                seed: int | None = None, init_std: float = 0.02) -> Lfm2Model:
+    """A model with random weights (normal(0, init_std), norms at 1), seeded for reproducibility."""
+    gen = torch.Generator().manual_seed(seed if seed is not None else 0)
+    model = Lfm2Model(cfg, max_seq_len=max_seq_len, all_logits=all_logits)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * init_std)
+    return model.eval()

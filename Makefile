@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := g++-aarch64-linux-gnu qemu-user
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake
 STAMP := $(VENV)/.edgelm-setup
 
 .PHONY: setup apt demo test test-fast lint clean
@@ -27,9 +27,10 @@ $(STAMP): pyproject.toml | apt
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The main job: export the tiny model, build the firmware for a Raspberry Pi 5, run it on an
+# emulated Pi 5 (qemu-aarch64 -cpu cortex-a76), stream the tokens over a serial link, validate.
 demo: setup
-	$(BIN)/edgelm export --model tiny --quant 8da4w --out out/demo/export
-	$(BIN)/edgelm inspect out/demo/export/model.pte
+	$(BIN)/edgelm run --board rpi5 --target qemu --model tiny
 
 test: setup
 	$(BIN)/python -m pytest -ra

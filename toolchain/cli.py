@@ -93,6 +93,11 @@ class StepProgress:
             self._progress.update(self._task, completed=1, total=1)
             self._progress.stop_task(self._task)
 
+    def pause(self) -> None:
+        """Stop redrawing (the steps so far stay on screen), e.g. before streaming text below them."""
+        self._finish()
+        self._progress.stop()
+
     def __call__(self, step: str, detail: str) -> None:
         self._finish()
         self._task = self._progress.add_task(detail, step=step, total=None)
@@ -192,6 +197,169 @@ def backends(as_json: bool) -> None:
         return
     for b in items:
         console.print(f"[bold]{b['name']:<10}[/] {b['description']}")
+
+
+@main.command("boards")
+@click.option("--json", "as_json", is_flag=True)
+@command
+def boards_cmd(as_json: bool) -> None:
+    """List the board profiles (boards/*.toml)."""
+    from toolchain import boards
+    from toolchain.deploy import registry
+
+    items = [b.to_dict() | {"default_target": registry.default_for(b)} for b in boards.load_registry().all()]
+    if as_json:
+        emit_json(items)
+        return
+    table = Table("board", "cpu", "cores", "RAM", "glibc", "serial", "target", "description")
+    for b in items:
+        table.add_row(b["name"], " ".join(b["cpu_flags"]), str(b["cores"]), f"{b['ram_mb']} MB", b["glibc"],
+                      f"{b['serial_device']} @ {b['baud']}", b["default_target"], b["description"])
+    console.print(table)
+
+
+@main.command()
+@click.option("--board", "-b", required=True, help="Board profile (see `edgelm boards`).")
+@click.option("--pte", type=click.Path(path_type=Path), required=True, help="Program from `edgelm export`.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Build folder.")
+@click.option("--sanitize", is_flag=True, help="Build with ASan/UBSan (host board only).")
+@click.option("--sdk-wheel", type=click.Path(path_type=Path), default=None,
+              help="A local executorch wheel for the board's platform (offline builds).")
+@click.option("--json", "as_json", is_flag=True)
+@command
+def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | None, as_json: bool) -> None:
+    """Render and cross-compile the runner firmware for a board; assemble the bundle."""
+    from toolchain import api
+
+    with StepProgress(enabled=not as_json) as progress:
+        bundle = api.build_firmware(board, pte, out, sanitize=sanitize, sdk_wheel=sdk_wheel, progress=progress)
+    if as_json:
+        emit_json({"bundle": str(bundle.root)} | bundle.info)
+        return
+    console.print(f"[green]built[/] {bundle.root} for {bundle.board}: {len(bundle.files)} files, "
+                  f"{bundle.info['size_bytes'] / 1e6:.1f} MB, needs glibc {bundle.info['glibc_required']} "
+                  f"(board has {bundle.info['glibc_board']})")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--target", "-t", default=None, help="qemu | local (default: by the board's architecture).")
+@click.option("--no-start", is_flag=True, help="Deploy only; do not start the runner.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@command
+def flash(bundle: Path, target: str | None, no_start: bool, workdir: Path, as_json: bool) -> None:
+    """Deploy a bundle to a target (hash-verified) and start its runner in the background."""
+    from toolchain import api
+
+    with StepProgress(enabled=not as_json) as progress:
+        result = api.flash(bundle, target, workdir, start=not no_start, progress=progress)
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"[green]flashed[/] {result['release']} to {result['target']}:{result['board']} "
+                  "(hashes verified)")
+    if "port" in result:
+        console.print(f"runner started; serial link at {result['port']} "
+                      f"(`edgelm monitor --port {result['port']}`)")
+
+
+@main.command()
+@click.option("--board", "-b", required=True)
+@click.option("--target", "-t", default=None)
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@command
+def stop(board: str, target: str | None, workdir: Path, as_json: bool) -> None:
+    """Stop the runner a `flash` started."""
+    from toolchain import api
+
+    api.stop(board, target, workdir)
+    if as_json:
+        emit_json({"board": board, "stopped": True})
+    else:
+        console.print(f"stopped the runner on {board}")
+
+
+@main.command()
+@click.option("--port", "-p", default=None, help="Serial port (default: the link of the runner `flash` started).")
+@click.option("--board", "-b", default=None, help="Board whose running runner to attach to.")
+@click.option("--target", "-t", default=None)
+@click.option("--baud", type=int, default=921600, show_default=True)
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="How long to listen.")
+@click.option("--prompt-ids", default=None, help="Send a greedy request for these comma-separated token ids.")
+@click.option("--tokens", type=int, default=16, show_default=True, help="New tokens for --prompt-ids.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per frame.")
+@command
+def monitor(port: str | None, board: str | None, target: str | None, baud: int, seconds: float,
+            prompt_ids: str | None, tokens: int, workdir: Path, as_json: bool) -> None:
+    """Attach to a board's serial link and print the frames it sends."""
+    from toolchain import api
+
+    for event in api.monitor(port=port, board=board, target=target, baud=baud, seconds=seconds,
+                             prompt_ids=prompt_ids, tokens=tokens, workdir=workdir):
+        if as_json:
+            click.echo(json.dumps(event, default=str))
+        else:
+            console.print(f"[dim]{event['seq'] if event.get('seq') is not None else '-':>6}[/] "
+                          f"[bold]{event['type']:<7}[/] {escape(str(event.get('message', '')))}")
+
+
+@main.command()
+@click.option("--board", "-b", default="rpi5", show_default=True)
+@click.option("--model", "-m", default="tiny", show_default=True)
+@click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w"]), default=None,
+              help="[default: the board's default_quant]")
+@click.option("--prompt", default="Once upon a time", show_default=True)
+@click.option("--tokens", "-n", type=int, default=64, show_default=True, help="New tokens to generate.")
+@click.option("--target", "-t", default=None, help="qemu | local (default: by the board's architecture).")
+@click.option("--max-seq-len", type=int, default=512, show_default=True)
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ignore-eos", is_flag=True, help="Generate exactly --tokens tokens.")
+@click.option("--threads", type=int, default=None, help="Runner threads [default: the board's].")
+@click.option("--tolerance", type=float, default=None, help="Logit tolerance for near-ties.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@command
+def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
+        temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, threads: int | None,
+        tolerance: float | None, workdir: Path, as_json: bool) -> None:
+    """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
+    from toolchain import api
+    from toolchain.errors import ValidationFailed
+    from toolchain.validate import report as report_mod
+
+    req = api.RunRequest(board=board, model=model, prompt=prompt, tokens=tokens, quant=quant, target=target,
+                         max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                         ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir)
+    streamed: list[str] = []
+
+    def on_text(piece: str) -> None:
+        streamed.append(piece)
+        if not as_json and piece:
+            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+
+    with StepProgress(enabled=not as_json) as progress:
+        def step(name: str, detail: str) -> None:
+            progress(name, detail)
+            if name == "stream" and not as_json:
+                progress.pause()  # the text streams below the steps
+                console.print(f"[bold]{escape(prompt)}[/]", end="")
+
+        result = api.run_job(req, progress=step, on_text=on_text)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print()
+        report_mod.render(result, console)
+    if result["validation"]["verdict"] != "PASS":
+        if as_json:
+            sys.exit(ValidationFailed.exit_code)
+        raise ValidationFailed(f"validation failed: {result['validation']['reason']}")
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from pathlib import Path
 
 import torch
 
 from toolchain.model.config import PRESET_INIT_STD, PRESET_SEEDS, PRESETS
 from toolchain.model.lfm2 import Lfm2Model, build_model
 from toolchain.model.tokenizer import ByteTokenizer
+from toolchain.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ TRAIN_STEPS = 400
 TRAIN_SEQ = 64
 TRAIN_BATCH = 16
 TRAIN_LR = 3e-3
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGELM_CACHE", Path.home() / ".cache" / "edgelm"))
 
 
 def _tiny_key() -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -14,6 +19,25 @@ log = logging.getLogger(__name__)
 logs.quiet_torch()
 
 
+@contextlib.contextmanager
+def native_stderr_to_log(what: str) -> Iterator[None]:
+    """The ExecuTorch runtime logs from C++ straight to fd 2 (CPU probing chatter on first use).
+    Route that to our log (INFO), so a command's stderr carries only what edgelm means to say."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            for line in tmp.read().decode(errors="replace").splitlines():
+                log.info("executorch runtime (%s): %s", what, line)
+
+
 class ProgramRunner:
     """One loaded method with its state: ``step(tokens, pos)`` returns the next-token logits [V]."""
 
@@ -23,8 +47,10 @@ class ProgramRunner:
 
         runtime = Runtime.get()
         try:
-            program = runtime.load_program(pte if isinstance(pte, bytes) else str(pte))
-            self._method = program.load_method("forward")
+            with native_stderr_to_log("load"):
+                program = runtime.load_program(pte if isinstance(pte, bytes) else str(pte))
+                self._method = program.load_method("forward")
+                self._warm = False
         except (RuntimeError, ValueError) as exc:
             raise InputError(f"cannot load {pte if not isinstance(pte, bytes) else 'program'}: {exc}") from None
         meta = self._method.metadata
@@ -34,5 +60,11 @@ class ProgramRunner:
     def step(self, tokens: list[int], pos: int) -> torch.Tensor:
         if not tokens or pos < 0 or pos + len(tokens) > self.max_seq_len:
             raise ValueError(f"positions {pos}..{pos + len(tokens)} outside [0, {self.max_seq_len})")
-        out = self._method.execute([torch.tensor([tokens], dtype=torch.long), torch.tensor([pos], dtype=torch.long)])
+        inputs = [torch.tensor([tokens], dtype=torch.long), torch.tensor([pos], dtype=torch.long)]
+        if not self._warm:  # the thread pool starts (and probes the CPU) on the first call
+            with native_stderr_to_log("first call"):
+                out = self._method.execute(inputs)
+            self._warm = True
+        else:
+            out = self._method.execute(inputs)
         return out[0].reshape(-1)

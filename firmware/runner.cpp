@@ -1,0 +1,700 @@
+// runner.cpp - edgelm board runner: serves one ExecuTorch LLM program over a serial link
+// (docs/protocol.md).
+//
+//   runner --model PATH [--serial DEV] [--baud N] [--threads N] [--verbose]
+//
+// Loads the .pte, opens the tty, sends HELLO, then answers REQUEST frames with TOKEN
+// frames and a STATS frame until QUIT. Defaults come from board_config.h.
+// Exit status: 0 QUIT, 2 usage, 3 model cannot be loaded, 4 serial device cannot be
+// opened, 6 link lost (end of file or I/O error on the tty).
+
+#include <executorch/extension/data_loader/mmap_data_loader.h>
+#include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
+#include <executorch/runtime/core/evalue.h>
+#include <executorch/runtime/core/exec_aten/exec_aten.h>
+#include <executorch/runtime/core/hierarchical_allocator.h>
+#include <executorch/runtime/core/memory_allocator.h>
+#include <executorch/runtime/executor/memory_manager.h>
+#include <executorch/runtime/executor/method.h>
+#include <executorch/runtime/executor/method_meta.h>
+#include <executorch/runtime/executor/program.h>
+#include <executorch/runtime/platform/platform.h>
+#include <executorch/runtime/platform/runtime.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <csignal>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <vector>
+
+#include <sys/resource.h>
+
+#include "board_config.h"
+#include "frame.h"
+#include "protocol.h"
+#include "sampler.h"
+#include "serial.h"
+#include "sha256.h"
+
+// threadpool.h is not shipped in the wheel, but libexecutorch_threadpool.so exports
+// these. Itanium mangling of non-template functions does not encode the return type,
+// so this minimal redeclaration links against the real definitions.
+namespace executorch::extension::threadpool {
+class ThreadPool final {
+ public:
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+  size_t get_thread_count() const;
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+using executorch::aten::ScalarType;
+using executorch::aten::Tensor;
+using executorch::aten::TensorImpl;
+using executorch::extension::MallocMemoryAllocator;
+using executorch::extension::MmapDataLoader;
+using executorch::runtime::Error;
+using executorch::runtime::EValue;
+using executorch::runtime::HierarchicalAllocator;
+using executorch::runtime::MemoryManager;
+using executorch::runtime::Method;
+using executorch::runtime::MethodMeta;
+using executorch::runtime::Program;
+using executorch::runtime::Result;
+using executorch::runtime::Span;
+
+namespace {
+
+// Exit statuses (the host maps these to messages).
+constexpr int EXIT_OK = 0;
+constexpr int EXIT_USAGE = 2;
+constexpr int EXIT_MODEL = 3;
+constexpr int EXIT_SERIAL = 4;
+constexpr int EXIT_LINK_LOST = 6;
+
+constexpr const char* METHOD_NAME = "forward";
+
+// ----------------------------------------------------------------------------
+// Logging: one line per event on stderr, "edgelm-runner: ..."
+
+bool g_verbose = false;
+// While the model loads, ExecuTorch's own warnings and errors are held back (the last one)
+// so that a load failure is reported as one line that includes it.
+bool g_pal_hold = false;
+char g_pal_held[256] = "";
+
+__attribute__((format(printf, 1, 2))) void log_line(const char* fmt, ...) {
+  char line[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "edgelm-runner: %s\n", line);
+}
+
+// ExecuTorch PAL log hook: Debug/Info only with --verbose (the threadpool's cpuinfo
+// chatter, for one); warnings and errors always, as one of our lines.
+void pal_log(et_timestamp_t, et_pal_log_level_t level, const char* filename, const char*,
+             size_t line, const char* message, size_t length) {
+  if (!g_verbose && (level == kDebug || level == kInfo)) return;
+  while (length > 0 && (message[length - 1] == '\n' || message[length - 1] == '\r')) length--;
+  if (g_pal_hold && !g_verbose) {
+    std::snprintf(g_pal_held, sizeof g_pal_held, "%.*s", (int)length, message);
+    return;
+  }
+  const char* base = std::strrchr(filename, '/');
+  std::fprintf(stderr, "edgelm-runner: [executorch %c %s:%zu] %.*s\n", (char)level,
+               base ? base + 1 : filename, line, (int)length, message);
+}
+
+// ----------------------------------------------------------------------------
+// Clock
+
+uint64_t now_us() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+// Peak resident set size of this program, kilobytes. getrusage's ru_maxrss survives
+// execve(), so a runner started by a large parent (a Python host with torch loaded)
+// would report the parent's size: VmHWM from /proc/self/status is used where it exists.
+uint64_t peak_rss_kb() {
+  FILE* f = std::fopen("/proc/self/status", "r");
+  if (f) {
+    char line[256];
+    unsigned long long kb = 0;
+    bool found = false;
+    while (!found && std::fgets(line, sizeof line, f))
+      found = std::sscanf(line, "VmHWM: %llu kB", &kb) == 1;
+    std::fclose(f);
+    if (found) return kb;
+  }
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+  return ru.ru_maxrss > 0 ? (uint64_t)ru.ru_maxrss : 0;  // kilobytes on Linux
+}
+
+// ----------------------------------------------------------------------------
+// Options
+
+struct Options {
+  const char* model = nullptr;                  // .pte path
+  const char* serial = EDGELM_SERIAL_DEVICE;    // tty path
+  long baud = EDGELM_BAUD;                      // bits per second
+  long threads = EDGELM_THREADS;                // 0 = ExecuTorch's default
+  bool verbose = false;
+};
+
+void print_usage(FILE* f) {
+  std::fprintf(f,
+               "usage: runner --model PATH [--serial DEV] [--baud N] [--threads N] [--verbose]\n"
+               "  --model PATH   ExecuTorch program (.pte) to serve\n"
+               "  --serial DEV   serial device (default %s)\n"
+               "  --baud N       bits per second (default %ld)\n"
+               "  --threads N    threadpool size, 0 = ExecuTorch default (default %ld)\n"
+               "  --verbose      also log ExecuTorch debug and info messages\n"
+               "board %s, firmware %s, protocol %d\n"
+               "exit status: 0 quit, 2 usage, 3 model cannot be loaded, "
+               "4 serial device cannot be opened, 6 link lost\n",
+               EDGELM_SERIAL_DEVICE, (long)EDGELM_BAUD, (long)EDGELM_THREADS, EDGELM_BOARD,
+               EDGELM_FIRMWARE_VERSION, PROTO_VERSION);
+}
+
+bool parse_long(const char* s, long lo, long hi, long* out) {
+  if (!s || !*s) return false;
+  errno = 0;
+  char* end = nullptr;
+  long v = std::strtol(s, &end, 10);
+  if (errno != 0 || *end != '\0' || v < lo || v > hi) return false;
+  *out = v;
+  return true;
+}
+
+// Returns -1 to go on, or the exit status (0 for --help).
+int parse_options(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; i++) {
+    const char* a = argv[i];
+    const char* value = (i + 1 < argc) ? argv[i + 1] : nullptr;
+    if (std::strcmp(a, "--help") == 0 || std::strcmp(a, "-h") == 0) {
+      print_usage(stdout);
+      return EXIT_OK;
+    } else if (std::strcmp(a, "--verbose") == 0) {
+      o->verbose = true;
+      continue;
+    }
+    const bool takes_value = std::strcmp(a, "--model") == 0 || std::strcmp(a, "--serial") == 0 ||
+                             std::strcmp(a, "--baud") == 0 || std::strcmp(a, "--threads") == 0;
+    if (!takes_value) {
+      log_line("unknown argument %s (see --help)", a);
+      return EXIT_USAGE;
+    }
+    if (!value) {
+      log_line("%s needs a value (see --help)", a);
+      return EXIT_USAGE;
+    }
+    if (std::strcmp(a, "--model") == 0) {
+      o->model = value;
+    } else if (std::strcmp(a, "--serial") == 0) {
+      o->serial = value;
+    } else if (std::strcmp(a, "--baud") == 0) {
+      if (!parse_long(value, 1, 100000000, &o->baud) || !serial_baud_supported(o->baud)) {
+        log_line("--baud %s is not a supported baud rate (e.g. 115200, 921600, 3000000)", value);
+        return EXIT_USAGE;
+      }
+    } else if (std::strcmp(a, "--threads") == 0) {
+      if (!parse_long(value, 0, 1024, &o->threads)) {
+        log_line("--threads %s is not a number in 0..1024", value);
+        return EXIT_USAGE;
+      }
+    }
+    i++;
+  }
+  if (!o->model) {
+    log_line("--model PATH is required (see --help)");
+    return EXIT_USAGE;
+  }
+  if (!o->serial || !*o->serial) {
+    log_line("--serial DEV is required: this firmware was built without a default");
+    return EXIT_USAGE;
+  }
+  return -1;
+}
+
+// ----------------------------------------------------------------------------
+// Model: one loaded "forward" Method and its memory.
+// Inputs: tokens int64 [1, T] with 1 <= T <= max_seq_len, input_pos int64 [1].
+// Output 0: float logits, [1, V] (or [1, T, V]: the last V floats are the last position).
+// A call at input_pos 0 starts a new sequence.
+
+struct Model {
+  int64_t max_seq_len = 0;  // tokens: upper bound of input 0, dim 1
+  int64_t vocab = 0;        // V: last dim of output 0
+  float load_ms = 0;        // Program::load + load_method, milliseconds
+  uint32_t threads = 0;     // threadpool size in use
+  uint8_t sha256[SHA256_DIGEST_LEN] = {};
+
+  // ExecuTorch objects; the Method refers to all of them, so they stay in place.
+  std::unique_ptr<MmapDataLoader> loader;
+  std::unique_ptr<Program> program;
+  std::vector<std::vector<uint8_t>> planned;     // [n buffers][bytes], zero-initialised
+  std::vector<Span<uint8_t>> planned_spans;      // [n buffers]
+  std::unique_ptr<HierarchicalAllocator> planned_allocator;
+  std::unique_ptr<MallocMemoryAllocator> method_allocator;
+  std::unique_ptr<MallocMemoryAllocator> temp_allocator;
+  std::unique_ptr<MemoryManager> memory;
+  std::unique_ptr<Method> method;
+
+  // Input storage; the Method may point at it while executing.
+  std::vector<int64_t> tokens;  // [max_seq_len]
+  int64_t input_pos[1] = {0};
+};
+
+// Loads the program. Returns 0, or -1 with one line (no prefix) in err.
+int build_model(Model* m, const char* path, long threads, char* err, size_t err_cap) {
+  if (sha256_file(path, m->sha256) != 0) {
+    std::snprintf(err, err_cap, "cannot read model %s: %s", path, std::strerror(errno));
+    return -1;
+  }
+  if (threads > 0) {  // before any method load: XNNPACK takes the pthreadpool at init
+    executorch::extension::threadpool::get_threadpool()->_unsafe_reset_threadpool((uint32_t)threads);
+  }
+  m->threads = (uint32_t)executorch::extension::threadpool::get_threadpool()->get_thread_count();
+
+  uint64_t t0 = now_us();
+  // UseMlock (the default) fails the load when mlock() fails, e.g. under a low
+  // RLIMIT_MEMLOCK on a board; lock if possible, go on if not.
+  Result<MmapDataLoader> loader =
+      MmapDataLoader::from(path, MmapDataLoader::MlockConfig::UseMlockIgnoreErrors);
+  if (!loader.ok()) {
+    std::snprintf(err, err_cap, "cannot map model %s (MmapDataLoader error 0x%x)", path,
+                  (unsigned)loader.error());
+    return -1;
+  }
+  m->loader = std::make_unique<MmapDataLoader>(std::move(loader.get()));
+  Result<Program> program = Program::load(m->loader.get(), Program::Verification::Minimal);
+  if (!program.ok()) {
+    std::snprintf(err, err_cap, "%s is not an ExecuTorch program (Program::load error 0x%x)", path,
+                  (unsigned)program.error());
+    return -1;
+  }
+  m->program = std::make_unique<Program>(std::move(program.get()));
+
+  Result<MethodMeta> meta = m->program->method_meta(METHOD_NAME);
+  if (!meta.ok()) {
+    std::snprintf(err, err_cap, "%s has no '%s' method (error 0x%x)", path, METHOD_NAME,
+                  (unsigned)meta.error());
+    return -1;
+  }
+  const char* shape_error = nullptr;
+  if (meta->num_inputs() < 2 || meta->num_outputs() < 1) shape_error = "too few inputs or outputs";
+  auto tok_meta = meta->input_tensor_meta(0);
+  auto pos_meta = meta->input_tensor_meta(1);
+  auto out_meta = meta->output_tensor_meta(0);
+  if (!shape_error && (!tok_meta.ok() || !pos_meta.ok() || !out_meta.ok()))
+    shape_error = "an input or output is not a tensor";
+  if (!shape_error && (tok_meta->sizes().size() != 2 || tok_meta->scalar_type() != ScalarType::Long))
+    shape_error = "input 0 is not int64 tokens [1, T]";
+  if (!shape_error && pos_meta->scalar_type() != ScalarType::Long)
+    shape_error = "input 1 is not int64 input_pos";
+  if (!shape_error && (out_meta->sizes().size() < 1 || out_meta->scalar_type() != ScalarType::Float))
+    shape_error = "output 0 is not float logits";
+  if (shape_error) {
+    std::snprintf(err, err_cap, "%s is not an edgelm LLM program: '%s' %s", path, METHOD_NAME,
+                  shape_error);
+    return -1;
+  }
+  m->max_seq_len = tok_meta->sizes()[1];
+  m->vocab = out_meta->sizes()[out_meta->sizes().size() - 1];
+  if (m->max_seq_len < 1 || m->vocab < 1 || m->vocab > (int64_t)UINT32_MAX) {
+    std::snprintf(err, err_cap, "%s has unusable shapes: max_seq_len %" PRId64 ", vocab %" PRId64,
+                  path, m->max_seq_len, m->vocab);
+    return -1;
+  }
+
+  for (size_t i = 0; i < meta->num_memory_planned_buffers(); i++) {
+    Result<int64_t> size = meta->memory_planned_buffer_size(i);
+    if (!size.ok() || *size < 0) {
+      std::snprintf(err, err_cap, "%s: bad planned buffer %zu", path, i);
+      return -1;
+    }
+    m->planned.emplace_back((size_t)*size);  // zero-initialised
+  }
+  for (auto& b : m->planned) m->planned_spans.emplace_back(b.data(), b.size());
+  m->planned_allocator = std::make_unique<HierarchicalAllocator>(
+      Span<Span<uint8_t>>(m->planned_spans.data(), m->planned_spans.size()));
+  m->method_allocator = std::make_unique<MallocMemoryAllocator>();
+  m->temp_allocator = std::make_unique<MallocMemoryAllocator>();
+  m->memory = std::make_unique<MemoryManager>(m->method_allocator.get(), m->planned_allocator.get(),
+                                              m->temp_allocator.get());
+  Result<Method> method = m->program->load_method(METHOD_NAME, m->memory.get());
+  if (!method.ok()) {
+    std::snprintf(err, err_cap, "%s: cannot load method '%s' (load_method error 0x%x)", path,
+                  METHOD_NAME, (unsigned)method.error());
+    return -1;
+  }
+  m->method = std::make_unique<Method>(std::move(method.get()));
+  m->load_ms = (float)(now_us() - t0) / 1000.0f;
+  m->tokens.assign((size_t)m->max_seq_len, 0);
+  return 0;
+}
+
+void free_model(Model* m) {
+  m->method.reset();  // before the memory it uses
+  m->memory.reset();
+  m->temp_allocator.reset();
+  m->method_allocator.reset();
+  m->planned_allocator.reset();
+  m->planned_spans.clear();
+  m->planned.clear();
+  m->program.reset();
+  m->loader.reset();
+}
+
+// One forward call on tokens[0 .. n-1] at input_pos pos. On success *logits points at
+// the V logits of the last position (valid until the next call). On failure returns the
+// error and writes which step failed into where.
+Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, const float** logits,
+                    char* where, size_t where_cap) {
+  if (n < 1 || n > m->max_seq_len) {
+    std::snprintf(where, where_cap, "%" PRId64 " tokens do not fit max_seq_len %" PRId64, n,
+                  m->max_seq_len);
+    return Error::InvalidArgument;
+  }
+  for (int64_t i = 0; i < n; i++) m->tokens[(size_t)i] = (int64_t)toks[i];
+  m->input_pos[0] = pos;
+
+  TensorImpl::SizesType tok_sizes[2] = {1, (TensorImpl::SizesType)n};
+  TensorImpl::DimOrderType tok_order[2] = {0, 1};
+  TensorImpl::StridesType tok_strides[2] = {(TensorImpl::StridesType)n, 1};
+  TensorImpl tok_impl(ScalarType::Long, 2, tok_sizes, m->tokens.data(), tok_order, tok_strides);
+  TensorImpl::SizesType pos_sizes[1] = {1};
+  TensorImpl::DimOrderType pos_order[1] = {0};
+  TensorImpl::StridesType pos_strides[1] = {1};
+  TensorImpl pos_impl(ScalarType::Long, 1, pos_sizes, m->input_pos, pos_order, pos_strides);
+
+  Error e = m->method->set_input(EValue(Tensor(&tok_impl)), 0);
+  if (e != Error::Ok) {
+    std::snprintf(where, where_cap, "set_input(tokens) failed (error 0x%x)", (unsigned)e);
+    return e;
+  }
+  e = m->method->set_input(EValue(Tensor(&pos_impl)), 1);
+  if (e != Error::Ok) {
+    std::snprintf(where, where_cap, "set_input(input_pos) failed (error 0x%x)", (unsigned)e);
+    return e;
+  }
+  e = m->method->execute();
+  if (e != Error::Ok) {
+    std::snprintf(where, where_cap, "execute failed (error 0x%x)", (unsigned)e);
+    return e;
+  }
+  const EValue& out = m->method->get_output(0);
+  if (!out.isTensor() || out.toTensor().scalar_type() != ScalarType::Float ||
+      out.toTensor().numel() < m->vocab) {
+    std::snprintf(where, where_cap, "output 0 is not float logits with at least %" PRId64 " values",
+                  m->vocab);
+    return Error::InvalidProgram;
+  }
+  Tensor t = out.toTensor();
+  *logits = t.const_data_ptr<float>() + (t.numel() - m->vocab);
+  return Error::Ok;
+}
+
+// ----------------------------------------------------------------------------
+// Link: the tty, the frame reader and the transmit sequence counter.
+
+struct Link {
+  int fd;
+  const char* path;
+  uint32_t tx_seq;                   // next seq we send
+  uint32_t rx_seq;                   // next seq we expect from the host
+  int rx_started;                    // 0 until the first good frame
+  FrameReader reader;
+  uint8_t body[FRAME_MAX_BODY];      // outgoing body scratch
+  uint8_t wire[FRAME_MAX_WIRE];      // outgoing frame scratch
+};
+
+Link* build_link(int fd, const char* path) {
+  Link* l = (Link*)std::calloc(1, sizeof(Link));
+  if (!l) return nullptr;
+  l->fd = fd;
+  l->path = path;
+  frame_reader_init(&l->reader);
+  return l;
+}
+
+void free_link(Link* l) {
+  if (!l) return;
+  serial_close(l->fd);
+  std::free(l);
+}
+
+[[noreturn]] void link_lost(const Link* l, const char* what) {
+  log_line("link lost: %s on %s; exiting with status %d", what, l->path, EXIT_LINK_LOST);
+  std::exit(EXIT_LINK_LOST);
+}
+
+// Frames and writes one message; a write failure means the host is gone.
+void link_send(Link* l, uint8_t type, long body_len) {
+  if (body_len < 0) {  // a builder ran out of room: a bug, not a link problem
+    log_line("internal error: message 0x%02x does not fit a frame", type);
+    std::abort();
+  }
+  long n = frame_encode(type, l->tx_seq, l->body, (size_t)body_len, l->wire, sizeof l->wire);
+  if (n < 0) {
+    log_line("internal error: frame_encode(0x%02x) failed: %s", type, frame_result_name((int)n));
+    std::abort();
+  }
+  if (serial_write_all(l->fd, l->wire, (size_t)n) != 0) {
+    char what[128];
+    std::snprintf(what, sizeof what, "write: %s", std::strerror(errno));
+    link_lost(l, what);
+  }
+  l->tx_seq++;
+}
+
+__attribute__((format(printf, 3, 4))) void send_error(Link* l, uint16_t code, const char* fmt, ...) {
+  char msg[PROTO_MAX_ERROR_MESSAGE + 1];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  log_line("ERROR %s: %s", proto_error_name(code), msg);
+  link_send(l, MSG_ERROR, proto_pack_error(l->body, sizeof l->body, code, msg));
+}
+
+void send_hello(Link* l, const Model* m) {
+  Hello h;
+  h.proto = PROTO_VERSION;
+  h.firmware = EDGELM_FIRMWARE_VERSION;
+  h.board = EDGELM_BOARD;
+  std::memcpy(h.model_sha256, m->sha256, sizeof h.model_sha256);
+  h.max_seq_len = (uint32_t)m->max_seq_len;
+  h.vocab_size = (uint32_t)m->vocab;
+  h.threads = m->threads;
+  h.load_ms = m->load_ms;
+  link_send(l, MSG_HELLO, proto_pack_hello(l->body, sizeof l->body, &h));
+}
+
+void send_token(Link* l, uint32_t index, uint32_t token, uint64_t t_us) {
+  TokenMsg t;
+  t.index = index;
+  t.token = token;
+  t.t_us = t_us;
+  link_send(l, MSG_TOKEN, proto_pack_token(l->body, sizeof l->body, &t));
+}
+
+// ----------------------------------------------------------------------------
+// Generation
+
+struct Server {
+  Model* model;
+  Link* link;
+  Sampler sampler;
+  std::vector<uint32_t> prompt;  // [max_seq_len] scratch
+};
+
+// Serves one parsed REQUEST received at t_request (us). Sends TOKENs and STATS, or an ERROR.
+void serve_request(Server* s, const Request* req, uint64_t t_request) {
+  Model* m = s->model;
+  Link* l = s->link;
+  if ((uint64_t)req->n_prompt + req->max_new_tokens > (uint64_t)m->max_seq_len) {
+    send_error(l, ERR_SEQ_TOO_LONG, "prompt %" PRIu32 " + max_new_tokens %" PRIu32
+               " exceeds max_seq_len %" PRId64, req->n_prompt, req->max_new_tokens, m->max_seq_len);
+    return;
+  }
+  for (uint32_t i = 0; i < req->n_prompt; i++) {
+    uint32_t t = request_prompt_at(req, i);
+    if ((int64_t)t >= m->vocab) {
+      send_error(l, ERR_BAD_REQUEST, "prompt[%" PRIu32 "] = %" PRIu32 " is not below vocab_size %" PRId64,
+                 i, t, m->vocab);
+      return;
+    }
+    s->prompt[i] = t;
+  }
+  const bool use_stop = (req->flags & REQ_FLAG_IGNORE_STOP) == 0;
+  log_line("request: %" PRIu32 " prompt tokens, max_new_tokens %" PRIu32 ", temperature %g, "
+           "top_k %" PRIu32 ", top_p %g, %" PRIu32 " stop ids%s", req->n_prompt, req->max_new_tokens,
+           (double)req->temperature, req->top_k, (double)req->top_p, req->n_stop,
+           use_stop ? "" : " (ignored)");
+
+  char where[160];
+  const float* logits = nullptr;
+  if (model_forward(m, s->prompt.data(), req->n_prompt, 0, &logits, where, sizeof where) != Error::Ok) {
+    send_error(l, ERR_RUNTIME, "prefill of %" PRIu32 " tokens: %s", req->n_prompt, where);
+    return;
+  }
+  sampler_seed(&s->sampler, req->seed);
+  uint32_t tok = sample(&s->sampler, logits, req->temperature, req->top_k, req->top_p);
+  uint64_t t_first = now_us();
+  send_token(l, 0, tok, t_first - t_request);
+  uint32_t generated = 1;
+  uint64_t t_last = t_first;
+  uint8_t stop = STOP_MAX_TOKENS;
+  int64_t pos = req->n_prompt;
+
+  for (;;) {
+    if (use_stop && request_is_stop(req, tok)) {
+      stop = STOP_TOKEN;
+      break;
+    }
+    if (generated >= req->max_new_tokens) break;
+    if (model_forward(m, &tok, 1, pos, &logits, where, sizeof where) != Error::Ok) {
+      send_error(l, ERR_RUNTIME, "decode step %" PRIu32 " at input_pos %" PRId64 ": %s", generated,
+                 pos, where);
+      return;
+    }
+    pos++;
+    tok = sample(&s->sampler, logits, req->temperature, req->top_k, req->top_p);
+    t_last = now_us();
+    send_token(l, generated, tok, t_last - t_request);
+    generated++;
+  }
+
+  Stats st;
+  st.prompt_tokens = req->n_prompt;
+  st.generated = generated;
+  st.stop = stop;
+  st.load_ms = m->load_ms;
+  double ttft_s = (double)(t_first - t_request) / 1e6;
+  double decode_s = (double)(t_last - t_first) / 1e6;
+  st.ttft_ms = (float)(ttft_s * 1e3);
+  st.prefill_tok_s = ttft_s > 0 ? (float)(req->n_prompt / ttft_s) : 0.0f;
+  st.decode_tok_s = (generated > 1 && decode_s > 0) ? (float)((generated - 1) / decode_s) : 0.0f;
+  st.peak_rss_kb = peak_rss_kb();
+  link_send(l, MSG_STATS, proto_pack_stats(l->body, sizeof l->body, &st));
+  log_line("done: %" PRIu32 " tokens (%s), ttft %.2f ms, prefill %.1f tok/s, decode %.1f tok/s, "
+           "peak rss %" PRIu64 " kB", generated, stop == STOP_TOKEN ? "stop token" : "max_new_tokens",
+           (double)st.ttft_ms, (double)st.prefill_tok_s, (double)st.decode_tok_s, st.peak_rss_kb);
+}
+
+// Handles one frame reader event. Returns true when the host asked to quit.
+bool handle_event(Server* s, int event, const Frame* f) {
+  Link* l = s->link;
+  if (event < 0) {
+    uint16_t code = proto_error_for_frame(event);
+    const char* what = code == ERR_BAD_CRC    ? "frame CRC mismatch"
+                       : code == ERR_TOO_LONG ? "frame over 16384 payload bytes, discarded up to the next 0x00"
+                                              : "frame is not valid COBS or is shorter than 9 bytes";
+    send_error(l, code, "%s", what);
+    return false;
+  }
+  uint64_t t_request = now_us();
+  if (l->rx_started && f->seq != l->rx_seq)
+    log_line("host seq jumped from %" PRIu32 " to %" PRIu32 " (frames lost)", l->rx_seq, f->seq);
+  l->rx_started = 1;
+  l->rx_seq = f->seq + 1;
+
+  if (f->type == MSG_QUIT) {
+    if (f->body_len != 0) {
+      send_error(l, ERR_BAD_REQUEST, "QUIT carries %zu body bytes, expected none", f->body_len);
+      return false;
+    }
+    log_line("QUIT received");
+    return true;
+  }
+  if (f->type != MSG_REQUEST) {
+    send_error(l, ERR_BAD_REQUEST, "unknown message type 0x%02x", f->type);
+    return false;
+  }
+  Request req;
+  const char* why = nullptr;
+  if (proto_parse_request(f->body, f->body_len, &req, &why) != 0) {
+    send_error(l, ERR_BAD_REQUEST, "REQUEST body (%zu bytes) does not parse: %s", f->body_len, why);
+    return false;
+  }
+  serve_request(s, &req, t_request);
+  return false;
+}
+
+}  // namespace
+
+// ----------------------------------------------------------------------------
+// main
+
+int main(int argc, char** argv) {
+  Options opt;
+  int status = parse_options(argc, argv, &opt);
+  if (status >= 0) return status;
+  g_verbose = opt.verbose;
+  std::signal(SIGPIPE, SIG_IGN);  // a vanished peer shows up as a write error instead
+
+  // Before runtime_init(), so nothing is logged through the default PAL.
+  executorch::runtime::register_pal(executorch::runtime::PalImpl::create(pal_log, __FILE__));
+  executorch::runtime::runtime_init();
+
+  char err[512];
+  Model model;
+  g_pal_hold = true;
+  int loaded = build_model(&model, opt.model, opt.threads, err, sizeof err);
+  g_pal_hold = false;
+  if (loaded != 0) {
+    if (g_pal_held[0]) log_line("%s: %s", err, g_pal_held);
+    else log_line("%s", err);
+    return EXIT_MODEL;
+  }
+  if (g_pal_held[0]) log_line("[executorch] %s", g_pal_held);
+  char hex[SHA256_HEX_LEN + 1];
+  sha256_hex(model.sha256, hex);
+  log_line("loaded %s (sha256 %s): max_seq_len %" PRId64 ", vocab %" PRId64 ", %u threads, %.1f ms",
+           opt.model, hex, model.max_seq_len, model.vocab, model.threads, (double)model.load_ms);
+
+  Server server;
+  server.model = &model;
+  server.prompt.assign((size_t)model.max_seq_len, 0);
+  if (build_sampler(&server.sampler, (uint32_t)model.vocab) != 0) {
+    log_line("out of memory for the sampler (vocab %" PRId64 ")", model.vocab);
+    free_model(&model);
+    return EXIT_MODEL;
+  }
+
+  int fd = serial_open(opt.serial, opt.baud, err, sizeof err);
+  if (fd < 0) {
+    log_line("%s", err);
+    free_sampler(&server.sampler);
+    free_model(&model);
+    return EXIT_SERIAL;
+  }
+  Link* link = build_link(fd, opt.serial);
+  if (!link) {
+    log_line("out of memory for the link buffers");
+    serial_close(fd);
+    free_sampler(&server.sampler);
+    free_model(&model);
+    return EXIT_SERIAL;
+  }
+  server.link = link;
+  send_hello(link, &model);
+  log_line("HELLO sent on %s at %ld baud (board %s, firmware %s); waiting for requests",
+           opt.serial, opt.baud, EDGELM_BOARD, EDGELM_FIRMWARE_VERSION);
+
+  uint8_t rx[4096];
+  bool quit = false;
+  while (!quit) {
+    ssize_t n = serial_read(link->fd, rx, sizeof rx);
+    if (n == 0) link_lost(link, "end of file");
+    if (n < 0) {
+      char what[128];
+      std::snprintf(what, sizeof what, "read: %s", std::strerror(errno));
+      link_lost(link, what);
+    }
+    size_t off = 0;
+    while (off < (size_t)n && !quit) {
+      size_t used = 0;
+      Frame f;
+      int event = frame_reader_feed(&link->reader, rx + off, (size_t)n - off, &used, &f);
+      off += used;
+      if (event != FRAME_NONE) quit = handle_event(&server, event, &f);
+    }
+  }
+
+  free_link(link);
+  free_sampler(&server.sampler);
+  free_model(&model);
+  return EXIT_OK;
+}

@@ -1,0 +1,103 @@
+"""`edgelm run` through the command line: JSON report, and bad input ending in one clear line."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = [pytest.mark.hil, pytest.mark.slow]
+
+
+def edgelm(*args, workdir, **kw):
+    return subprocess.run([sys.executable, "-m", "toolchain.cli", *args, "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=1200, **kw)
+
+
+def one_error_line(proc, needle):
+    assert proc.returncode != 0
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:") and needle in lines[0], lines[0]
+    assert "Traceback" not in proc.stdout
+
+
+def test_run_json_prints_one_report_object(hil_board, hil_workdir):
+    proc = edgelm("run", "--board", hil_board.board, "--target", hil_board.target, "--model", "tiny",
+                  "--prompt", "Twinkle", "--tokens", "16", "--json", workdir=hil_workdir)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    for key in ("prompt_token_ids", "generated_token_ids", "board_stats", "validation", "text", "firmware_version"):
+        assert key in report
+    assert report["validation"]["verdict"] == "PASS"
+    assert report["prompt_token_ids"][0] == 1  # BOS
+
+
+def test_unknown_board(hil_workdir):
+    one_error_line(edgelm("run", "--board", "rpi9", workdir=hil_workdir), "unknown board 'rpi9'; known boards")
+
+
+def test_more_tokens_than_the_program_holds(hil_board, hil_workdir):
+    proc = edgelm("run", "--board", hil_board.board, "--target", hil_board.target, "--model", "tiny",
+                  "--max-seq-len", "64", "--tokens", "100", workdir=hil_workdir)
+    one_error_line(proc, "exceed the program's max sequence length 64")
+    assert proc.returncode == 4
+
+
+def test_build_of_a_pte_that_is_not_a_program(tmp_path, hil_workdir):
+    bogus = tmp_path / "model.pte"
+    bogus.write_bytes(b"PK\x03\x04 this is a zip, not a program" * 10)
+    proc = subprocess.run([sys.executable, "-m", "toolchain.cli", "build", "--board", "rpi5", "--pte", str(bogus),
+                           "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    one_error_line(proc, "is not an ExecuTorch program")
+    assert proc.returncode == 3
+
+
+def test_killing_the_runner_mid_stream(hil_board, hil_workdir):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "toolchain.cli", "run", "--board", hil_board.board, "--target", hil_board.target,
+           "--model", "tiny", "--tokens", "400", "--ignore-eos", "--workdir", str(hil_workdir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    running = hil_workdir / "targets" / f"{hil_board.target}-{hil_board.board}" / "running.json"
+    deadline = time.monotonic() + 600
+    killed = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if running.exists():
+            info = json.loads(running.read_text())
+            if time.time() - info["started"] > 0 and os.path.exists(f"/proc/{info['runner_pid']}"):
+                # wait until tokens flow: the runner's log says it received the request
+                log = running.parent / "runner.log"
+                if log.exists() and "request" in log.read_text(errors="replace"):
+                    os.kill(info["runner_pid"], signal.SIGKILL)
+                    killed = info["runner_pid"]
+                    break
+        time.sleep(0.01)
+    out, err = proc.communicate(timeout=300)
+    assert killed, f"never saw the runner start streaming: {err}"
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert proc.returncode == 6, err
+    assert len(lines) == 1 and lines[0].startswith("error:") and "signal 9" in lines[0], err
+
+
+def test_flash_then_monitor_then_stop(hil_board, hil_workdir):
+    from toolchain import api
+
+    exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
+    bundle, _ = api.cached_build(hil_board.board, exported.pte, hil_workdir)
+    proc = edgelm("flash", str(bundle.root), "--target", hil_board.target, "--json", workdir=hil_workdir)
+    assert proc.returncode == 0, proc.stderr
+    flashed = json.loads(proc.stdout)
+    assert flashed["verified"] is True and flashed["port"]
+    try:
+        proc = edgelm("monitor", "--board", hil_board.board, "--target", hil_board.target, "--prompt-ids",
+                      "1,82,111,110", "--tokens", "6", "--seconds", "20", "--json", workdir=hil_workdir)
+        assert proc.returncode == 0, proc.stderr
+        events = [json.loads(x) for x in proc.stdout.splitlines()]
+        types = [e["type"] for e in events]
+        assert types.count("TOKEN") == 6 and types[-1] == "STATS", types
+    finally:
+        proc = edgelm("stop", "--board", hil_board.board, "--target", hil_board.target, workdir=hil_workdir)
+        assert proc.returncode == 0, proc.stderr

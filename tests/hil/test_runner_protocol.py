@@ -1,0 +1,83 @@
+"""The runner as a serial peer: several requests per session, state reset, sampling, bad frames."""
+
+import pytest
+
+from toolchain import api
+from toolchain.link import framing
+from toolchain.link import protocol as P
+from toolchain.link.session import BoardSession, Timeouts
+from toolchain.link.transport import Deadline, SerialTransport
+
+pytestmark = [pytest.mark.hil, pytest.mark.slow]
+
+
+@pytest.fixture()
+def session(hil_board, hil_workdir):
+    exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
+    bundle, _ = api.cached_build(hil_board.board, exported.pte, hil_workdir)
+    target = api.target_for(hil_board.board, hil_board.target, hil_workdir)
+    target.deploy(bundle)
+    transport = SerialTransport(target.link())
+    target.start()
+    s = BoardSession(transport, Timeouts(hello_s=60, first_token_s=60, token_s=30), alive=target.alive)
+    s.wait_hello()
+    s.target = target
+    yield s
+    transport.close()
+    target.stop()
+
+
+def _tokens(session, request):
+    return [m.token for m in session.generate(request) if isinstance(m, P.Token)]
+
+
+def test_requests_reset_the_state(session):
+    a = P.Request(prompt=(1, 82, 114, 103), max_new_tokens=12, ignore_eos=True)
+    b = P.Request(prompt=(1, 87, 104, 101, 110), max_new_tokens=12, ignore_eos=True)
+    first = _tokens(session, a)
+    _tokens(session, b)
+    assert _tokens(session, a) == first
+
+
+def test_seeded_sampling_is_reproducible(session):
+    req = P.Request(prompt=(1, 82, 114, 103), max_new_tokens=16, temperature=0.9, top_k=20, top_p=0.9, seed=42,
+                    ignore_eos=True)
+    assert _tokens(session, req) == _tokens(session, req)
+    other = P.Request(**{**req.__dict__, "seed": 43})
+    assert len(_tokens(session, other)) == 16
+
+
+def test_stops_at_a_stop_token(session):
+    first = _tokens(session, P.Request(prompt=(1, 82), max_new_tokens=10, ignore_eos=True))
+    stop_at = first[3]
+    got = _tokens(session, P.Request(prompt=(1, 82), max_new_tokens=10, stop=(stop_at,)))
+    assert got == first[:first.index(stop_at) + 1]
+
+
+def _next_error(session):
+    for frame, msg in session.frames(Deadline(30)):
+        if isinstance(msg, P.Error):
+            return msg
+    raise AssertionError("no ERROR frame came back")
+
+
+def test_garbled_and_oversized_frames_get_error_frames_and_the_runner_keeps_serving(session):
+    wire = bytearray(framing.encode(P.REQUEST, 99, P.Request((1, 2), 4).pack()))
+    wire[5] ^= 0xFF
+    session.transport.write(bytes(wire))
+    assert _next_error(session).code in (P.ERR_BAD_CRC, P.ERR_BAD_FRAME)
+    session.transport.write(b"\x01" * (framing.MAX_WIRE + 100) + b"\x00")
+    assert _next_error(session).code == P.ERR_TOO_LONG
+    session.transport.write(framing.encode(P.REQUEST, 100, b"\x01\x02"))
+    assert _next_error(session).code == P.ERR_BAD_REQUEST
+    session._rx_seq = None  # error frames advanced the board's counter; resynchronise
+    session._tx_seq = 101
+    assert len(_tokens(session, P.Request((1, 82), max_new_tokens=5, ignore_eos=True))) == 5
+    assert session.target.alive() is None
+
+
+def test_a_request_longer_than_the_program_is_refused_by_the_board(session):
+    session.hello = None  # skip the host-side check: the board must refuse on its own
+    session.send(P.REQUEST, P.Request(tuple(range(1, 11)), 600).pack())
+    err = _next_error(session)
+    assert err.code == P.ERR_SEQ_TOO_LONG

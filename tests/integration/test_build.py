@@ -1,0 +1,91 @@
+"""Firmware builds: rendered project, cross-compiled runner, bundle with hashes, glibc check."""
+
+import json
+import subprocess
+
+import pytest
+
+from toolchain import api, boards
+from toolchain.build import compile as fw_compile
+from toolchain.build import render
+from toolchain.errors import BuildError, CapacityError, InputError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_pte(hil_workdir):
+    result, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
+    return result.pte
+
+
+@pytest.mark.parametrize("board, machine", [("rpi5", "AArch64"), ("host", "X86-64")])
+def test_bundle_for_board(board, machine, tiny_pte, hil_workdir):
+    bundle, _ = api.cached_build(board, tiny_pte, hil_workdir)
+    files = set(bundle.files)
+    assert {"runner", "model.pte", "manifest.json", "libexecutorch.so", "libexecutorch_backend_xnnpack.so",
+            "libexecutorch_kernels_quantized.so"} <= files
+    header = subprocess.run(["readelf", "-h", str(bundle.root / "runner")], capture_output=True, text=True).stdout
+    assert machine in header
+    dyn = subprocess.run(["readelf", "-d", str(bundle.root / "runner")], capture_output=True, text=True).stdout
+    assert "$ORIGIN" in dyn  # relocatable: finds its libraries beside it
+    info = json.loads((bundle.root / "bundle.json").read_text())
+    assert info["board"] == board and info["model_sha256"] == api.inspect_program(tiny_pte)["program"]["sha256"]
+    assert tuple(map(int, info["glibc_required"].split("."))) <= boards.get(board).glibc_tuple
+    fw_compile.verify_bundle(bundle)
+
+
+def test_a_board_with_an_older_glibc_is_refused(tiny_pte, hil_workdir, tmp_path):
+    bundle, _ = api.cached_build("rpi5", tiny_pte, hil_workdir)
+    old = boards.Board(**{**boards.get("rpi5").to_dict(), "glibc": "2.17", "cpu_flags": ("-mcpu=cortex-a76",)})
+    from toolchain.build import sdk
+    with pytest.raises(CapacityError, match=r"needs GLIBC_2\.\d+ but rpi5 has glibc 2.17"):
+        fw_compile.assemble(old, bundle.root / "runner", sdk.sdk_for("aarch64"), tiny_pte, tmp_path / "b",
+                            render.firmware_version())
+
+
+def test_a_tampered_bundle_is_refused(tiny_pte, hil_workdir, tmp_path):
+    import shutil
+    bundle, _ = api.cached_build("host", tiny_pte, hil_workdir)
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle.root, copy)
+    (copy / "model.pte").write_bytes((copy / "model.pte").read_bytes()[:-1] + b"\x00")
+    with pytest.raises(InputError, match="does not match its sha256"):
+        fw_compile.verify_bundle(fw_compile.read_bundle(copy))
+
+
+def test_templates_must_not_use_unknown_tokens():
+    with pytest.raises(BuildError, match="@NOPE@"):
+        render.substitute("x @NOPE@ y", {"BOARD": "rpi5"}, "t.in")
+
+
+def test_sdk_refuses_a_wheel_of_another_version(tmp_path):
+    import zipfile
+
+    from toolchain.build import sdk
+    wheel = tmp_path / "executorch-1.4.0-cp311-cp311-manylinux_2_28_aarch64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("executorch/version.py", "__version__ = '1.4.0'\n")
+    with pytest.raises(BuildError, match="is executorch 1.4.0, but programs are exported with 1.5.1"):
+        sdk.sdk_for("aarch64", wheel=wheel)
+
+
+def test_a_failed_flash_keeps_the_previous_release(tiny_pte, hil_workdir, tmp_path):
+    import shutil
+
+    from toolchain.deploy.local import LocalTarget
+    from toolchain.errors import DeviceError
+
+    bundle, _ = api.cached_build("host", tiny_pte, hil_workdir)
+    target = LocalTarget(boards.get("host"), tmp_path / "targets")
+    first = target.deploy(bundle)
+    broken = tmp_path / "broken"
+    shutil.copytree(bundle.root, broken)
+    info = json.loads((broken / "bundle.json").read_text())
+    info["firmware_version"] = "9.9.9"  # a different release id...
+    (broken / "bundle.json").write_text(json.dumps(info))
+    (broken / "runner").write_bytes(b"truncated")  # ...whose runner does not match its hash
+    with pytest.raises((InputError, DeviceError)):
+        target.deploy(fw_compile.read_bundle(broken))
+    assert target.current() == first
+    assert not any(p.name.startswith("9.9.9") for p in (target.state / "releases").iterdir())

@@ -1,0 +1,35 @@
+import pytest
+
+from toolchain.link import protocol as P
+
+
+def test_round_trips():
+    msgs = [
+        (P.HELLO, P.Hello(1, "0.1.0+abc", "rpi5", "ab" * 32, 512, 259, 4, 12.5)),
+        (P.TOKEN, P.Token(3, 70000, 123456789012)),
+        (P.STATS, P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456)),
+        (P.ERROR, P.Error(P.ERR_SEQ_TOO_LONG, "prompt 10 + 600 > 512")),
+        (P.REQUEST, P.Request((1, 2, 3), 64, 0.75, 40, 0.5, 1234, (2, 7), True)),
+    ]
+    for msg_type, msg in msgs:
+        assert P.parse(msg_type, msg.pack()) == msg
+
+
+def test_truncated_and_trailing_bodies_are_refused():
+    body = P.Token(1, 2, 3).pack()
+    with pytest.raises(P.ProtocolError, match="truncated"):
+        P.parse(P.TOKEN, body[:-1])
+    with pytest.raises(P.ProtocolError, match="trailing"):
+        P.parse(P.TOKEN, body + b"\x00")
+
+
+def test_request_with_a_lying_prompt_count_is_refused():
+    body = bytearray(P.Request((1, 2, 3), 4).pack())
+    body[28:32] = (10**6).to_bytes(4, "little")  # n_prompt
+    with pytest.raises(P.ProtocolError):
+        P.parse(P.REQUEST, bytes(body))
+
+
+def test_unknown_type():
+    with pytest.raises(P.ProtocolError, match="unknown message type 0x7f"):
+        P.parse(0x7F, b"")

@@ -1,0 +1,61 @@
+"""What a target (a way of putting a bundle on a board and talking to it) can do.
+
+Targets declare their capabilities as data; callers check them up front and refuse an action a
+target cannot do, with the reason, instead of failing halfway (labgrid's protocols).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Protocol
+
+from toolchain.boards import Board
+from toolchain.build.compile import Bundle
+from toolchain.errors import UsageError
+
+
+class Capability(str, Enum):
+    DEPLOY = "deploy"  # put a bundle on the board, keeping the previous release until it is verified
+    START = "start"  # start the runner of the current release
+    SERIAL = "serial"  # a serial link the host can open
+    STOP = "stop"  # stop the runner
+
+
+@dataclass(frozen=True)
+class Release:
+    """A verified bundle on the board."""
+
+    id: str  # firmware version + model hash, short
+    path: Path
+    board: str
+
+
+class Target(Protocol):
+    name: str
+    capabilities: frozenset[Capability]
+    board: Board
+
+    def deploy(self, bundle: Bundle) -> Release: ...
+
+    def current(self) -> Release | None: ...
+
+    def link(self) -> str:
+        """Make the serial link ready; return the host-side port to open before ``start``."""
+        ...
+
+    def start(self, threads: int | None = None) -> str:
+        """Start the current release's runner; return the host-side serial port path."""
+        ...
+
+    def alive(self) -> str | None:
+        """None while the runner runs, else why it stopped."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+def require(target: Target, capability: Capability, why: str) -> None:
+    if capability not in target.capabilities:
+        raise UsageError(f"target {target.name!r} cannot {capability.value} ({why})")

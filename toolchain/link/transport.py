@@ -1,0 +1,113 @@
+"""Byte transports under the frame layer: a serial port (pyserial), with deadlines."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from toolchain.errors import DeviceError
+
+READ_CHUNK = 4096
+POLL_S = 0.05  # longest single blocking read, so deadlines are honoured
+
+
+@dataclass
+class Deadline:
+    """A point in time on the monotonic clock (labgrid's Timeout)."""
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        self.end = time.monotonic() + self.seconds
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.end - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.end
+
+
+class Transport(Protocol):
+    name: str
+
+    def read(self, deadline: Deadline) -> bytes: ...
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SerialTransport:
+    """A serial device (or pseudo-terminal) opened exclusively in raw mode."""
+
+    def __init__(self, device: str, baud: int = 921600):
+        import serial
+
+        self.name = device
+        try:
+            self._port = serial.Serial(device, baudrate=baud, timeout=POLL_S, write_timeout=5.0, exclusive=True)
+        except serial.SerialException as exc:
+            text = str(exc)
+            if "lock" in text.lower() or "busy" in text.lower() or "Resource temporarily unavailable" in text:
+                raise DeviceError(f"serial port {device} is busy (another program has it open)",
+                                  hint="close the other monitor, or pass another --port") from None
+            raise DeviceError(f"cannot open serial port {device}: {text}") from None
+
+    def read(self, deadline: Deadline) -> bytes:
+        import serial
+
+        self._port.timeout = min(POLL_S, max(deadline.remaining, 0.001))
+        try:
+            return self._port.read(READ_CHUNK) or self._port.read(1)
+        except serial.SerialException as exc:
+            raise DeviceError(f"serial port {self.name} failed: {exc}") from None
+        except OSError as exc:  # EIO when the other end of a pty has gone
+            raise DeviceError(f"serial port {self.name} closed by the board ({exc.strerror})") from None
+
+    def write(self, data: bytes) -> None:
+        import serial
+
+        try:
+            self._port.write(data)
+            self._port.flush()
+        except (serial.SerialException, OSError) as exc:
+            raise DeviceError(f"cannot write to serial port {self.name}: {exc}") from None
+
+    def close(self) -> None:
+        self._port.close()
+
+
+class MemoryTransport:
+    """An in-memory link: the host side of a pair whose board side a test or a fake board drives.
+
+    ``inject`` queues bytes as if the board had sent them; ``sent`` collects what the host wrote.
+    Faults (dropped, corrupted or delayed bytes) are injected by what the caller queues.
+    """
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self._rx = bytearray()
+        self.sent = bytearray()
+        self.closed = False
+
+    def inject(self, data: bytes) -> None:
+        self._rx += data
+
+    def read(self, deadline: Deadline) -> bytes:
+        if not self._rx:
+            time.sleep(min(POLL_S, deadline.remaining))
+            return b""
+        data = bytes(self._rx[:READ_CHUNK])
+        del self._rx[:READ_CHUNK]
+        return data
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            raise DeviceError(f"{self.name} is closed")
+        self.sent += data
+
+    def close(self) -> None:
+        self.closed = True

@@ -1,0 +1,35 @@
+"""The report of a run: one dict (the JSON), and its rendering for a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    s, v = report["board_stats"], report["validation"]
+    table = Table(show_header=False, box=None, pad_edge=False)
+    rows = [
+        ("board", f"{report['board']} via {report['target']} (firmware {report['firmware_version']})"),
+        ("model", f"{report['model']} {report['quant']}, program sha256 {report['model_sha256'][:16]}..."),
+        ("tokens", f"{len(report['prompt_token_ids'])} prompt, {len(report['generated_token_ids'])} generated "
+                   f"(stop: {report['stop_reason']})"),
+        ("load", f"{s['load_ms']:.0f} ms"),
+        ("TTFT", f"{s['ttft_ms']:.1f} ms"),
+        ("prefill", f"{s['prefill_tok_s']:.1f} tok/s"),
+        ("decode", f"{s['decode_tok_s']:.1f} tok/s"),
+        ("peak RSS", f"{s['peak_rss_kb'] / 1024:.1f} MiB"
+                     + (" (of the emulator process)" if report["emulated"] else "")),
+        ("check", f"{v['exact_matches']}/{v['generated']} exact vs host reference, "
+                  f"{len(v['near_ties'])} near-ties (tolerance {v['tolerance']}), first divergence "
+                  f"{'none' if v['first_divergence'] is None else v['first_divergence']}"),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/]", value)
+    console.print(table)
+    if v["verdict"] == "PASS":
+        console.print("[bold green]PASS[/]")
+    else:
+        console.print(f"[bold red]FAIL[/]: {v['reason']}")

@@ -118,7 +118,9 @@ class ProcessTarget:
         deadline = time.monotonic() + LINK_TIMEOUT_S
         while not (board_end.exists() and host_end.exists()):
             if self._socat.poll() is not None:
-                raise DeviceError(f"socat could not create the serial link: {self._socat.stderr.read().decode()}")
+                why = self._socat.stderr.read().decode(errors="replace").strip() if self._socat.stderr else ""
+                why = why or f"exit {self._socat.returncode}"
+                raise DeviceError(f"socat could not create the serial link: {why}")
             if time.monotonic() > deadline:
                 raise DeviceError("socat did not create the serial link in time")
             time.sleep(0.02)

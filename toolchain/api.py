@@ -234,7 +234,7 @@ def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORK
     from toolchain.deploy import registry
 
     board = boards.get(board_name)
-    return registry.create(target or registry.default_for(board), board, workdir / "targets")
+    return registry.create(target or registry.default_for(board), board, workdir.resolve() / "targets")
 
 
 def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,

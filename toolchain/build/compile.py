@@ -73,6 +73,7 @@ def compiler_for(board: Board) -> tuple[str, str]:
 def configure_and_build(board: Board, project: Path, sdk: Sdk, sanitize: bool = False) -> Path:
     """cmake configure + build in ``project/build``; returns the runner binary."""
     cc, cxx = compiler_for(board)
+    project = project.resolve()  # cmake resolves a relative toolchain file against the build dir
     if sdk.arch != board.arch:
         raise BuildError(f"runtime for {sdk.arch} given for a {board.arch} board")
     build = project / "build"

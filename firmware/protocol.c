@@ -210,6 +210,15 @@ long proto_pack_token(uint8_t *out, size_t cap, const TokenMsg *t) {
     bw_u32(&w, t->index);
     bw_u32(&w, t->token);
     bw_u64(&w, t->t_us);
+    if (t->n_top > 0) {
+        uint8_t n = t->n_top > TOKEN_MAX_TOP ? TOKEN_MAX_TOP : t->n_top;
+        bw_f32(&w, t->logit);
+        bw_u8(&w, n);
+        for (uint8_t i = 0; i < n; i++) {
+            bw_u32(&w, t->top_id[i]);
+            bw_f32(&w, t->top_logit[i]);
+        }
+    }
     return bw_result(&w);
 }
 

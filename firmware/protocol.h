@@ -43,6 +43,8 @@ extern "C" {
 
 /* REQUEST.flags */
 #define REQ_FLAG_IGNORE_STOP 0x1u /* bit 0: ignore the stop list (EOS ids included) */
+#define REQ_FLAG_REPORT_LOGITS 0x2u /* bit 1: TOKEN frames carry the board's logits (see TokenMsg) */
+#define TOKEN_MAX_TOP 4 /* candidates a TOKEN frame reports with REQ_FLAG_REPORT_LOGITS */
 
 #define PROTO_SHA256_LEN 32
 #define PROTO_MAX_ERROR_MESSAGE 512 /* bytes; longer messages are truncated */
@@ -137,6 +139,11 @@ typedef struct {
     uint32_t index; /* generated tokens of this request before this one */
     uint32_t token;
     uint64_t t_us;  /* microseconds since the request frame was received */
+    /* With REQ_FLAG_REPORT_LOGITS (else n_top = 0 and nothing more is sent): */
+    float logit;                      /* the board's logit of `token` */
+    uint8_t n_top;                    /* <= TOKEN_MAX_TOP */
+    uint32_t top_id[TOKEN_MAX_TOP];   /* the board's most likely tokens, best first */
+    float top_logit[TOKEN_MAX_TOP];
 } TokenMsg;
 
 typedef struct {

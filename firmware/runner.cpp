@@ -481,11 +481,32 @@ void send_hello(Link* l, const Model* m) {
   link_send(l, MSG_HELLO, proto_pack_hello(l->body, sizeof l->body, &h));
 }
 
-void send_token(Link* l, uint32_t index, uint32_t token, uint64_t t_us) {
+// Sends TOKEN `index`. With `logits` (float[vocab], REQ_FLAG_REPORT_LOGITS) the frame also carries
+// the token's logit and the TOKEN_MAX_TOP best (id, logit), best first, lower id first on a tie:
+// the host measures how far the board's numbers are from its reference with them.
+void send_token(Link* l, uint32_t index, uint32_t token, uint64_t t_us, const float* logits, int64_t vocab) {
   TokenMsg t;
+  std::memset(&t, 0, sizeof t);
   t.index = index;
   t.token = token;
   t.t_us = t_us;
+  if (logits != nullptr && vocab > 0) {
+    t.logit = logits[token];
+    for (int64_t v = 0; v < vocab; v++) {  // insertion into a short sorted list
+      float x = logits[v];
+      int at = t.n_top;
+      while (at > 0 && x > t.top_logit[at - 1]) at--;
+      if (at >= TOKEN_MAX_TOP) continue;
+      int last = t.n_top < TOKEN_MAX_TOP ? t.n_top : TOKEN_MAX_TOP - 1;
+      for (int j = last; j > at; j--) {
+        t.top_id[j] = t.top_id[j - 1];
+        t.top_logit[j] = t.top_logit[j - 1];
+      }
+      t.top_id[at] = (uint32_t)v;
+      t.top_logit[at] = x;
+      if (t.n_top < TOKEN_MAX_TOP) t.n_top++;
+    }
+  }
   link_send(l, MSG_TOKEN, proto_pack_token(l->body, sizeof l->body, &t));
 }
 
@@ -532,7 +553,8 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   sampler_seed(&s->sampler, req->seed);
   uint32_t tok = sample(&s->sampler, logits, req->temperature, req->top_k, req->top_p);
   uint64_t t_first = now_us();
-  send_token(l, 0, tok, t_first - t_request);
+  const bool report = (req->flags & REQ_FLAG_REPORT_LOGITS) != 0;
+  send_token(l, 0, tok, t_first - t_request, report ? logits : nullptr, m->vocab);
   uint32_t generated = 1;
   uint64_t t_last = t_first;
   uint8_t stop = STOP_MAX_TOKENS;
@@ -552,7 +574,7 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
     pos++;
     tok = sample(&s->sampler, logits, req->temperature, req->top_k, req->top_p);
     t_last = now_us();
-    send_token(l, generated, tok, t_last - t_request);
+    send_token(l, generated, tok, t_last - t_request, report ? logits : nullptr, m->vocab);
     generated++;
   }
 

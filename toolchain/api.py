@@ -325,10 +325,12 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
     on_runner(tgt)
     request = protocol.Request(prompt=tuple(prompt_ids), max_new_tokens=req.tokens, temperature=req.temperature,
                                top_k=req.top_k, top_p=req.top_p, seed=req.seed,
-                               stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos)
+                               stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos,
+                               report_logits=True)
     emulated = tgt.name == "qemu"
     timeouts = Timeouts(first_token_s=120.0 if emulated else 60.0, token_s=30.0 if emulated else 10.0)
     tokens: list[int] = []
+    board_logits: list[tuple[float, tuple[tuple[int, float], ...]]] = []
     assembler = tokenizer.TextAssembler(tok)
     try:
         session = BoardSession(transport, timeouts, alive=tgt.alive)
@@ -342,6 +344,8 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         for msg in session.generate(request):
             if isinstance(msg, protocol.Token):
                 tokens.append(msg.token)
+                if msg.logit is not None:
+                    board_logits.append((msg.logit, msg.top))
                 on_text(assembler.push(msg.token))
             else:
                 stats = msg
@@ -358,7 +362,8 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         logits.append(ref.step([t], len(prompt_ids) + i).numpy())
     tol = req.tolerance if req.tolerance is not None else compare.default_tolerance(quant)
     verdict = compare.compare(tokens, [np.asarray(x) for x in logits], tolerance=tol, temperature=req.temperature,
-                              top_k=req.top_k, top_p=req.top_p)
+                              top_k=req.top_k, top_p=req.top_p,
+                              board_logits=board_logits if len(board_logits) == len(tokens) else None)
     stop_reason = "eos" if stats.stop == protocol.STOP_EOS else "max tokens"
     return {
         "board": board.name, "target": tgt.name, "emulated": emulated, "model": req.model, "quant": quant,

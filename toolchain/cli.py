@@ -321,7 +321,9 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ignore-eos", is_flag=True, help="Generate exactly --tokens tokens.")
 @click.option("--threads", type=int, default=None, help="Runner threads [default: the board's].")
-@click.option("--tolerance", type=float, default=None, help="Logit tolerance for near-ties.")
+@click.option("--tolerance", type=float, default=None,
+              help="Board vs host logit difference accepted as rounding, in std of the host logits "
+                   "[default: 0.01 fp32, 0.75 8da*].")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command

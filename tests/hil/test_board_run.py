@@ -40,6 +40,8 @@ def test_the_board_passes_validation(greedy_report, hil_board):
     assert len(r["generated_token_ids"]) == N_TOKENS and r["stop_reason"] == "max tokens"
     assert r["board"] == hil_board.board and r["target"] == hil_board.target
     assert r["emulated"] == (hil_board.target == "qemu")
+    # the board reported its logits with every token: the drift from the host is measured, and small
+    assert len(v["drift_by_position"]) == N_TOKENS and max(v["drift_by_position"]) <= v["tolerance"]
 
 
 def test_tokens_equal_the_host_reference_until_any_near_tie(greedy_report):

@@ -19,8 +19,12 @@ def test_truncated_and_trailing_bodies_are_refused():
     body = P.Token(1, 2, 3).pack()
     with pytest.raises(P.ProtocolError, match="truncated"):
         P.parse(P.TOKEN, body[:-1])
+    with pytest.raises(P.ProtocolError, match="truncated"):
+        P.parse(P.TOKEN, body + b"\x00")  # the start of a logits report, cut short
+    with_logits = P.Token(1, 2, 3, 0.5, ((2, 0.5), (9, 0.25))).pack()
+    assert P.parse(P.TOKEN, with_logits).top == ((2, 0.5), (9, 0.25))
     with pytest.raises(P.ProtocolError, match="trailing"):
-        P.parse(P.TOKEN, body + b"\x00")
+        P.parse(P.TOKEN, with_logits + b"\x00")
 
 
 def test_request_with_a_lying_prompt_count_is_refused():

@@ -15,6 +15,8 @@ ERR_BAD_FRAME, ERR_BAD_CRC, ERR_TOO_LONG, ERR_BAD_REQUEST, ERR_SEQ_TOO_LONG, ERR
 ERROR_NAMES = {1: "BAD_FRAME", 2: "BAD_CRC", 3: "TOO_LONG", 4: "BAD_REQUEST", 5: "SEQ_TOO_LONG", 6: "RUNTIME"}
 
 FLAG_IGNORE_EOS = 1
+FLAG_REPORT_LOGITS = 2
+TOKEN_MAX_TOP = 4
 STOP_EOS, STOP_LIMIT = 0, 1
 
 
@@ -89,16 +91,28 @@ class Token:
     index: int
     token: int
     t_us: int
+    logit: float | None = None  # with FLAG_REPORT_LOGITS: the board's logit of `token`
+    top: tuple[tuple[int, float], ...] = ()  # ... and its best (id, logit), best first
 
     def pack(self) -> bytes:
-        return struct.pack("<IIQ", self.index, self.token, self.t_us)
+        body = struct.pack("<IIQ", self.index, self.token, self.t_us)
+        if self.logit is not None:
+            body += struct.pack("<fB", self.logit, len(self.top))
+            body += b"".join(struct.pack("<If", i, x) for i, x in self.top)
+        return body
 
     @classmethod
     def parse(cls, body: bytes) -> Token:
         r = _Reader(body, "TOKEN")
-        values = r.take("IIQ")
+        index, token, t_us = r.take("IIQ")
+        if r.pos == len(body):
+            return cls(index, token, t_us)
+        logit, n = r.take("fB")
+        if n > TOKEN_MAX_TOP:
+            raise ProtocolError(f"TOKEN reports {n} candidates, at most {TOKEN_MAX_TOP}")
+        top = tuple(r.take("If") for _ in range(n))
         r.done()
-        return cls(*values)
+        return cls(index, token, t_us, logit, top)
 
 
 @dataclass(frozen=True)
@@ -155,9 +169,10 @@ class Request:
     seed: int = 0
     stop: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
+    report_logits: bool = False
 
     def pack(self) -> bytes:
-        flags = FLAG_IGNORE_EOS if self.ignore_eos else 0
+        flags = (FLAG_IGNORE_EOS if self.ignore_eos else 0) | (FLAG_REPORT_LOGITS if self.report_logits else 0)
         return (struct.pack("<IIfIfQI", self.max_new_tokens, flags, self.temperature, self.top_k, self.top_p,
                             self.seed, len(self.prompt))
                 + struct.pack(f"<{len(self.prompt)}I", *self.prompt)
@@ -171,7 +186,8 @@ class Request:
         n_stop = r.one("I")
         stop = r.take(f"{n_stop}I") if n_stop <= len(body) // 4 else r.raw(len(body) + 1)
         r.done()
-        return cls(tuple(prompt), max_new, temperature, top_k, top_p, seed, tuple(stop), bool(flags & FLAG_IGNORE_EOS))
+        return cls(tuple(prompt), max_new, temperature, top_k, top_p, seed, tuple(stop), bool(flags & FLAG_IGNORE_EOS),
+                   bool(flags & FLAG_REPORT_LOGITS))
 
 
 PARSERS = {HELLO: Hello.parse, TOKEN: Token.parse, STATS: Stats.parse, ERROR: Error.parse, REQUEST: Request.parse}

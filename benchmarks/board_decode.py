@@ -16,9 +16,10 @@ import argparse
 import json
 import platform
 import time
+import warnings
 from pathlib import Path
 
-from toolchain import api
+from toolchain import api, logs
 from toolchain.validate.reference import ProgramRunner
 
 RESULTS = Path(__file__).parent / "results"
@@ -40,6 +41,8 @@ def peer_decode(pte: Path, prompt_ids: list[int], n: int) -> dict:
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore")
+    logs.quiet_torch()
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="tiny,lfm2-350m")
     ap.add_argument("--boards", default="rpi5:qemu,host:local")

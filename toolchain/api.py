@@ -247,6 +247,7 @@ def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_W
     tgt = target_for(bundle.board, target, workdir)
     require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
     progress("flash", f"{tgt.name}:{bundle.board}")
+    previous = tgt.current()
     release = tgt.deploy(bundle)
     result: dict[str, Any] = {"board": bundle.board, "target": tgt.name, "release": release.id,
                               "path": str(release.path), "verified": True}
@@ -254,6 +255,16 @@ def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_W
         require(tgt, Capability.START, "it cannot start a runner")
         progress("start", release.id)
         result["port"] = tgt.start()
+        why = tgt.wait_ready()
+        if why is not None:  # never leave the board without a working release
+            tgt.stop()
+            if previous is None or previous.id == release.id:
+                raise DeviceError(f"release {release.id} does not start: {why}")
+            tgt.activate(previous)
+            tgt.start()
+            again = tgt.wait_ready()
+            state = "running again" if again is None else f"current again, but it does not start either: {again}"
+            raise DeviceError(f"release {release.id} does not start ({why}); rolled back to {previous.id}, {state}")
     return result
 
 

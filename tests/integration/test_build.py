@@ -89,3 +89,32 @@ def test_a_failed_flash_keeps_the_previous_release(tiny_pte, hil_workdir, tmp_pa
         target.deploy(fw_compile.read_bundle(broken))
     assert target.current() == first
     assert not any(p.name.startswith("9.9.9") for p in (target.state / "releases").iterdir())
+
+
+def test_a_flash_whose_runner_does_not_start_rolls_back_to_the_running_release(tiny_pte, hil_workdir, tmp_path):
+    import hashlib
+    import shutil
+
+    from toolchain.errors import DeviceError
+
+    bundle, _ = api.cached_build("host", tiny_pte, hil_workdir)
+    work = tmp_path / "work"
+    good = api.flash(bundle.root, "local", work)
+    try:
+        broken = tmp_path / "broken"
+        shutil.copytree(bundle.root, broken)
+        runner = broken / "runner"
+        runner.write_text("#!/bin/sh\necho 'edgelm-runner: cannot load the program' >&2\nexit 3\n")
+        info = json.loads((broken / "bundle.json").read_text())
+        info["firmware_version"] = "0.0.0-broken"
+        info["files"]["runner"] = hashlib.sha256(runner.read_bytes()).hexdigest()  # consistent, but it fails
+        (broken / "bundle.json").write_text(json.dumps(info))
+        with pytest.raises(DeviceError, match=r"does not start \(runner exited with status 3.*rolled back to "
+                                              + good["release"].replace(".", r"\.").replace("+", r"\+")
+                                              + ", running again"):
+            api.flash(broken, "local", work)
+        target = api.target_for("host", "local", work)
+        assert target.current().id == good["release"]
+        assert target.running() is not None  # the previous release's runner serves again
+    finally:
+        api.stop("host", "local", work)

@@ -41,6 +41,14 @@ class Target(Protocol):
 
     def current(self) -> Release | None: ...
 
+    def activate(self, release: Release) -> None:
+        """Make an earlier release current again (rollback)."""
+        ...
+
+    def wait_ready(self, timeout_s: float) -> str | None:
+        """After ``start``: None once the runner serves, else why it does not."""
+        ...
+
     def link(self) -> str:
         """Make the serial link ready; return the host-side port to open before ``start``."""
         ...

@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 LINK_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 RUNNING_FILE = "running.json"
+READY_TIMEOUT_S = 120.0  # loading a 350M program under emulation
+READY_MARK = "HELLO sent"  # the runner's log line once it is serving
 
 
 def _pid_alive(pid: int) -> bool:
@@ -81,17 +83,26 @@ class ProcessTarget:
             shutil.rmtree(incoming, ignore_errors=True)
             raise DeviceError(f"deploy to {self.name}:{self.board.name} failed ({exc}); the previous release "
                               "is still current") from None
+        current = self.current()
         if final.exists():
+            if current is not None and current.path == final.resolve():
+                shutil.rmtree(incoming)  # the same release is current already (and verified above)
+                return current
             shutil.rmtree(final)
         incoming.rename(final)
+        release = Release(release_id, final, self.board.name)
+        self.activate(release)
+        log.info("deployed %s to %s (hashes verified)", release_id, final)
+        return release
+
+    def activate(self, release: Release) -> None:
+        """Make ``release`` the current one (an atomic symlink switch)."""
         link = self.state / "current"
         tmp = self.state / ".current.tmp"
         if tmp.is_symlink() or tmp.exists():
             tmp.unlink()
-        tmp.symlink_to(final.relative_to(self.state))
-        tmp.replace(link)  # atomic switch
-        log.info("deployed %s to %s (hashes verified)", release_id, final)
-        return Release(release_id, final, self.board.name)
+        tmp.symlink_to(release.path.relative_to(self.state))
+        tmp.replace(link)
 
     def current(self) -> Release | None:
         link = self.state / "current"
@@ -155,6 +166,21 @@ class ProcessTarget:
             "runner_pid": self._runner.pid, "socat_pid": self._socat.pid if self._socat else None,
             "port": host_end, "release": release.id, "started": time.time()}))
         return host_end
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str | None:
+        """Wait until the runner has loaded its program and sent HELLO; None, or why it did not."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            why = self.alive()
+            if why is not None:
+                return why
+            try:
+                if READY_MARK in self._log_file.read_text(errors="replace"):
+                    return None
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return f"no HELLO within {timeout_s:.0f} s"
 
     def log_tail(self, lines: int = 3) -> str:
         try:

@@ -365,7 +365,8 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
     finally:
         transport.close()
         tgt.stop()
-    assert stats is not None
+    if stats is None:  # generate() ends with STATS or raises; this guards the contract
+        raise DeviceError("the board ended the request without a STATS frame")
     progress("validate", "host reference, teacher-forced on the board's tokens")
     ref = ProgramRunner(exported.pte)
     logits = [ref.step(prompt_ids, 0).numpy()]

@@ -110,22 +110,11 @@ def compare(board_tokens: Sequence[int], reference_logits: Sequence[np.ndarray],
                 v.mismatches.append({"position": pos, "board": tok, "reason": "a greedy board did not send its "
                                      f"own argmax {board[1][0][0]}"})
                 continue
-            if tok == best:
-                v.exact_matches += 1
-                continue
-            if v.first_divergence is None:
-                v.first_divergence = pos
-            gap = float(logits[best] - logits[tok])
-            explained = deltas[tok] + deltas.get(best, drift) + 1e-6
-            if temperature > 0 and tok in _allowed_sampled(logits, temperature, top_k, top_p, explained):
-                continue
-            if temperature == 0 and gap <= explained:
-                v.near_ties.append(pos)
-                continue
-            v.mismatches.append({"position": pos, "board": tok, "reference": best, "gap": gap,
-                                 "reason": f"reference prefers {best} by {gap:.4g}, more than the measured "
-                                           f"rounding ({explained:.4g}) explains"})
-            continue
+            allowance = deltas[tok] + deltas.get(best, drift) + 1e-6  # what this step's rounding explains
+            beyond = f"more than the measured rounding ({allowance:.4g}) explains"
+        else:
+            allowance = tol
+            beyond = f"> tolerance {tolerance} std"
         if tok == best:
             v.exact_matches += 1
             continue
@@ -133,14 +122,14 @@ def compare(board_tokens: Sequence[int], reference_logits: Sequence[np.ndarray],
             v.first_divergence = pos
         gap = float(logits[best] - logits[tok])
         if temperature > 0:
-            if tok not in _allowed_sampled(logits, temperature, top_k, top_p, tol):
+            if tok not in _allowed_sampled(logits, temperature, top_k, top_p, allowance):
                 v.mismatches.append({"position": pos, "board": tok, "reference": best, "gap": gap,
                                      "reason": "not a token the sampler could pick"})
-        elif gap <= tol:
+        elif gap <= allowance:
             v.near_ties.append(pos)
         else:
             v.mismatches.append({"position": pos, "board": tok, "reference": best, "gap": gap,
-                                 "reason": f"reference prefers {best} by {gap:.4f} > tolerance {tolerance} std"})
+                                 "reason": f"reference prefers {best} by {gap:.4g}, {beyond}"})
     if drifts:
         v.drift_max, v.drift_mean = float(max(drifts)), float(np.mean(drifts))
     if v.mismatches:

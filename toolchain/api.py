@@ -148,7 +148,7 @@ def _model_identity(model: str) -> dict[str, Any]:
     if checkpoint.is_preset(model):
         from toolchain.model import presets
 
-        return {"preset": model, "tiny": presets._tiny_key() if model == "tiny" else None}
+        return {"preset": model, "tiny": presets.tiny_key() if model == "tiny" else None}
     folder = Path(model)
     if not folder.is_dir():
         checkpoint.inspect_folder(folder)  # raises the usual one-line error

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from toolchain.boards import Board
-from toolchain.build.compile import BUNDLE_FILE, RUNNER, Bundle, read_bundle, verify_bundle
+from toolchain.build.compile import RUNNER, Bundle, read_bundle, verify_bundle
 from toolchain.deploy.base import Capability, Release
 from toolchain.errors import DeviceError, InputError, UsageError
 from toolchain.export.manifest import PROGRAM_FILE
@@ -231,6 +231,3 @@ class ProcessTarget:
                         pass
             info_path.unlink()
 
-
-def bundle_file(release: Release) -> Path:
-    return release.path / BUNDLE_FILE

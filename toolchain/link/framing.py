@@ -123,7 +123,3 @@ class FrameReader:
                 self._buf.clear()
                 self._discarding = True
                 yield FrameError(FrameError.TOO_LONG, f"no frame delimiter within {MAX_WIRE} bytes")
-
-    @property
-    def pending(self) -> int:
-        return len(self._buf)

@@ -39,7 +39,7 @@ TRAIN_BATCH = 16
 TRAIN_LR = 3e-3
 
 
-def _tiny_key() -> str:
+def tiny_key() -> str:
     h = hashlib.sha256()
     for part in (repr(PRESETS["tiny"]), CORPUS, TRAIN_STEPS, TRAIN_SEQ, TRAIN_BATCH, TRAIN_LR,
                  PRESET_SEEDS["tiny"], PRESET_INIT_STD["tiny"], torch.__version__):
@@ -82,7 +82,7 @@ def build_preset(name: str, max_seq_len: int, all_logits: bool = False) -> Lfm2M
                         init_std=PRESET_INIT_STD[name])
     if name != "tiny":
         return model
-    path = cache_dir() / "presets" / f"tiny-{_tiny_key()}.pt"
+    path = cache_dir() / "presets" / f"tiny-{tiny_key()}.pt"
     if path.exists():
         state = torch.load(path, weights_only=True)
     else:

@@ -192,12 +192,19 @@ def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = Fa
                    progress: Progress = _noop):
     """Render the firmware for a board, compile it with the board's compiler and assemble the bundle."""
     from toolchain import boards
-    from toolchain.build import compile as fw_compile
-    from toolchain.build import render, sdk
     from toolchain.export import manifest
 
     board = boards.get(board_name)
-    manifest.read(pte)  # a .pte that is not a program, or not its manifest's, stops here
+    body = manifest.read(pte)  # a .pte that is not a program, or not its manifest's, stops here
+    return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, progress=progress)
+
+
+def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool = False,
+           sdk_wheel: Path | None = None, progress: Progress = _noop):
+    """build_firmware for a program whose manifest ``body`` was read (and its hash verified) already."""
+    from toolchain.build import compile as fw_compile
+    from toolchain.build import render, sdk
+
     progress("sdk", f"executorch runtime for {board.arch}")
     runtime = sdk.sdk_for(board.arch, wheel=sdk_wheel)
     progress("render", f"firmware for {board.name}")
@@ -205,7 +212,7 @@ def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = Fa
     progress("compile", f"{board.cross_prefix or ''}g++ {' '.join(board.cpu_flags)}")
     runner = fw_compile.configure_and_build(board, project, runtime, sanitize=sanitize)
     progress("bundle", str(out / "bundle"))
-    return fw_compile.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version())
+    return fw_compile.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body)
 
 
 def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop):
@@ -215,8 +222,9 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
     from toolchain.export import manifest
 
     board = boards.get(board_name)
+    body = manifest.read(pte)  # hashes the program once; the build below reuses the verified manifest
     key = _digest({"board": board.to_dict(), "fw": render.firmware_version(), "et": sdk.host_version(),
-                   "pte": manifest.sha256_file(pte)})
+                   "pte": body["program"]["sha256"]})
     out = workdir / "builds" / f"{board.name}-{key}"
     if (out / "bundle" / fw_compile.BUNDLE_FILE).exists():
         try:
@@ -226,7 +234,7 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
             return bundle, True
         except EdgelmError:
             pass
-    return build_firmware(board_name, pte, out, progress=progress), False
+    return _build(board, pte, body, out, progress=progress), False
 
 
 def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORKDIR):

@@ -102,9 +102,14 @@ def required_glibc(binary: Path, board: Board) -> tuple[int, int]:
     return max(found) if found else (0, 0)
 
 
-def assemble(board: Board, runner: Path, sdk: Sdk, pte: Path, dest: Path, firmware_version: str) -> Bundle:
-    """Copy runner + libs + program into ``dest`` (replaced), check glibc, write bundle.json."""
-    manifest = pte_manifest.read(pte)  # refuses a non-program or a hash mismatch
+def assemble(board: Board, runner: Path, sdk: Sdk, pte: Path, dest: Path, firmware_version: str,
+             manifest: dict[str, Any] | None = None) -> Bundle:
+    """Copy runner + libs + program into ``dest`` (replaced), check glibc, write bundle.json.
+
+    ``manifest``: the program's manifest if the caller has already read (and so verified) it.
+    """
+    if manifest is None:
+        manifest = pte_manifest.read(pte)  # refuses a non-program or a hash mismatch
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)

@@ -414,6 +414,9 @@ struct Link {
   uint32_t tx_seq;                   // next seq we send
   uint32_t rx_seq;                   // next seq we expect from the host
   int rx_started;                    // 0 until the first good frame
+  uint8_t last_type;                 // the last good frame: type, body length and body CRC, to
+  size_t last_len;                   //   drop a duplicate (the same frame again, same seq)
+  uint32_t last_crc;
   FrameReader reader;
   uint8_t body[FRAME_MAX_BODY];      // outgoing body scratch
   uint8_t wire[FRAME_MAX_WIRE];      // outgoing frame scratch
@@ -607,10 +610,21 @@ bool handle_event(Server* s, int event, const Frame* f) {
     return false;
   }
   uint64_t t_request = now_us();
+  uint32_t crc = crc32_update(0, f->body, f->body_len);
+  if (l->rx_started && f->seq + 1 == l->rx_seq && f->type == l->last_type && f->body_len == l->last_len &&
+      crc == l->last_crc) {
+    // A link that repeats bytes must not make us serve a request twice. A new host session
+    // starts its sequence numbers at a random value, so it does not repeat the last frame.
+    log_line("duplicate of frame %" PRIu32 " dropped", f->seq);
+    return false;
+  }
   if (l->rx_started && f->seq != l->rx_seq)
     log_line("host seq jumped from %" PRIu32 " to %" PRIu32 " (frames lost)", l->rx_seq, f->seq);
   l->rx_started = 1;
   l->rx_seq = f->seq + 1;
+  l->last_type = f->type;
+  l->last_len = f->body_len;
+  l->last_crc = crc;
 
   if (f->type == MSG_QUIT) {
     if (f->body_len != 0) {

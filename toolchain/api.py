@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolchain import __version__
-from toolchain.errors import CapacityError, DeviceError, EdgelmError, UsageError
+from toolchain.errors import CapacityError, DeviceError, EdgelmError, InputError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -247,37 +247,36 @@ def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORK
 
 def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,
           progress: Progress = _noop) -> dict[str, Any]:
-    """Deploy a bundle (verified on arrival) and start it; the runner keeps running after we return."""
+    """Deploy a bundle (verified on arrival) and start it; it keeps serving after we return.
+
+    Started through the one bring-up routine: the release counts as flashed only once its runner
+    has said HELLO on the link with the program's hash; otherwise the previous release is restored.
+    """
     from toolchain.build import compile as fw_compile
+    from toolchain.deploy import bringup
     from toolchain.deploy.base import Capability, require
 
     bundle = fw_compile.read_bundle(bundle_dir)
     tgt = target_for(bundle.board, target, workdir)
     require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
-    progress("flash", f"{tgt.name}:{bundle.board}")
-    previous = tgt.current()
-    release = tgt.deploy(bundle)
-    result: dict[str, Any] = {"board": bundle.board, "target": tgt.name, "release": release.id,
-                              "path": str(release.path), "verified": True}
-    if start:
-        require(tgt, Capability.START, "it cannot start a runner")
-        progress("start", release.id)
-        result["port"] = tgt.start()
-        why = tgt.wait_ready()
-        if why is not None:  # never leave the board without a working release
-            tgt.stop()
-            if previous is None or previous.id == release.id:
-                raise DeviceError(f"release {release.id} does not start: {why}")
-            tgt.activate(previous)
-            tgt.start()
-            again = tgt.wait_ready()
-            state = "running again" if again is None else f"current again, but it does not start either: {again}"
-            raise DeviceError(f"release {release.id} does not start ({why}); rolled back to {previous.id}, {state}")
-    return result
+    if not start:
+        progress("flash", f"{tgt.name}:{bundle.board}")
+        release = tgt.deploy(bundle)
+        return {"board": bundle.board, "target": tgt.name, "release": release.id, "path": str(release.path),
+                "verified": True}
+    require(tgt, Capability.START, "it cannot start a runner")
+    with bringup.bring_up(tgt, bundle, keep_running=True, progress=progress) as up:
+        return {"board": bundle.board, "target": tgt.name, "release": up.release.id, "path": str(up.release.path),
+                "verified": True, "port": up.port, "firmware_version": up.hello.firmware,
+                "model_sha256": up.hello.model_sha256, "load_ms": up.hello.load_ms}
 
 
 def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR) -> None:
     target_for(board_name, target, workdir).stop()
+
+
+MAX_THREADS = 256
+U64 = 2**64
 
 
 @dataclass
@@ -297,30 +296,128 @@ class RunRequest:
     tolerance: float | None = None
     threads: int | None = None
     workdir: Path = DEFAULT_WORKDIR
+    retries: int = 0
+    near_tie_budget: float | None = None  # fraction of the tokens; None: compare.DEFAULT_NEAR_TIE_BUDGET
+    byte_tokenizer: bool = False  # allow a checkpoint folder without tokenizer.json (prompt as UTF-8 bytes)
+
+    def check(self) -> None:
+        """Every option in range, before any work (one line naming the option)."""
+        import math
+
+        def finite(name: str, x: float) -> None:
+            if not isinstance(x, (int, float)) or not math.isfinite(x):
+                raise UsageError(f"{name} {x} must be a finite number")
+
+        if self.tokens < 1:
+            raise UsageError(f"--tokens {self.tokens} must be at least 1")
+        if self.max_seq_len < 2:
+            raise UsageError(f"--max-seq-len {self.max_seq_len} must be at least 2")
+        finite("--temperature", self.temperature)
+        if self.temperature < 0:
+            raise UsageError(f"--temperature {self.temperature} must be 0 (greedy) or positive")
+        if not 0 <= self.top_k < 2**32:
+            raise UsageError(f"--top-k {self.top_k} must be 0 (all) or a positive count")
+        finite("--top-p", self.top_p)
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p {self.top_p} must be in (0, 1]")
+        if not 0 <= self.seed < U64:
+            raise UsageError(f"--seed {self.seed} must be in [0, 2^64)")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise UsageError(f"--threads {self.threads} must be in [1, {MAX_THREADS}]")
+        if self.tolerance is not None:
+            finite("--tolerance", self.tolerance)
+            if self.tolerance <= 0:
+                raise UsageError(f"--tolerance {self.tolerance} must be positive")
+        if not 0 <= self.retries <= 100:
+            raise UsageError(f"--retries {self.retries} must be in [0, 100]")
+        if self.near_tie_budget is not None:
+            finite("--near-tie-budget", self.near_tie_budget)
+            if not 0 <= self.near_tie_budget <= 1:
+                raise UsageError(f"--near-tie-budget {self.near_tie_budget} must be a fraction in [0, 1]")
+
+
+@dataclass
+class Served:
+    """One request served by a board and judged against the host reference."""
+
+    request: Any  # protocol.Request
+    collected: Any  # session.Collected
+    verdict: Any  # compare.Verdict
+    attempts: int
+
+
+def serve_and_validate(up: Any, request: Any, reference: Any, *, tolerance: float, retries: int = 0,
+                       near_tie_fraction: float | None = None, on_token: Callable[[int], None] = lambda t: None,
+                       on_retry: Callable[[int, str], None] = lambda n, why: None) -> Served:
+    """Send ``request`` to a board that is up (``bringup.BoardUp``), gather its stream and judge every
+    token against ``reference`` (a ``validate.reference.ProgramRunner`` on the same program).
+
+    A stream the link damaged (garbled or lost frames, a port that went away, a silent board) is
+    asked for again, up to ``retries`` times; only a complete stream is judged."""
+    from toolchain.link.session import LinkError
+    from toolchain.validate import compare
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            collected = up.session.collect(request, on_token)
+            break
+        except LinkError as exc:
+            if attempt > retries:
+                if retries:
+                    raise LinkError(f"{exc} (after {retries} retries)") from None
+                raise
+            log.warning("stream damaged (%s); asking again (%d of %d)", exc, attempt, retries)
+            on_retry(attempt, str(exc))
+            up.session.resync()
+    asked = compare.Asked(max_new_tokens=request.max_new_tokens, stop_ids=tuple(request.stop),
+                          ignore_eos=request.ignore_eos, temperature=request.temperature, top_k=request.top_k,
+                          top_p=request.top_p, seed=request.seed, report_logits=request.report_logits)
+    stream = compare.Stream(tokens=tuple(collected.tokens), logits=tuple(collected.logits),
+                            stop=collected.stats.stop if collected.stats is not None else None)
+    fraction = compare.DEFAULT_NEAR_TIE_BUDGET if near_tie_fraction is None else near_tie_fraction
+    shape = compare.check_stream(asked, stream)
+    logits = [] if shape is not None else reference_logits(reference, list(request.prompt), stream.tokens)
+    verdict = compare.compare(asked, stream, logits, tolerance=tolerance, near_tie_fraction=fraction)
+    return Served(request, collected, verdict, attempt)
+
+
+def reference_logits(reference: Any, prompt: list[int], tokens: Sequence[int]) -> list[Any]:
+    """The host's logits before each of the board's tokens, teacher-forced on them."""
+    out = [reference.step(prompt, 0).numpy()]
+    for i, t in enumerate(tokens[:-1]):
+        out.append(reference.step([int(t)], len(prompt) + i).numpy())
+    return out
 
 
 def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str], None] = lambda s: None,
-            on_runner: Callable[[Any], None] = lambda t: None) -> dict[str, Any]:
-    """Export, build, flash, stream and validate: the main job. Returns the report dict."""
-    import numpy as np
+            on_retry: Callable[[int, str], None] = lambda n, why: None,
+            open_transport: Callable[[str], Any] | None = None) -> dict[str, Any]:
+    """Export, build, bring the board up, stream and validate: the main job. Returns the report dict.
 
+    ``open_transport`` opens the host's end of the link (tests put a fault injector there)."""
     from toolchain import boards
+    from toolchain.deploy import bringup
     from toolchain.link import protocol
-    from toolchain.link.session import BoardSession, Timeouts
-    from toolchain.link.transport import SerialTransport
     from toolchain.model import checkpoint, tokenizer
     from toolchain.validate import compare
     from toolchain.validate.reference import ProgramRunner
 
+    req.check()
     board = boards.get(req.board)
     quant = req.quant or board.default_quant
-    if req.tokens < 1:
-        raise UsageError(f"--tokens {req.tokens} must be at least 1")
+    tok_path = None
+    if not checkpoint.is_preset(req.model):
+        tok_path = checkpoint.inspect_folder(Path(req.model)).tokenizer_path
+        if tok_path is None and not req.byte_tokenizer:
+            raise InputError(f"{req.model} has no tokenizer.json: the prompt cannot be tokenized as the model was "
+                             "trained", hint="add the checkpoint's tokenizer.json, or pass --byte-tokenizer to send "
+                                             "the prompt as UTF-8 bytes anyway")
+    tgt = target_for(req.board, req.target, req.workdir)  # an unknown target fails before the slow steps
     exported, reused_export = cached_export(req.model, req.workdir, quant=quant, max_seq_len=req.max_seq_len,
                                             progress=progress)
     man = exported.manifest
-    tok_path = checkpoint.inspect_folder(Path(req.model)).tokenizer_path if not checkpoint.is_preset(req.model) \
-        else None
     tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
     prompt_ids = [man["tokens"]["bos_token_id"], *tok.encode(req.prompt)]
     max_seq = man["program"]["max_seq_len"]
@@ -329,71 +426,44 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
                             f"sequence length {max_seq}", hint="ask for fewer --tokens or export with a larger "
                                                                "--max-seq-len")
     bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress)
-    tgt = target_for(req.board, req.target, req.workdir)
-    progress("flash", f"{tgt.name}:{board.name}")
-    release = tgt.deploy(bundle)
-    port = tgt.link()
-    transport = SerialTransport(port, board.baud)  # open our end first: the runner drops earlier input
-    progress("start", f"runner {release.id} on {tgt.name}:{board.name}")
-    try:
-        tgt.start(threads=req.threads)
-    except BaseException:
-        transport.close()
-        tgt.stop()
-        raise
-    on_runner(tgt)
     request = protocol.Request(prompt=tuple(prompt_ids), max_new_tokens=req.tokens, temperature=req.temperature,
                                top_k=req.top_k, top_p=req.top_p, seed=req.seed,
                                stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos,
                                report_logits=True)
-    emulated = tgt.name == "qemu"
-    timeouts = Timeouts(first_token_s=120.0 if emulated else 60.0, token_s=30.0 if emulated else 10.0)
-    tokens: list[int] = []
-    board_logits: list[tuple[float, tuple[tuple[int, float], ...]]] = []
-    assembler = tokenizer.TextAssembler(tok)
-    try:
-        session = BoardSession(transport, timeouts, alive=tgt.alive)
-        progress("link", f"waiting for HELLO on {port}")
-        hello = session.wait_hello()
-        if hello.model_sha256 != man["program"]["sha256"]:
-            raise DeviceError(f"the board runs program {hello.model_sha256[:12]}..., not the exported "
-                              f"{man['program']['sha256'][:12]}...")
-        progress("stream", f"{len(prompt_ids)} prompt tokens, up to {req.tokens} new")
-        stats = None
-        for msg in session.generate(request):
-            if isinstance(msg, protocol.Token):
-                tokens.append(msg.token)
-                if msg.logit is not None:
-                    board_logits.append((msg.logit, msg.top))
-                on_text(assembler.push(msg.token))
-            else:
-                stats = msg
-        on_text(assembler.finish())
-        session.quit()
-    finally:
-        transport.close()
-        tgt.stop()
-    if stats is None:  # generate() ends with STATS or raises; this guards the contract
-        raise DeviceError("the board ended the request without a STATS frame")
-    progress("validate", "host reference, teacher-forced on the board's tokens")
-    ref = ProgramRunner(exported.pte)
-    logits = [ref.step(prompt_ids, 0).numpy()]
-    for i, t in enumerate(tokens[:-1]):
-        logits.append(ref.step([t], len(prompt_ids) + i).numpy())
     tol = req.tolerance if req.tolerance is not None else compare.default_tolerance(quant)
-    verdict = compare.compare(tokens, [np.asarray(x) for x in logits], tolerance=tol, temperature=req.temperature,
-                              top_k=req.top_k, top_p=req.top_p,
-                              board_logits=board_logits if len(board_logits) == len(tokens) else None)
-    stop_reason = "eos" if stats.stop == protocol.STOP_EOS else "max tokens"
+    reference = ProgramRunner(exported.pte)
+    assembler = tokenizer.TextAssembler(tok)
+
+    def on_token(token: int) -> None:
+        on_text(assembler.push(token))
+
+    def retried(n: int, why: str) -> None:
+        nonlocal assembler
+        assembler = tokenizer.TextAssembler(tok)
+        on_retry(n, why)
+
+    with bringup.bring_up(tgt, bundle, threads=req.threads, progress=progress, open_transport=open_transport) as up:
+        progress("stream", f"{len(prompt_ids)} prompt tokens, up to {req.tokens} new")
+        served = serve_and_validate(up, request, reference, tolerance=tol, retries=req.retries,
+                                    near_tie_fraction=req.near_tie_budget, on_token=on_token, on_retry=retried)
+        hello = up.hello
+    on_text(assembler.finish())
+    stats, verdict = served.collected.stats, served.verdict
+    stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens"}.get(
+        stats.stop if stats else None, "unknown")
+    board_stats = ({"load_ms": hello.load_ms, "ttft_ms": stats.ttft_ms, "prefill_tok_s": stats.prefill_tok_s,
+                    "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb} if stats else
+                   {"load_ms": hello.load_ms})
     return {
-        "board": board.name, "target": tgt.name, "emulated": emulated, "model": req.model, "quant": quant,
-        "firmware_version": hello.firmware, "model_sha256": hello.model_sha256, "threads": hello.threads,
-        "prompt": req.prompt, "prompt_token_ids": prompt_ids, "generated_token_ids": tokens,
+        "board": board.name, "target": tgt.name, "emulated": bool(getattr(tgt, "emulated", False)), "model": req.model,
+        "quant": quant, "firmware_version": hello.firmware, "model_sha256": hello.model_sha256,
+        "threads": hello.threads, "release": up.release.id,
+        "prompt": req.prompt, "prompt_token_ids": prompt_ids, "generated_token_ids": list(served.collected.tokens),
         "text": assembler.text, "stop_reason": stop_reason,
         "sampling": {"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "seed": req.seed},
-        "board_stats": {"load_ms": hello.load_ms, "ttft_ms": stats.ttft_ms, "prefill_tok_s": stats.prefill_tok_s,
-                        "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb},
+        "board_stats": board_stats,
         "validation": verdict.to_dict(),
+        "attempts": served.attempts,
         "reused": {"export": reused_export, "build": reused_build},
         "bundle": str(bundle.root), "pte": str(exported.pte),
     }

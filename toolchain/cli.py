@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import unicodedata
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -48,8 +49,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except EdgelmError as exc:
-            hint = f" [dim](hint: {escape(exc.hint)})[/]" if exc.hint else ""
-            err.print(f"[bold red]error:[/] {escape(exc.message)}{hint}", soft_wrap=True)
+            hint = f" [dim](hint: {escape(printable(exc.hint))})[/]" if exc.hint else ""
+            err.print(f"[bold red]error:[/] {escape(printable(exc.message))}{hint}", soft_wrap=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err.print("[bold red]error:[/] interrupted")
@@ -60,11 +61,25 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             if os.environ.get("EDGELM_DEBUG"):
                 raise
             first = str(exc).splitlines()[0] if str(exc) else ""
-            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(first)} "
+            err.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(printable(first))} "
                       "[dim](hint: set EDGELM_DEBUG=1 for the traceback, and report it)[/]", soft_wrap=True)
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def printable(text: str) -> str:
+    """Text from a board or a file, safe for a terminal: control and format characters (an ESC
+    sequence, a right-to-left override) are shown escaped, never interpreted; newline and tab stay."""
+    out = []
+    for ch in text:
+        if ch in "\n\t" or unicodedata.category(ch)[0] != "C":
+            out.append(ch)
+        elif ord(ch) < 0x100:
+            out.append(f"\\x{ord(ch):02x}")
+        else:
+            out.append(f"\\u{ord(ch):04x}")
+    return "".join(out)
 
 
 def emit_json(data: Any) -> None:
@@ -303,7 +318,7 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
             click.echo(json.dumps(event, default=str))
         else:
             console.print(f"[dim]{event['seq'] if event.get('seq') is not None else '-':>6}[/] "
-                          f"[bold]{event['type']:<7}[/] {escape(str(event.get('message', '')))}")
+                          f"[bold]{event['type']:<7}[/] {escape(printable(str(event.get('message', ''))))}")
 
 
 @main.command()
@@ -324,12 +339,20 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--tolerance", type=float, default=None,
               help="Board vs host logit difference accepted as rounding, in std of the host logits "
                    "[default: 0.01 fp32, 0.75 8da*].")
+@click.option("--near-tie-budget", type=float, default=None,
+              help="Largest fraction of the tokens that may be near-ties (a flip the measured drift explains) "
+                   "[default: 0.25, at least 2 tokens].")
+@click.option("--retries", type=int, default=0, show_default=True,
+              help="Ask again for a stream the link damaged (garbled or lost frames); only a whole stream is judged.")
+@click.option("--byte-tokenizer", is_flag=True,
+              help="Allow a checkpoint folder without tokenizer.json: the prompt is sent as UTF-8 bytes.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
         temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, threads: int | None,
-        tolerance: float | None, workdir: Path, as_json: bool) -> None:
+        tolerance: float | None, near_tie_budget: float | None, retries: int, byte_tokenizer: bool, workdir: Path,
+        as_json: bool) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
     from toolchain.errors import ValidationFailed
@@ -337,22 +360,26 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
 
     req = api.RunRequest(board=board, model=model, prompt=prompt, tokens=tokens, quant=quant, target=target,
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir)
-    streamed: list[str] = []
+                         ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir,
+                         retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer)
 
     def on_text(piece: str) -> None:
-        streamed.append(piece)
         if not as_json and piece:
-            console.print(piece, end="", markup=False, highlight=False, soft_wrap=True)
+            console.print(printable(piece), end="", markup=False, highlight=False, soft_wrap=True)
+
+    def on_retry(attempt: int, why: str) -> None:
+        if not as_json:
+            console.print(f"\n[yellow]link damaged ({escape(printable(why))}); asking again ({attempt}/{retries})[/]")
+            console.print(f"[bold]{escape(printable(prompt))}[/]", end="")
 
     with StepProgress(enabled=not as_json) as progress:
         def step(name: str, detail: str) -> None:
             progress(name, detail)
             if name == "stream" and not as_json:
                 progress.pause()  # the text streams below the steps
-                console.print(f"[bold]{escape(prompt)}[/]", end="")
+                console.print(f"[bold]{escape(printable(prompt))}[/]", end="")
 
-        result = api.run_job(req, progress=step, on_text=on_text)
+        result = api.run_job(req, progress=step, on_text=on_text, on_retry=on_retry)
     if as_json:
         emit_json(result)
     else:

@@ -5,8 +5,9 @@ import pytest
 from toolchain import api
 from toolchain.link import framing
 from toolchain.link import protocol as P
-from toolchain.link.session import BoardSession, Timeouts
-from toolchain.link.transport import Deadline, SerialTransport
+from toolchain.link.session import Timeouts
+from toolchain.deploy.bringup import bring_up
+from toolchain.link.transport import Deadline
 
 pytestmark = [pytest.mark.hil, pytest.mark.slow]
 
@@ -16,15 +17,9 @@ def session(hil_board, hil_workdir):
     exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
     bundle, _ = api.cached_build(hil_board.board, exported.pte, hil_workdir)
     target = api.target_for(hil_board.board, hil_board.target, hil_workdir)
-    target.deploy(bundle)
-    transport = SerialTransport(target.link())
-    target.start()
-    s = BoardSession(transport, Timeouts(hello_s=60, first_token_s=60, token_s=30), alive=target.alive)
-    s.wait_hello()
-    s.target = target
-    yield s
-    transport.close()
-    target.stop()
+    with bring_up(target, bundle, timeouts=Timeouts(hello_s=60, first_token_s=60, token_s=30)) as up:
+        up.session.target = target
+        yield up.session
 
 
 def _tokens(session, request):

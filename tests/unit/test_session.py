@@ -22,7 +22,7 @@ def board_frames(*msgs, start=0):
 def session_with(data: bytes, alive=None):
     tr = MemoryTransport()
     tr.inject(data)
-    return BoardSession(tr, FAST, alive=alive), tr
+    return BoardSession(tr, FAST, alive=alive, tx_seq=0), tr
 
 
 def tokens_then_stats(n):

@@ -45,6 +45,7 @@ def _pid_alive(pid: int) -> bool:
 
 class ProcessTarget:
     name = "process"
+    emulated = False  # an emulator is much slower than the board: deadlines stretch (bringup.timeouts_for)
     capabilities = frozenset({Capability.DEPLOY, Capability.START, Capability.SERIAL, Capability.STOP})
 
     def __init__(self, board: Board, state_dir: Path):

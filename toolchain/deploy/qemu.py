@@ -16,6 +16,7 @@ SYSROOTS = {"aarch64": "/usr/aarch64-linux-gnu"}
 
 class QemuTarget(ProcessTarget):
     name = "qemu"
+    emulated = True
 
     def check_board(self) -> None:
         if self.board.arch not in SYSROOTS:

@@ -8,6 +8,8 @@ session with a DeviceError that names the last good sequence number and shows th
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -18,6 +20,11 @@ from toolchain.link.transport import Deadline, Transport
 log = logging.getLogger(__name__)
 
 HELLO_TIMEOUT_S = 120.0  # loading a 350M program under emulation takes a while
+REOPEN_TIMEOUT_S = 10.0  # a port that disappears (a USB adapter re-enumerating) must be back within this
+REOPEN_POLL_S = 0.1
+QUIET_S = 1.0  # after a damaged stream: the board is done when it has said nothing for this long
+EXTRA_TOKENS_READ = 16  # tokens read past max_new_tokens before giving up on a board that does not stop
+LINK_ERROR_CODES = (protocol.ERR_BAD_FRAME, protocol.ERR_BAD_CRC, protocol.ERR_TOO_LONG)
 
 
 @dataclass
@@ -25,23 +32,46 @@ class Timeouts:
     hello_s: float = HELLO_TIMEOUT_S
     first_token_s: float = 60.0  # the prefill
     token_s: float = 10.0  # one decode step
+    quiet_s: float = QUIET_S  # after a damaged stream, silence this long means the board is done
 
 
 class LinkError(DeviceError):
-    pass
+    """The link damaged the exchange (garbled or lost frames, a silent or vanished port): a request
+    may be sent again (``--retries``)."""
+
+
+class BoardError(DeviceError):
+    """The board answered, clearly, that it could not serve the request: sending it again will not help."""
+
+
+@dataclass
+class Collected:
+    """One request's stream as it arrived (validated elsewhere)."""
+
+    tokens: list[int]
+    logits: list[tuple[float, tuple[tuple[int, float], ...]] | None]
+    stats: protocol.Stats | None
+    t_us: list[int]
 
 
 class BoardSession:
     def __init__(self, transport: Transport, timeouts: Timeouts | None = None,
-                 alive: Callable[[], str | None] | None = None):
-        """``alive`` returns None while the board runs, else why it stopped (checked while waiting)."""
+                 alive: Callable[[], str | None] | None = None, reopen: Callable[[], Transport] | None = None,
+                 reopen_s: float = REOPEN_TIMEOUT_S, tx_seq: int | None = None):
+        """``alive`` returns None while the board runs, else why it stopped (checked while waiting).
+        ``reopen`` opens the port again when it disappears; it must be back within ``reopen_s``."""
         self.transport = transport
+        self._reopen = reopen
+        self._reopen_s = reopen_s
+        self.reopened = 0
         self.timeouts = timeouts or Timeouts()
         self._alive = alive or (lambda: None)
         self._reader = framing.FrameReader()
         self._pending: list[framing.Frame | framing.FrameError] = []
         self._rx_seq: int | None = None  # next expected sequence number from the board
-        self._tx_seq = 0
+        # A random start: the board drops a frame that repeats its last one (seq and body), which a
+        # new session starting from 0 with the same request would otherwise look like.
+        self._tx_seq = secrets.randbits(32) if tx_seq is None else tx_seq
         self.hello: protocol.Hello | None = None
 
     # Frames ------------------------------------------------------------------------------------
@@ -63,13 +93,48 @@ class BoardSession:
                 return item
             if deadline.expired:
                 raise self._fail(f"timed out after {deadline.seconds:.1f} s waiting for {waiting_for}")
-            data = self.transport.read(deadline)
+            data = self._read(deadline, waiting_for)
             if data:
                 self._pending.extend(self._reader.feed(data))
             else:
                 why = self._alive()
                 if why is not None:
                     raise self._fail(f"the board stopped while we waited for {waiting_for}: {why}")
+
+    def _read(self, deadline: Deadline, waiting_for: str) -> bytes:
+        try:
+            return self.transport.read(deadline)
+        except DeviceError as exc:
+            if self._reopen is None:
+                raise self._fail(f"the link went away while we waited for {waiting_for}: {exc}") from None
+        self._reopen_link(waiting_for)
+        return b""
+
+    def _reopen_link(self, waiting_for: str) -> None:
+        """The port vanished: open it again within the deadline (what a re-enumerated adapter needs)."""
+        assert self._reopen is not None
+        try:
+            self.transport.close()
+        except Exception as exc:  # noqa: BLE001 - closing a dead port may fail in many ways; say so and go on
+            log.info("closing the lost port: %s", exc)
+        deadline = Deadline(self._reopen_s)
+        last = ""
+        while not deadline.expired:
+            why = self._alive()
+            if why is not None:
+                raise self._fail(f"the link went away while we waited for {waiting_for}, and the board stopped: "
+                                 f"{why}")
+            try:
+                self.transport = self._reopen()
+            except DeviceError as exc:
+                last = str(exc)
+                time.sleep(REOPEN_POLL_S)
+                continue
+            self.reopened += 1
+            log.info("link reopened (%s)", self.transport.name)
+            return
+        raise self._fail(f"the link went away while we waited for {waiting_for} and did not come back within "
+                         f"{self._reopen_s:.0f} s ({last or 'no port'})")
 
     def _expect(self, deadline: Deadline, waiting_for: str) -> object:
         frame = self._next_frame(deadline, waiting_for)
@@ -80,12 +145,22 @@ class BoardSession:
         if isinstance(msg, protocol.Error):
             if msg.code == protocol.ERR_SEQ_TOO_LONG:
                 raise CapacityError(f"the board refused the request: {msg.message}")
-            raise LinkError(f"the board answered {msg.name}: {msg.message}")
+            if msg.code in LINK_ERROR_CODES:  # what we sent arrived damaged
+                raise self._fail(f"the board answered {msg.name} while we waited for {waiting_for}: {msg.message}")
+            raise BoardError(f"the board answered {msg.name}: {msg.message}")
         return msg
 
     def send(self, msg_type: int, body: bytes = b"") -> None:
-        self.transport.write(framing.encode(msg_type, self._tx_seq, body))
+        wire = framing.encode(msg_type, self._tx_seq, body)
         self._tx_seq = (self._tx_seq + 1) & 0xFFFFFFFF
+        try:
+            self.transport.write(wire)
+        except DeviceError as exc:
+            if self._reopen is None:
+                raise
+            what = protocol.NAMES.get(msg_type, hex(msg_type))
+            self._reopen_link(f"{what} to be sent")
+            raise self._fail(f"the link went away while sending {what}: {exc}") from None
 
     # Messages ----------------------------------------------------------------------------------
 
@@ -124,6 +199,42 @@ class BoardSession:
                 return
             else:
                 raise self._fail(f"unexpected {type(msg).__name__} during generation")
+
+    def collect(self, request: protocol.Request, on_token: Callable[[int], None] = lambda t: None) -> Collected:
+        """Send a request and gather its stream. A board that does not stop is read only
+        ``EXTRA_TOKENS_READ`` tokens past ``max_new_tokens`` (the verdict fails it); the session is then
+        resynchronised before anything else is sent."""
+        out = Collected([], [], None, [])
+        for msg in self.generate(request):
+            if isinstance(msg, protocol.Token):
+                out.tokens.append(msg.token)
+                out.t_us.append(msg.t_us)
+                out.logits.append((msg.logit, msg.top) if msg.logit is not None else None)
+                if len(out.tokens) <= request.max_new_tokens:
+                    on_token(msg.token)
+                elif len(out.tokens) > request.max_new_tokens + EXTRA_TOKENS_READ:
+                    self.resync()
+                    break
+            else:
+                out.stats = msg
+        return out
+
+    def resync(self, quiet_s: float | None = None) -> None:
+        """After a damaged or abandoned stream: let the board finish (until it has been quiet for
+        ``quiet_s``, within a decode deadline per frame), drop what it said and start counting frames
+        afresh, so the next request starts clean."""
+        quiet_s = self.timeouts.quiet_s if quiet_s is None else quiet_s
+        limit = Deadline(max(self.timeouts.token_s, quiet_s) * 4)
+        while not limit.expired:
+            quiet = Deadline(quiet_s)
+            got = b""
+            while not quiet.expired and not got:
+                got = self._read(quiet, "the damaged stream to end")
+            if not got:
+                break
+        self._reader = framing.FrameReader()
+        self._pending.clear()
+        self._rx_seq = None
 
     def frames(self, deadline: Deadline) -> Iterator[tuple[framing.Frame | framing.FrameError, object]]:
         """Monitor mode: every frame (or framing error) with its parsed message, until the deadline."""

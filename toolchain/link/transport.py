@@ -68,12 +68,14 @@ class SerialTransport:
             raise DeviceError(f"serial port {self.name} closed by the board ({exc.strerror})") from None
 
     def write(self, data: bytes) -> None:
+        import termios
+
         import serial
 
         try:
             self._port.write(data)
             self._port.flush()
-        except (serial.SerialException, OSError) as exc:
+        except (serial.SerialException, OSError, termios.error) as exc:
             raise DeviceError(f"cannot write to serial port {self.name}: {exc}") from None
 
     def close(self) -> None:

@@ -19,6 +19,11 @@ from toolchain.errors import InputError
 BYTE_OFFSET = 3  # ids 0..2 are pad, BOS, EOS
 
 
+def unknown_token(token_id: int) -> bytes:
+    """How an id the tokenizer has no text for is shown: visibly, never as nothing."""
+    return f"<id {token_id}>".encode()
+
+
 class Tokenizer(Protocol):
     name: str
     sha256: str | None
@@ -43,7 +48,9 @@ class ByteTokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         if BYTE_OFFSET <= token_id < 256 + BYTE_OFFSET:
             return bytes([token_id - BYTE_OFFSET])
-        return b""  # specials and ids beyond the byte range (a larger preset vocab) print nothing
+        if token_id < BYTE_OFFSET:
+            return b""  # pad, BOS, EOS are control, not text
+        return unknown_token(token_id)  # beyond the byte range (a larger preset vocab): shown, not hidden
 
 
 class HFTokenizer:
@@ -75,7 +82,7 @@ class HFTokenizer:
             return self._cache[token_id]
         piece = self._tok.id_to_token(token_id)
         if piece is None:
-            out = b""
+            out = unknown_token(token_id)
         elif self._tok.get_added_tokens_decoder().get(token_id) is not None:
             out = b""  # special / added tokens are control, not text
         elif self._byte_level:

@@ -74,6 +74,15 @@ uint32_t sample(Sampler *s, const float *logits, float temperature, uint32_t top
     uint32_t V = s->vocab_size;
     s->last = (LastDraw){0, 0.0, 0.0, 0.0};
     if (!(temperature > 0.0f)) return sample_argmax(logits, V);
+#ifdef EDGELM_TEST_SAMPLER_BUG
+    /* test-only fault (sampler.h): uniform over the vocabulary, the same single draw */
+    {
+        double u = sampler_next_float(s);
+        uint32_t tok = (uint32_t)(u * (double)V);
+        s->last.u = u;
+        return tok < V ? tok : V - 1;
+    }
+#endif
 
     /* 1-2: order by logit, keep the first n */
     ProbIndex *c = s->candidates;

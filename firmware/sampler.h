@@ -22,6 +22,10 @@
  * Generator: xorshift64*, state = seed (0 -> SAMPLER_DEFAULT_SEED);
  *   x ^= x >> 12; x ^= x << 25; x ^= x >> 27; out = x * 0x2545F4914F6CDD1D (mod 2^64);
  *   next_u32() = out >> 32; next_float() = (double)(out >> 40) / 2^24   (exact, in [0, 1))
+ *
+ * Test-only fault: built with EDGELM_TEST_SAMPLER_BUG defined (cmake
+ * -DEDGELM_TEST_SAMPLER_BUG=ON), temperature > 0 ignores the logits and returns
+ * min(floor(u * V), V - 1) with the same single draw u: a board whose sampler is wrong.
  */
 #ifndef EDGELM_SAMPLER_H
 #define EDGELM_SAMPLER_H
@@ -44,7 +48,7 @@ typedef struct {
  * same as a Draw): candidates[0 .. kept-1] and cdf[0 .. kept-1] hold the kept ids and their
  * cdf_i. When the first logit is not finite: kept 1, cdf[0] = 1, mass 1, r = u. */
 typedef struct {
-    uint32_t kept; /* ids kept after top_k and top_p; 0: greedy */
+    uint32_t kept; /* ids kept after top_k and top_p; 0: greedy (or the test-only fault) */
     double u;      /* the draw */
     double mass;   /* cdf[kept-1] */
     double r;      /* u * mass */

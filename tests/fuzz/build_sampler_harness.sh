@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compiles tests/fuzz/sampler_harness.c with firmware/sampler.c, under AddressSanitizer and
 # UBSan (any finding aborts), to the path given; extra arguments go to the compiler (e.g.
-# -O3 -march=native, as the runner is built).
+# -O3 -march=native as the runner is built, or -DEDGELM_TEST_SAMPLER_BUG for the runner's
+# test-only sampler fault).
 #   usage: tests/fuzz/build_sampler_harness.sh OUT [CFLAGS...]     (compiler: $CC, else gcc)
 set -euo pipefail
 if [ $# -lt 1 ]; then

@@ -31,6 +31,11 @@ def optimised_harness(tmp_path_factory):
     return _build(tmp_path_factory.mktemp("fuzz") / "sampler_harness_o3", "-O3", "-march=native")
 
 
+@pytest.fixture(scope="module")
+def buggy_harness(tmp_path_factory):
+    return _build(tmp_path_factory.mktemp("fuzz") / "sampler_harness_bug", "-DEDGELM_TEST_SAMPLER_BUG")
+
+
 # ----------------------------------------------------------------------------
 # Cases
 
@@ -163,3 +168,23 @@ def test_the_generator_is_the_same_stream_from_any_seed(harness):
     cases = [(np.zeros(1, np.float32), 0.0, 0, 1.0, seed, 64) for seed in seeds]
     for case, line in zip(cases, _run(harness, cases)):
         assert line == _twin(*case)
+
+
+def test_the_test_only_fault_is_caught_by_the_twin(buggy_harness):
+    """Built with EDGELM_TEST_SAMPLER_BUG the sampler draws uniformly over the vocabulary with the
+    same one draw per token; the twin, given the same seed, disagrees with it."""
+    rng = random.Random(8)
+    cases = []
+    while len(cases) < 200:
+        case = _case(rng, rng.randrange(50, 2000))
+        logits, temperature, top_k, top_p, seed, n = case
+        if np.float32(temperature) > 0 and n > 0:
+            cases.append((logits, temperature, 8, 0.9, seed, n))
+    differ = 0
+    for case, line in zip(cases, _run(buggy_harness, cases)):
+        logits, temperature, top_k, top_p, seed, n = case
+        tokens = [int(t) for t in line.split("|")[0].split()]  # greedy-style fields: no Sampler.last
+        assert tokens == [min(int(u * logits.size), logits.size - 1) for u in S.uniforms(seed, n)]
+        assert line.split("|")[1].strip() == _u_bits(S.uniforms(seed, n + 1)[-1])  # still one draw per token
+        differ += line != _twin(*case)
+    assert differ >= 190

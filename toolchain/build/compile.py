@@ -70,8 +70,10 @@ def compiler_for(board: Board) -> tuple[str, str]:
     return cc, cxx
 
 
-def configure_and_build(board: Board, project: Path, sdk: Sdk, sanitize: bool = False) -> Path:
-    """cmake configure + build in ``project/build``; returns the runner binary."""
+def configure_and_build(board: Board, project: Path, sdk: Sdk, sanitize: bool = False, *,
+                        cmake_defs: dict[str, str] | None = None) -> Path:
+    """cmake configure + build in ``project/build``; returns the runner binary. ``cmake_defs`` adds
+    ``-DNAME=VALUE`` options (e.g. ``{"EDGELM_TEST_SAMPLER_BUG": "ON"}``, firmware/CMakeLists.txt)."""
     cc, cxx = compiler_for(board)
     project = project.resolve()  # cmake resolves a relative toolchain file against the build dir
     if sdk.arch != board.arch:
@@ -84,6 +86,7 @@ def configure_and_build(board: Board, project: Path, sdk: Sdk, sanitize: bool = 
         cmd.append(f"-DCMAKE_TOOLCHAIN_FILE={project / 'toolchain-cross.cmake'}")
     else:
         cmd += [f"-DCMAKE_C_COMPILER={cc}", f"-DCMAKE_CXX_COMPILER={cxx}"]
+    cmd += [f"-D{name}={value}" for name, value in (cmake_defs or {}).items()]
     _run(cmd, "cmake configure")
     _run(["cmake", "--build", str(build), "--parallel", "2"], "compile")
     runner = build / RUNNER

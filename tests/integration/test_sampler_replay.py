@@ -1,0 +1,79 @@
+"""The host runner's sampled tokens replayed by toolchain/validate/sampler.py, and a runner built
+with the test-only sampler fault (EDGELM_TEST_SAMPLER_BUG) caught by the same replay.
+
+With ``top_k`` <= TOKEN_MAX_TOP (4) the kept ids are the TOKEN frame's reported best (id, logit),
+so those exact f32 logits are all the replay needs: every other id is -inf to the sampler."""
+
+import numpy as np
+import pytest
+
+from toolchain import api, boards
+from toolchain.build import compile as fw_compile
+from toolchain.build import render, sdk
+from toolchain.deploy.local import LocalTarget
+from toolchain.export import manifest
+from toolchain.link import protocol as P
+from toolchain.link.session import BoardSession, Timeouts
+from toolchain.link.transport import SerialTransport
+from toolchain.validate import sampler as S
+
+pytestmark = pytest.mark.slow
+
+REQUEST = P.Request((1, 82, 114), 32, temperature=1.5, top_k=4, top_p=0.95, seed=2**64 - 1, ignore_eos=True,
+                    report_logits=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_pte(hil_workdir):
+    result, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
+    return result.pte
+
+
+def _tokens(bundle, state) -> tuple[int, list[P.Token]]:
+    target = LocalTarget(boards.get("host"), state)
+    target.deploy(bundle)
+    transport = SerialTransport(target.link())
+    target.start()
+    try:
+        s = BoardSession(transport, Timeouts(hello_s=60, first_token_s=60, token_s=30), alive=target.alive)
+        hello = s.wait_hello()
+        tokens = [m for m in s.generate(REQUEST) if isinstance(m, P.Token)]
+        s.send(P.QUIT)
+        return hello.vocab_size, tokens
+    finally:
+        transport.close()
+        target.stop()
+
+
+def _replay(vocab: int, tokens: list[P.Token]) -> list[int]:
+    rng = S.Rng(REQUEST.seed)
+    out = []
+    for t in tokens:
+        logits = np.full(vocab, -np.inf, np.float32)
+        for i, x in t.top:
+            logits[i] = x
+        out.append(S.sample(logits, REQUEST.temperature, REQUEST.top_k, REQUEST.top_p, rng))
+    return out
+
+
+def test_every_sampled_token_replays_on_the_host(tiny_pte, hil_workdir, tmp_path):
+    bundle, _ = api.cached_build("host", tiny_pte, hil_workdir)
+    vocab, tokens = _tokens(bundle, tmp_path / "targets")
+    assert len(tokens) == REQUEST.max_new_tokens and all(len(t.top) == 4 for t in tokens)
+    assert [t.token for t in tokens] == _replay(vocab, tokens)
+    assert len({t.token for t in tokens}) > 1  # it did sample
+
+
+def test_a_runner_with_the_sampler_fault_is_caught(tiny_pte, tmp_path):
+    board = boards.get("host")
+    runtime = sdk.sdk_for(board.arch)
+    project = render.render(board, tmp_path / "project")
+    runner = fw_compile.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_SAMPLER_BUG": "ON"})
+    bundle = fw_compile.assemble(board, runner, runtime, tiny_pte, tmp_path / "bundle", render.firmware_version(),
+                                 manifest.read(tiny_pte))
+    vocab, tokens = _tokens(bundle, tmp_path / "targets")
+    board_tokens = [t.token for t in tokens]
+    us = S.uniforms(REQUEST.seed, len(tokens))
+    assert board_tokens == [min(int(u * vocab), vocab - 1) for u in us]  # uniform, one draw per token
+    replayed = _replay(vocab, tokens)
+    assert sum(b != r for b, r in zip(board_tokens, replayed)) >= len(tokens) // 2

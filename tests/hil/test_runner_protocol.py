@@ -3,10 +3,10 @@
 import pytest
 
 from toolchain import api
+from toolchain.deploy.bringup import bring_up
 from toolchain.link import framing
 from toolchain.link import protocol as P
 from toolchain.link.session import Timeouts
-from toolchain.deploy.bringup import bring_up
 from toolchain.link.transport import Deadline
 
 pytestmark = [pytest.mark.hil, pytest.mark.slow]

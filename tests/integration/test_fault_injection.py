@@ -22,7 +22,6 @@ from toolchain.errors import DeviceError
 from toolchain.link import faults
 from toolchain.link import protocol as P
 from toolchain.link.session import Timeouts
-from toolchain.link.transport import SerialTransport
 from toolchain.model.tokenizer import ByteTokenizer
 from toolchain.validate.reference import ProgramRunner
 
@@ -35,32 +34,13 @@ FAST = Timeouts(hello_s=60, first_token_s=3.0, token_s=2.0, quiet_s=0.3)
 PROMPTS = ["Once upon a time", "The board", "A model waited", "On the desk", "Tokens flow"]
 
 
-class Relayed:
-    """open_transport for bring_up: the host's end of the link goes through one PtyRelay."""
-
-    def __init__(self, folder: Path, seed: int):
-        self.folder, self.seed = folder, seed
-        self.relay: faults.PtyRelay | None = None
-
-    def __call__(self, port: str) -> SerialTransport:
-        if self.relay is None or self.relay.board_port != port:
-            if self.relay is not None:
-                self.relay.close()
-            self.relay = faults.PtyRelay(port, self.folder / "host-port", seed=self.seed)
-        return SerialTransport(str(self.relay.host_path))
-
-    def close(self) -> None:
-        if self.relay is not None:
-            self.relay.close()
-
-
 @pytest.fixture(scope="module")
 def rig(hil_workdir, tmp_path_factory):
     exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
     bundle, _ = api.cached_build("host", exported.pte, hil_workdir)
     folder = tmp_path_factory.mktemp("faults")
     target = LocalTarget(boards.get("host"), folder / "targets")
-    link = Relayed(folder, SEED)
+    link = faults.RelayedLink(folder, SEED)
     reference = ProgramRunner(exported.pte)
     eos = tuple(exported.manifest["tokens"]["eos_token_ids"])
     try:

@@ -10,11 +10,11 @@ import pytest
 from toolchain import api, boards
 from toolchain.build import compile as fw_compile
 from toolchain.build import render, sdk
+from toolchain.deploy.bringup import bring_up
 from toolchain.deploy.local import LocalTarget
 from toolchain.export import manifest
 from toolchain.link import protocol as P
-from toolchain.link.session import BoardSession, Timeouts
-from toolchain.link.transport import SerialTransport
+from toolchain.link.session import Timeouts
 from toolchain.validate import sampler as S
 
 pytestmark = pytest.mark.slow
@@ -31,18 +31,8 @@ def tiny_pte(hil_workdir):
 
 def _tokens(bundle, state) -> tuple[int, list[P.Token]]:
     target = LocalTarget(boards.get("host"), state)
-    target.deploy(bundle)
-    transport = SerialTransport(target.link())
-    target.start()
-    try:
-        s = BoardSession(transport, Timeouts(hello_s=60, first_token_s=60, token_s=30), alive=target.alive)
-        hello = s.wait_hello()
-        tokens = [m for m in s.generate(REQUEST) if isinstance(m, P.Token)]
-        s.send(P.QUIT)
-        return hello.vocab_size, tokens
-    finally:
-        transport.close()
-        target.stop()
+    with bring_up(target, bundle, timeouts=Timeouts(hello_s=60, first_token_s=60, token_s=30)) as up:
+        return up.hello.vocab_size, [m for m in up.session.generate(REQUEST) if isinstance(m, P.Token)]
 
 
 def _replay(vocab: int, tokens: list[P.Token]) -> list[int]:
@@ -77,3 +67,31 @@ def test_a_runner_with_the_sampler_fault_is_caught(tiny_pte, tmp_path):
     assert board_tokens == [min(int(u * vocab), vocab - 1) for u in us]  # uniform, one draw per token
     replayed = _replay(vocab, tokens)
     assert sum(b != r for b, r in zip(board_tokens, replayed)) >= len(tokens) // 2
+
+
+def test_the_verdict_fails_a_runner_with_the_sampler_fault_end_to_end(tiny_pte, tmp_path):
+    """The faulty runner behind the fault injector (no fault armed: the lie is the board's own), judged
+    by the same routine `edgelm run` uses: every sampled request FAILs, greedy ones still PASS."""
+    from toolchain.link import faults
+    from toolchain.validate.reference import ProgramRunner
+
+    board = boards.get("host")
+    runtime = sdk.sdk_for(board.arch)
+    project = render.render(board, tmp_path / "project")
+    runner = fw_compile.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_SAMPLER_BUG": "ON"})
+    bundle = fw_compile.assemble(board, runner, runtime, tiny_pte, tmp_path / "bundle", render.firmware_version(),
+                                 manifest.read(tiny_pte))
+    link = faults.RelayedLink(tmp_path, seed=1)
+    reference = ProgramRunner(tiny_pte)
+    target = LocalTarget(board, tmp_path / "targets")
+    try:
+        with bring_up(target, bundle, open_transport=link) as up:
+            for seed, (temperature, top_k, top_p) in enumerate([(0.8, 0, 1.0), (1.0, 40, 0.95), (0.5, 8, 0.9)]):
+                req = P.Request((1, 82, 114, 103), 24, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                                ignore_eos=True, report_logits=True)
+                served = api.serve_and_validate(up, req, reference, tolerance=0.75)
+                assert not served.verdict.passed and "replay of the sampler" in served.verdict.reason
+            greedy = P.Request((1, 82, 114, 103), 24, ignore_eos=True, report_logits=True)
+            assert api.serve_and_validate(up, greedy, reference, tolerance=0.75).verdict.passed
+    finally:
+        link.close()

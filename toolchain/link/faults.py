@@ -332,3 +332,30 @@ class PtyRelay:
         self._close_host()
         with contextlib.suppress(OSError):
             os.close(self._board_fd)
+
+
+class RelayedLink:
+    """``open_transport`` for :func:`toolchain.deploy.bringup.bring_up`: the host's end of the link
+    goes through one :class:`PtyRelay` (made on first use, reused when the session reopens the port)."""
+
+    def __init__(self, folder: Path, seed: int = 0):
+        self.folder, self.seed = Path(folder), seed
+        self.relay: PtyRelay | None = None
+
+    def __call__(self, port: str):
+        from toolchain.link.transport import SerialTransport
+
+        if self.relay is None or self.relay.board_port != port:
+            self.close()
+            self.relay = PtyRelay(port, self.folder / "host-port", seed=self.seed)
+        return SerialTransport(str(self.relay.host_path))
+
+    def arm(self, fault: Fault) -> None:
+        if self.relay is None:
+            raise RuntimeError("the link is not open yet")
+        self.relay.arm(fault)
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.close()
+            self.relay = None

@@ -106,3 +106,13 @@ def test_cli_inspect_of_a_text_file(tmp_path):
     bogus = tmp_path / "model.pte"
     bogus.write_text("not a program")
     _one_error_line(_cli("inspect", str(bogus)), 3, "not an ExecuTorch program")
+
+
+def test_cli_run_of_a_folder_without_tokenizer_json_is_refused_before_any_work(good_folder, tmp_path):
+    """Without tokenizer.json the prompt would go out as byte ids and a real model would answer nonsense
+    that still validates: say so, unless asked for (--byte-tokenizer)."""
+    work = tmp_path / "work"
+    proc = _cli("run", "--board", "host", "--model", str(good_folder), "--workdir", str(work))
+    _one_error_line(proc, 3, "has no tokenizer.json")
+    assert "--byte-tokenizer" in proc.stderr
+    assert not (work / "exports").exists()

@@ -189,18 +189,26 @@ def cached_export(model: str, workdir: Path, *, quant: str, group_size: int = 32
 
 
 def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = False, sdk_wheel: Path | None = None,
-                   progress: Progress = _noop):
-    """Render the firmware for a board, compile it with the board's compiler and assemble the bundle."""
+                   sign_key: Path | None = None, progress: Progress = _noop):
+    """Render the firmware for a board, compile it with the board's compiler and assemble the bundle.
+
+    ``sign_key``: an ed25519 private key (`edgelm keygen`) to sign the bundle with (bundle.sig).
+    """
     from toolchain import boards
+    from toolchain.build import signing
     from toolchain.export import manifest
 
     board = boards.get(board_name)
+    for path, what in ((out, "--out"), (out / "project", "the project folder"), (out / "bundle", "the bundle folder")):
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise UsageError(f"{what} {path} exists and is not a folder", hint="give a folder for --out")
+    key = signing.load_private_key(sign_key) if sign_key is not None else None  # before the slow steps
     body = manifest.read(pte)  # a .pte that is not a program, or not its manifest's, stops here
-    return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, progress=progress)
+    return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=key, progress=progress)
 
 
 def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool = False,
-           sdk_wheel: Path | None = None, progress: Progress = _noop):
+           sdk_wheel: Path | None = None, sign_key: Any = None, progress: Progress = _noop):
     """build_firmware for a program whose manifest ``body`` was read (and its hash verified) already."""
     from toolchain.build import compile as fw_compile
     from toolchain.build import render, sdk
@@ -212,16 +220,22 @@ def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool 
     progress("compile", f"{board.cross_prefix or ''}g++ {' '.join(board.cpu_flags)}")
     runner = fw_compile.configure_and_build(board, project, runtime, sanitize=sanitize)
     progress("bundle", str(out / "bundle"))
-    return fw_compile.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body)
+    return fw_compile.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body,
+                               sign_key=sign_key)
 
 
-def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop):
+def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop, sign_key: Path | None = None):
+    """build_firmware into ``workdir/builds``, reusing an earlier build of the same inputs (re-verified).
+
+    ``sign_key``: sign the bundle (a reused one too) with this ed25519 private key.
+    """
     from toolchain import boards
     from toolchain.build import compile as fw_compile
-    from toolchain.build import render, sdk
+    from toolchain.build import render, sdk, signing
     from toolchain.export import manifest
 
     board = boards.get(board_name)
+    signer = signing.load_private_key(sign_key) if sign_key is not None else None
     body = manifest.read(pte)  # hashes the program once; the build below reuses the verified manifest
     key = _digest({"board": board.to_dict(), "fw": render.firmware_version(), "et": sdk.host_version(),
                    "pte": body["program"]["sha256"]})
@@ -230,11 +244,13 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
         try:
             bundle = fw_compile.read_bundle(out / "bundle")
             fw_compile.verify_bundle(bundle)
+            if signer is not None:
+                fw_compile.sign_bundle(bundle, signer)
             progress("build", f"reusing {out / 'bundle'}")
             return bundle, True
         except EdgelmError:
             pass
-    return _build(board, pte, body, out, progress=progress), False
+    return _build(board, pte, body, out, sign_key=signer, progress=progress), False
 
 
 def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORKDIR):
@@ -246,12 +262,18 @@ def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORK
 
 
 def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,
-          progress: Progress = _noop) -> dict[str, Any]:
-    """Deploy a bundle (verified on arrival) and start it; the runner keeps running after we return."""
+          progress: Progress = _noop, sign_key: Path | None = None) -> dict[str, Any]:
+    """Deploy a bundle (verified on arrival) and start it; the runner keeps running after we return.
+
+    ``sign_key``: first sign the bundle (writes bundle.sig into ``bundle_dir``) with this private key.
+    """
     from toolchain.build import compile as fw_compile
+    from toolchain.build import signing
     from toolchain.deploy.base import Capability, require
 
     bundle = fw_compile.read_bundle(bundle_dir)
+    if sign_key is not None:
+        fw_compile.sign_bundle(bundle, signing.load_private_key(sign_key))
     tgt = target_for(bundle.board, target, workdir)
     require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
     progress("flash", f"{tgt.name}:{bundle.board}")
@@ -280,6 +302,27 @@ def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WOR
     target_for(board_name, target, workdir).stop()
 
 
+def keygen(out: Path) -> dict[str, Any]:
+    """A new ed25519 signing key: ``out`` (private, PEM, mode 0600) and ``out.pub``."""
+    from toolchain.build import signing
+
+    private, public, fp = signing.generate(out)
+    return {"private_key": str(private), "public_key": str(public), "fingerprint": fp}
+
+
+def trust(public_key: Path, board_name: str, target: str | None = None,
+          workdir: Path = DEFAULT_WORKDIR) -> dict[str, Any]:
+    """Make a target accept only bundles signed by this key (or another it trusts) from now on."""
+    from toolchain.build import signing
+    from toolchain.deploy.base import Capability, require
+
+    key = signing.load_public_key(public_key)
+    tgt = target_for(board_name, target, workdir)
+    require(tgt, Capability.TRUST, "it cannot check signatures")
+    fp = tgt.trust(signing.public_pem(key))
+    return {"board": board_name, "target": tgt.name, "fingerprint": fp, "public_key": str(public_key)}
+
+
 @dataclass
 class RunRequest:
     board: str
@@ -297,6 +340,7 @@ class RunRequest:
     tolerance: float | None = None
     threads: int | None = None
     workdir: Path = DEFAULT_WORKDIR
+    sign_key: Path | None = None  # sign the bundle with this ed25519 private key (edgelm keygen)
 
 
 def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str], None] = lambda s: None,

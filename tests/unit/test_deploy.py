@@ -339,3 +339,25 @@ def test_a_bad_sign_key_is_refused_before_building(tmp_path, fakes, content, nee
                         "--sign-key", key)
     assert code == 3 and needle in _error_line(err)
     assert not (tmp_path / "o").exists()
+
+
+def test_trust_on_a_target_that_cannot_run_the_board_is_refused(tmp_path, keys):
+    code, _, err = _cli("trust", keys["trusted"][1], "--board", "host", "--target", "qemu", "--workdir", tmp_path / "w")
+    assert code == 2 and "emulates Arm boards" in _error_line(err)
+    assert not (tmp_path / "w" / "targets").exists()
+
+
+def test_signing_a_bundle_that_cannot_be_written_is_one_line(tmp_path, fakes, keys, monkeypatch):
+    bundle = fakes.write_bundle(tmp_path / "b")
+    key = signing.load_private_key(keys["trusted"][0])
+    real = type(tmp_path).write_bytes
+
+    def read_only(self, data):
+        if self.name.endswith(".sig.tmp"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, data)
+
+    monkeypatch.setattr(type(tmp_path), "write_bytes", read_only)
+    with pytest.raises(InputError, match="cannot write .*bundle.sig: Permission denied"):
+        fw_compile.sign_bundle(bundle, key)
+    assert not (bundle.root / "bundle.sig").exists()

@@ -195,8 +195,12 @@ def sign_bundle(bundle: Bundle, key: signing.Ed25519PrivateKey) -> str:
 def _write_signature(root: Path, data: bytes, key: signing.Ed25519PrivateKey) -> None:
     sig = root / SIGNATURE_FILE
     tmp = root.parent / f".{root.name}.{SIGNATURE_FILE}.tmp"  # not inside: the bundle holds nothing else
-    tmp.write_bytes(signing.sign(data, key))
-    tmp.replace(sig)
+    try:
+        tmp.write_bytes(signing.sign(data, key))
+        tmp.replace(sig)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {sig}: {exc.strerror or exc}") from None
 
 
 def _plain_name(name: str) -> bool:

@@ -184,6 +184,7 @@ class ProcessTarget:
 
     def trust(self, public_key_pem: bytes) -> str:
         """From now on accept only bundles signed by this key (or another trusted one); its fingerprint."""
+        self.check_board()
         key = signing.parse_public_key(public_key_pem, "the public key")
         fp = signing.fingerprint(key)
         folder = self.state / TRUST_DIR

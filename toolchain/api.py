@@ -189,18 +189,26 @@ def cached_export(model: str, workdir: Path, *, quant: str, group_size: int = 32
 
 
 def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = False, sdk_wheel: Path | None = None,
-                   progress: Progress = _noop):
-    """Render the firmware for a board, compile it with the board's compiler and assemble the bundle."""
+                   sign_key: Path | None = None, progress: Progress = _noop):
+    """Render the firmware for a board, compile it with the board's compiler and assemble the bundle.
+
+    ``sign_key``: an ed25519 private key (`edgelm keygen`) to sign the bundle with (bundle.sig).
+    """
     from toolchain import boards
+    from toolchain.build import signing
     from toolchain.export import manifest
 
     board = boards.get(board_name)
+    for path, what in ((out, "--out"), (out / "project", "the project folder"), (out / "bundle", "the bundle folder")):
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise UsageError(f"{what} {path} exists and is not a folder", hint="give a folder for --out")
+    key = signing.load_private_key(sign_key) if sign_key is not None else None  # before the slow steps
     body = manifest.read(pte)  # a .pte that is not a program, or not its manifest's, stops here
-    return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, progress=progress)
+    return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=key, progress=progress)
 
 
 def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool = False,
-           sdk_wheel: Path | None = None, progress: Progress = _noop):
+           sdk_wheel: Path | None = None, sign_key: Any = None, progress: Progress = _noop):
     """build_firmware for a program whose manifest ``body`` was read (and its hash verified) already."""
     from toolchain.build import compile as fw_compile
     from toolchain.build import render, sdk
@@ -212,16 +220,22 @@ def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool 
     progress("compile", f"{board.cross_prefix or ''}g++ {' '.join(board.cpu_flags)}")
     runner = fw_compile.configure_and_build(board, project, runtime, sanitize=sanitize)
     progress("bundle", str(out / "bundle"))
-    return fw_compile.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body)
+    return fw_compile.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body,
+                               sign_key=sign_key)
 
 
-def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop):
+def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop, sign_key: Path | None = None):
+    """build_firmware into ``workdir/builds``, reusing an earlier build of the same inputs (re-verified).
+
+    ``sign_key``: sign the bundle (a reused one too) with this ed25519 private key.
+    """
     from toolchain import boards
     from toolchain.build import compile as fw_compile
-    from toolchain.build import render, sdk
+    from toolchain.build import render, sdk, signing
     from toolchain.export import manifest
 
     board = boards.get(board_name)
+    signer = signing.load_private_key(sign_key) if sign_key is not None else None
     body = manifest.read(pte)  # hashes the program once; the build below reuses the verified manifest
     key = _digest({"board": board.to_dict(), "fw": render.firmware_version(), "et": sdk.host_version(),
                    "pte": body["program"]["sha256"]})
@@ -230,11 +244,13 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
         try:
             bundle = fw_compile.read_bundle(out / "bundle")
             fw_compile.verify_bundle(bundle)
+            if signer is not None:
+                fw_compile.sign_bundle(bundle, signer)
             progress("build", f"reusing {out / 'bundle'}")
             return bundle, True
         except EdgelmError:
             pass
-    return _build(board, pte, body, out, progress=progress), False
+    return _build(board, pte, body, out, sign_key=signer, progress=progress), False
 
 
 def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORKDIR):
@@ -246,17 +262,21 @@ def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORK
 
 
 def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,
-          progress: Progress = _noop) -> dict[str, Any]:
+          progress: Progress = _noop, sign_key: Path | None = None) -> dict[str, Any]:
     """Deploy a bundle (verified on arrival) and start it; it keeps serving after we return.
 
     Started through the one bring-up routine: the release counts as flashed only once its runner
     has said HELLO on the link with the program's hash; otherwise the previous release is restored.
+    ``sign_key``: first sign the bundle (writes bundle.sig into ``bundle_dir``) with this private key.
     """
     from toolchain.build import compile as fw_compile
+    from toolchain.build import signing
     from toolchain.deploy import bringup
     from toolchain.deploy.base import Capability, require
 
     bundle = fw_compile.read_bundle(bundle_dir)
+    if sign_key is not None:
+        fw_compile.sign_bundle(bundle, signing.load_private_key(sign_key))
     tgt = target_for(bundle.board, target, workdir)
     require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
     if not start:
@@ -273,6 +293,27 @@ def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_W
 
 def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR) -> None:
     target_for(board_name, target, workdir).stop()
+
+
+def keygen(out: Path) -> dict[str, Any]:
+    """A new ed25519 signing key: ``out`` (private, PEM, mode 0600) and ``out.pub``."""
+    from toolchain.build import signing
+
+    private, public, fp = signing.generate(out)
+    return {"private_key": str(private), "public_key": str(public), "fingerprint": fp}
+
+
+def trust(public_key: Path, board_name: str, target: str | None = None,
+          workdir: Path = DEFAULT_WORKDIR) -> dict[str, Any]:
+    """Make a target accept only bundles signed by this key (or another it trusts) from now on."""
+    from toolchain.build import signing
+    from toolchain.deploy.base import Capability, require
+
+    key = signing.load_public_key(public_key)
+    tgt = target_for(board_name, target, workdir)
+    require(tgt, Capability.TRUST, "it cannot check signatures")
+    fp = tgt.trust(signing.public_pem(key))
+    return {"board": board_name, "target": tgt.name, "fingerprint": fp, "public_key": str(public_key)}
 
 
 MAX_THREADS = 256
@@ -296,6 +337,7 @@ class RunRequest:
     tolerance: float | None = None
     threads: int | None = None
     workdir: Path = DEFAULT_WORKDIR
+    sign_key: Path | None = None  # sign the bundle with this ed25519 private key (edgelm keygen)
     retries: int = 0
     near_tie_budget: float | None = None  # fraction of the tokens; None: compare.DEFAULT_NEAR_TIE_BUDGET
     byte_tokenizer: bool = False  # allow a checkpoint folder without tokenizer.json (prompt as UTF-8 bytes)
@@ -405,6 +447,10 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
     from toolchain.validate.reference import ProgramRunner
 
     req.check()
+    if req.sign_key is not None:
+        from toolchain.build import signing
+
+        signing.load_private_key(req.sign_key)  # a bad key fails before the slow steps
     board = boards.get(req.board)
     quant = req.quant or board.default_quant
     tok_path = None
@@ -425,7 +471,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         raise CapacityError(f"{len(prompt_ids)} prompt tokens + {req.tokens} new tokens exceed the program's max "
                             f"sequence length {max_seq}", hint="ask for fewer --tokens or export with a larger "
                                                                "--max-seq-len")
-    bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress)
+    bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress, sign_key=req.sign_key)
     request = protocol.Request(prompt=tuple(prompt_ids), max_new_tokens=req.tokens, temperature=req.temperature,
                                top_k=req.top_k, top_p=req.top_p, seed=req.seed,
                                stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos,

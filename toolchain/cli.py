@@ -178,6 +178,7 @@ def inspect(pte: Path, as_json: bool) -> None:
     table = Table(show_header=False, box=None)
     for key, value in [
         ("program", f"{pte} ({prog['size_bytes'] / 1e6:.1f} MB) sha256 {prog['sha256']} [green]verified[/]"),
+        ("manifest", f"digest {body['digest'][:16]}... [green]verified[/]"),
         ("model", f"{body['model']['name']} ({body['model']['kind']}), {body['model']['parameters'] / 1e6:.1f}M "
                   f"parameters, {len(cfg['layer_types'])} layers"),
         ("method", f"{prog['method']}(tokens[1, 1..{prog['max_seq_len']}], input_pos[1]) -> logits"),
@@ -240,20 +241,62 @@ def boards_cmd(as_json: bool) -> None:
 @click.option("--sanitize", is_flag=True, help="Build with ASan/UBSan (host board only).")
 @click.option("--sdk-wheel", type=click.Path(path_type=Path), default=None,
               help="A local executorch wheel for the board's platform (offline builds).")
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
+              help="Sign the bundle with this ed25519 private key (see `edgelm keygen`).")
 @click.option("--json", "as_json", is_flag=True)
 @command
-def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | None, as_json: bool) -> None:
+def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | None, sign_key: Path | None,
+          as_json: bool) -> None:
     """Render and cross-compile the runner firmware for a board; assemble the bundle."""
     from toolchain import api
 
     with StepProgress(enabled=not as_json) as progress:
-        bundle = api.build_firmware(board, pte, out, sanitize=sanitize, sdk_wheel=sdk_wheel, progress=progress)
+        bundle = api.build_firmware(board, pte, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=sign_key,
+                                    progress=progress)
     if as_json:
-        emit_json({"bundle": str(bundle.root)} | bundle.info)
+        emit_json({"bundle": str(bundle.root), "release": bundle.release_id, "signed": sign_key is not None}
+                  | bundle.info)
         return
     console.print(f"[green]built[/] {bundle.root} for {bundle.board}: {len(bundle.files)} files, "
                   f"{bundle.info['size_bytes'] / 1e6:.1f} MB, needs glibc {bundle.info['glibc_required']} "
-                  f"(board has {bundle.info['glibc_board']})")
+                  f"(board has {bundle.info['glibc_board']}), release {bundle.release_id}"
+                  + (", signed" if sign_key is not None else ""))
+
+
+@main.command()
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
+              help="Private key file to write (PEM, mode 0600); the public key goes to OUT.pub.")
+@click.option("--json", "as_json", is_flag=True)
+@command
+def keygen(out: Path, as_json: bool) -> None:
+    """Make an ed25519 key pair for signing bundles (`build --sign-key`, `trust`)."""
+    from toolchain import api
+
+    result = api.keygen(out)
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"[green]wrote[/] {result['private_key']} (private, keep it secret) and {result['public_key']}; "
+                  f"fingerprint {result['fingerprint'][:16]}")
+
+
+@main.command()
+@click.argument("public_key", type=click.Path(path_type=Path))
+@click.option("--board", "-b", required=True)
+@click.option("--target", "-t", default=None, help="qemu | local (default: by the board's architecture).")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@command
+def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_json: bool) -> None:
+    """Make a target accept only bundles signed by this public key (or another it trusts)."""
+    from toolchain import api
+
+    result = api.trust(public_key, board, target, workdir)
+    if as_json:
+        emit_json(result)
+        return
+    console.print(f"{result['target']}:{result['board']} now trusts key {result['fingerprint'][:16]} and accepts "
+                  "only bundles signed by a key it trusts")
 
 
 @main.command()
@@ -347,12 +390,14 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--byte-tokenizer", is_flag=True,
               help="Allow a checkpoint folder without tokenizer.json: the prompt is sent as UTF-8 bytes.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
+              help="Sign the bundle with this ed25519 private key (see `edgelm keygen`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
         temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, threads: int | None,
         tolerance: float | None, near_tie_budget: float | None, retries: int, byte_tokenizer: bool, workdir: Path,
-        as_json: bool) -> None:
+        sign_key: Path | None, as_json: bool) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
     from toolchain.errors import ValidationFailed
@@ -361,7 +406,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
     req = api.RunRequest(board=board, model=model, prompt=prompt, tokens=tokens, quant=quant, target=target,
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir,
-                         retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer)
+                         retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
+                         sign_key=sign_key)
 
     def on_text(piece: str) -> None:
         if not as_json and piece:

@@ -118,3 +118,52 @@ def test_a_flash_whose_runner_does_not_start_rolls_back_to_the_running_release(t
         assert target.running() is not None  # the previous release's runner serves again
     finally:
         api.stop("host", "local", work)
+
+
+def test_a_target_that_trusts_a_key_takes_only_bundles_signed_by_it(tiny_pte, hil_workdir, tmp_path, fakes):
+    import shutil
+
+    from toolchain.build import signing
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    api.keygen(keys / "ours")
+    api.keygen(keys / "theirs")
+    work = tmp_path / "work"
+    api.trust(keys / "ours.pub", "host", "local", work)
+    bundle, _ = api.cached_build("host", tiny_pte, hil_workdir, sign_key=keys / "ours")
+    assert (bundle.root / "bundle.sig").is_file()
+    good = api.flash(bundle.root, "local", work)  # verified, started, serving
+    try:
+        target = api.target_for("host", "local", work)
+        assert target.current().id == good["release"] == bundle.release_id
+        state = target.state
+        before = fakes.snapshot(state / "releases") | fakes.snapshot(state / "trusted_keys")
+
+        def variant(name, runner_text=None, sign_with=None):
+            copy = tmp_path / name
+            shutil.copytree(bundle.root, copy)
+            if runner_text is not None:  # another release id, and still a consistent bundle.json
+                (copy / "runner").write_text(runner_text)
+                fakes.rewrite_info(copy, lambda i: i["files"].__setitem__(
+                    "runner", fw_compile.pte_manifest.sha256_file(copy / "runner")))
+            if sign_with is not None:
+                fw_compile.sign_bundle(fw_compile.read_bundle(copy), signing.load_private_key(sign_with))
+            return copy
+
+        unsigned = variant("unsigned", "#!/bin/sh\nexit 0\n")
+        (unsigned / "bundle.sig").unlink()
+        theirs = variant("theirs", "#!/bin/sh\nexit 1\n", sign_with=keys / "theirs")
+        edited = variant("edited")
+        fakes.rewrite_info(edited, lambda i: i.__setitem__("max_seq_len", 4096))
+        replaced = variant("replaced")
+        (replaced / "model.pte").write_bytes((replaced / "model.pte").read_bytes()[:-1] + b"\x01")
+        for copy, needle in [(unsigned, "accepts only signed bundles"), (theirs, "which is not trusted here"),
+                             (edited, "does not match the bytes it signs"), (replaced, "does not match its sha256")]:
+            with pytest.raises(InputError, match=needle):
+                api.flash(copy, "local", work)
+            assert target.current().id == good["release"]
+            assert fakes.snapshot(state / "releases") | fakes.snapshot(state / "trusted_keys") == before
+        assert api.target_for("host", "local", work).running() is not None  # the good release still serves
+    finally:
+        api.stop("host", "local", work)

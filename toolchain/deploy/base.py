@@ -21,13 +21,14 @@ class Capability(str, Enum):
     START = "start"  # start the runner of the current release
     SERIAL = "serial"  # a serial link the host can open
     STOP = "stop"  # stop the runner
+    TRUST = "trust"  # hold public keys and accept only bundles signed by one of them
 
 
 @dataclass(frozen=True)
 class Release:
     """A verified bundle on the board."""
 
-    id: str  # firmware version + model hash, short
+    id: str  # r- + 16 hex of the sha256 over the bundle's file -> sha256 map (compile.release_id)
     path: Path
     board: str
 
@@ -38,6 +39,10 @@ class Target(Protocol):
     board: Board
 
     def deploy(self, bundle: Bundle) -> Release: ...
+
+    def trust(self, public_key_pem: bytes) -> str:
+        """Accept only bundles signed by this key (or another trusted one) from now on; its fingerprint."""
+        ...
 
     def current(self) -> Release | None: ...
 

@@ -1,14 +1,17 @@
 """Targets that run the bundle as a process on this machine, wired to the host by a null modem.
 
-``releases/<id>/`` hold deployed bundles; ``current`` points at the running one and is switched
+``releases/<id>/`` hold deployed bundles, ``<id>`` computed from the bundle's file hashes
+(:func:`toolchain.build.compile.release_id`); ``current`` points at the running one and is switched
 only after the new release's files are all present with the right hashes, so a failed deploy
-leaves the previous release in place. The serial link is a pair of pseudo-terminals joined by
+leaves the previous release in place. Public keys in ``trusted_keys/`` make the target accept
+only bundles signed by one of them. The serial link is a pair of pseudo-terminals joined by
 ``socat`` (a virtual null-modem cable): the runner opens one end as its serial device, the host
 opens the other with pyserial, exactly as with a USB-serial adapter.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -19,7 +22,17 @@ import time
 from pathlib import Path
 
 from toolchain.boards import Board
-from toolchain.build.compile import RUNNER, Bundle, read_bundle, verify_bundle
+from toolchain.build import signing
+from toolchain.build.compile import (
+    BUNDLE_FILE,
+    RUNNER,
+    SIGNATURE_FILE,
+    Bundle,
+    parse_info,
+    read_info_bytes,
+    verify_bundle,
+    verify_signature,
+)
 from toolchain.deploy.base import Capability, Release
 from toolchain.errors import DeviceError, InputError, UsageError
 from toolchain.export.manifest import PROGRAM_FILE
@@ -31,6 +44,7 @@ STOP_TIMEOUT_S = 5.0
 RUNNING_FILE = "running.json"
 READY_TIMEOUT_S = 120.0  # loading a 350M program under emulation
 READY_MARK = "HELLO sent"  # the runner's log line once it is serving
+TRUST_DIR = "trusted_keys"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -43,10 +57,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds (or will hold) ``path``."""
+    return shutil.disk_usage(_existing(path)).free
+
+
+def _fs_of(path: Path) -> str:
+    return f"the filesystem of {_existing(path)}"
+
+
 class ProcessTarget:
     name = "process"
     emulated = False  # an emulator is much slower than the board: deadlines stretch (bringup.timeouts_for)
-    capabilities = frozenset({Capability.DEPLOY, Capability.START, Capability.SERIAL, Capability.STOP})
+    capabilities = frozenset({Capability.DEPLOY, Capability.START, Capability.SERIAL, Capability.STOP,
+                              Capability.TRUST})
 
     def __init__(self, board: Board, state_dir: Path):
         self.board = board
@@ -66,35 +103,105 @@ class ProcessTarget:
 
     # Deploy --------------------------------------------------------------------------------------
 
+    @property
+    def where(self) -> str:
+        return f"{self.name}:{self.board.name}"
+
     def deploy(self, bundle: Bundle) -> Release:
+        """Verify ``bundle`` (signature when keys are trusted, file list, hashes), copy it into
+        ``releases/<id>``, verify the copy, make it current. Nothing changes here on a refusal."""
         self.check_board()
         if bundle.board != self.board.name:
             raise UsageError(f"bundle {bundle.root} was built for {bundle.board}, not {self.board.name}")
-        verify_bundle(bundle)
-        release_id = f"{bundle.info['firmware_version']}-{bundle.info['model_sha256'][:12]}"
+        trusted = self.trusted_keys()
+        source, source_bytes = self._checked(bundle.root, trusted)  # refusals happen here, before any write
+        if source.files != bundle.files or source.board != bundle.board:
+            raise InputError(f"bundle {bundle.root} changed after it was read", hint="flash it again")
+        release_id = source.release_id
         releases = self.state / "releases"
         final = releases / release_id
-        incoming = releases / f".incoming-{release_id}"
-        shutil.rmtree(incoming, ignore_errors=True)
-        incoming.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            shutil.copytree(bundle.root, incoming)
-            verify_bundle(read_bundle(incoming))  # what arrived is what was sent
-        except (OSError, InputError, shutil.Error) as exc:
-            shutil.rmtree(incoming, ignore_errors=True)
-            raise DeviceError(f"deploy to {self.name}:{self.board.name} failed ({exc}); the previous release "
-                              "is still current") from None
         current = self.current()
-        if final.exists():
-            if current is not None and current.path == final.resolve():
-                shutil.rmtree(incoming)  # the same release is current already (and verified above)
-                return current
-            shutil.rmtree(final)
-        incoming.rename(final)
+        now = f"release {current.id} is still current" if current is not None else "nothing is deployed"
+        if current is not None and current.path == final.resolve() and self._same(final, source_bytes, trusted):
+            return current  # the same release is current already, and its deployed copy verifies
+        names = [*source.files, BUNDLE_FILE, *([SIGNATURE_FILE] if (source.root / SIGNATURE_FILE).exists() else [])]
+        need = sum((source.root / n).lstat().st_size for n in names)
+        free = _free_bytes(releases)
+        if need > free:
+            raise DeviceError(f"deploy to {self.where} needs {need:,} bytes but {_fs_of(releases)} has {free:,} "
+                              f"free; {now}", hint="free some space there, or use another --workdir")
+        incoming = releases / f".incoming-{release_id}"
+        _remove(incoming)
+        try:
+            incoming.mkdir(parents=True)
+            for name in names:  # the listed files only; a link is copied as a link and refused below
+                shutil.copy2(source.root / name, incoming / name, follow_symlinks=False)
+            arrived, _ = self._checked(incoming, trusted)  # what arrived is what was sent
+            if arrived.files != source.files:
+                raise InputError(f"the copy lists other files than {source.root}")
+        except OSError as exc:
+            _remove(incoming)
+            if exc.errno == errno.ENOSPC:
+                raise DeviceError(f"deploy to {self.where} ran out of space: it needs {need:,} bytes and "
+                                  f"{_fs_of(releases)} has {_free_bytes(releases):,} free; {now}",
+                                  hint="free some space there, or use another --workdir") from None
+            raise DeviceError(f"deploy to {self.where} failed: {exc.strerror or exc} "
+                              f"({exc.filename or incoming}); {now}") from None
+        except InputError as exc:
+            _remove(incoming)
+            raise DeviceError(f"deploy to {self.where} failed: the copy does not verify ({exc}); {now}") from None
+        if final.exists() or final.is_symlink():  # an earlier copy of this release: replaced by the verified one
+            old = releases / f".old-{release_id}"
+            _remove(old)
+            final.rename(old)
+            incoming.rename(final)
+            _remove(old)
+        else:
+            incoming.rename(final)
         release = Release(release_id, final, self.board.name)
         self.activate(release)
         log.info("deployed %s to %s (hashes verified)", release_id, final)
         return release
+
+    def _checked(self, root: Path, trusted: list[signing.Ed25519PublicKey]) -> tuple[Bundle, bytes]:
+        """The bundle at ``root`` from one read of bundle.json: signature, file list, every hash."""
+        data = read_info_bytes(root)
+        if trusted:
+            verify_signature(root, data, trusted, f"{self.where} (it trusts {len(trusted)} key(s))")
+        bundle = Bundle(root, parse_info(data, str(root / BUNDLE_FILE)))
+        verify_bundle(bundle)
+        return bundle, data
+
+    def _same(self, deployed: Path, source_bytes: bytes, trusted: list[signing.Ed25519PublicKey]) -> bool:
+        """The deployed copy at ``deployed`` has the same bundle.json and still verifies."""
+        try:
+            _, data = self._checked(deployed, trusted)
+        except (InputError, OSError) as exc:
+            log.warning("deployed copy %s does not verify (%s); replacing it", deployed, exc)
+            return False
+        return data == source_bytes
+
+    # Trust ---------------------------------------------------------------------------------------
+
+    def trust(self, public_key_pem: bytes) -> str:
+        """From now on accept only bundles signed by this key (or another trusted one); its fingerprint."""
+        self.check_board()
+        key = signing.parse_public_key(public_key_pem, "the public key")
+        fp = signing.fingerprint(key)
+        folder = self.state / TRUST_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{fp[:16]}{signing.PUBLIC_SUFFIX}"
+        tmp = folder / f".{path.name}.tmp"
+        tmp.write_bytes(signing.public_pem(key))
+        tmp.replace(path)
+        return fp
+
+    def trusted_keys(self) -> list[signing.Ed25519PublicKey]:
+        folder = self.state / TRUST_DIR
+        if not folder.is_dir():
+            return []
+        return [signing.parse_public_key(p.read_bytes(), f"trusted key {p}")
+                for p in sorted(folder.glob(f"*{signing.PUBLIC_SUFFIX}"))]
 
     def activate(self, release: Release) -> None:
         """Make ``release`` the current one (an atomic symlink switch)."""

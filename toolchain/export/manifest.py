@@ -1,7 +1,8 @@
 """The manifest written next to every ``.pte``: what the program is, how it was made, what it needs.
 
 Pure: values in, values out; :func:`write` and :func:`read` are the only I/O. A manifest is
-trusted only when the program's sha256 matches (:func:`verify`).
+trusted only when its own ``digest`` (the sha256 of its canonical JSON without that field) holds,
+it has every field the readers use, and the program's sha256 matches (:func:`verify`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,25 @@ MANIFEST_FILE = "manifest.json"
 # ExecuTorch programs are flatbuffers with file identifier "ET" + 2-digit schema version at offset 4.
 PTE_MAGIC_OFFSET = 4
 PTE_MAGIC_PREFIX = b"ET"
+DIGEST = "digest"
+_HEX64 = frozenset("0123456789abcdef")
+# Every field a reader of the manifest uses (api, inspect, run, the bundle); a manifest lacking
+# one, or holding a value of another type there, is refused when read.
+_FIELDS: dict[str, type] = {
+    "program": dict, "program.file": str, "program.sha256": str, "program.size_bytes": int, "program.method": str,
+    "program.max_seq_len": int, "program.state_bytes": int,
+    "model": dict, "model.name": str, "model.kind": str, "model.parameters": int, "model.config": dict,
+    "model.config.vocab_size": int, "model.config.layer_types": list,
+    "quantization": dict, "quantization.scheme": str, "quantization.linear_layers": int,
+    "quantization.linear_layers_quantized": int, "quantization.lm_head": str,
+    "delegation": dict, "delegation.backend": str, "delegation.delegated_total": int,
+    "delegation.delegate_calls": int, "delegation.non_delegated_total": int,
+    "delegation.decoder_layers_fully_delegated": bool, "delegation.non_delegated_ops": dict,
+    "tokens": dict, "tokens.bos_token_id": int, "tokens.eos_token_ids": list, "tokens.tokenizer": dict,
+    "tokens.tokenizer.kind": str,
+    "versions": dict, "timings_s": dict,
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "an object", list: "a list"}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -31,6 +51,25 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def canonical(body: dict[str, Any]) -> bytes:
+    """The bytes the digest covers: ``body`` without its digest, as JSON with sorted keys, no spaces.
+
+    Round-tripped through JSON first, so a body built in memory (tuples, integer keys) and the
+    same body read back from the file give the same bytes.
+    """
+    plain = json.loads(json.dumps({k: v for k, v in body.items() if k != DIGEST}))
+    return json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
+
+
+def digest(body: dict[str, Any]) -> str:
+    return sha256_bytes(canonical(body))
+
+
+def seal(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` with its digest field (re)computed."""
+    return {k: v for k, v in body.items() if k != DIGEST} | {DIGEST: digest(body)}
 
 
 def check_program_header(head: bytes, name: str) -> None:
@@ -52,7 +91,7 @@ def state_bytes(config: dict[str, Any], max_seq_len: int) -> int:
 def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantization: dict[str, Any],
           delegation: dict[str, Any], tokens: dict[str, Any], versions: dict[str, str],
           timings: dict[str, float]) -> dict[str, Any]:
-    return {
+    return seal({
         "format": FORMAT,
         "program": {
             "file": PROGRAM_FILE,
@@ -72,7 +111,7 @@ def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantizati
         "tokens": tokens,
         "versions": versions,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
-    }
+    })
 
 
 def write(directory: Path, program: bytes, manifest: dict[str, Any]) -> tuple[Path, Path]:
@@ -83,10 +122,15 @@ def write(directory: Path, program: bytes, manifest: dict[str, Any]) -> tuple[Pa
     # manifest describes another program.
     tmp_pte, tmp_man = pte.with_suffix(".pte.tmp"), man.with_suffix(".json.tmp")
     tmp_pte.write_bytes(program)
-    tmp_man.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp_man.write_text(dumps(manifest))
     tmp_pte.replace(pte)
     tmp_man.replace(man)
     return pte, man
+
+
+def dumps(manifest: dict[str, Any]) -> str:
+    """The text of ``manifest.json`` for ``manifest``, its digest (re)computed."""
+    return json.dumps(seal(manifest), indent=2) + "\n"
 
 
 def read(pte: Path) -> dict[str, Any]:
@@ -102,12 +146,44 @@ def read(pte: Path) -> dict[str, Any]:
         raise InputError(f"{pte} has no {MANIFEST_FILE} beside it", hint="re-run `edgelm export`")
     try:
         body = json.loads(man.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{man} is not valid JSON ({exc})") from None
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise InputError(f"{man} is not an edgelm manifest (format {FORMAT})")
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InputError(f"{man} is not valid JSON ({str(exc)[:80]})") from None
+    check(body, str(man))
     verify(pte, body)
     return body
+
+
+def check(body: Any, name: str) -> None:
+    """Raise unless ``body`` is an edgelm manifest whose digest holds and that has every field readers use."""
+    stale = "re-run `edgelm export` for this program"
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise InputError(f"{name} is not an edgelm manifest (format {FORMAT})", hint=stale)
+    recorded = body.get(DIGEST)
+    if recorded is None:
+        raise InputError(f"{name} has no digest (written by an older edgelm)", hint=stale)
+    actual = digest(body)
+    if recorded != actual:
+        raise InputError(f"{name} was changed after export (its digest says {str(recorded)[:12]}..., its content "
+                         f"hashes to {actual[:12]}...)", hint=stale)
+    for path, kind in _FIELDS.items():
+        value: Any = body
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        # bool is an int to isinstance; an integer field holding true/false is as wrong as a string
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            what = "is missing" if value is None else f"is {repr(value)[:40]}, expected {_TYPE_NAMES[kind]}"
+            raise InputError(f"{name}: {path} {what}", hint=stale)
+    sha = body["program"]["sha256"]
+    if len(sha) != 64 or not set(sha) <= _HEX64:
+        raise InputError(f"{name}: program.sha256 {sha[:70]!r} is not a sha256", hint=stale)
+    if body["program"]["max_seq_len"] < 1:
+        raise InputError(f"{name}: program.max_seq_len {body['program']['max_seq_len']} is not positive", hint=stale)
+    eos = body["tokens"]["eos_token_ids"]
+    if not all(isinstance(x, int) and not isinstance(x, bool) for x in eos):
+        raise InputError(f"{name}: tokens.eos_token_ids {repr(eos)[:40]} must be integers", hint=stale)
+    for op, info in body["delegation"]["non_delegated_ops"].items():
+        if not (isinstance(info, dict) and isinstance(info.get("count"), int) and isinstance(info.get("why"), str)):
+            raise InputError(f"{name}: delegation.non_delegated_ops[{op!r}] needs a count and a why", hint=stale)
 
 
 def verify(pte: Path, manifest: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ TO_HOST, TO_BOARD = "to_host", "to_board"
 BYTE_FAULTS = ("flip", "drop", "insert", "duplicate", "truncate", "delay", "cut")
 LIES = ("early_stats", "extra_tokens", "swap_token", "wrong_stop", "nan_logits", "drop_logits")
 KINDS = BYTE_FAULTS + LIES
+TOKEN_LIES = ("swap_token", "nan_logits", "drop_logits")  # told in a TOKEN frame, or not at all
 RELAY_CHUNK = 4096
 RELAY_POLL_S = 0.05
 
@@ -81,7 +82,8 @@ class Mangler:
         self._tx_seq = 0  # what the host sees: our own count, so lies can add and remove frames
         self._swallow = False  # after an early STATS: drop the rest of the real stream
         self.vocab_size = 2
-        self.fired: list[Fault] = []
+        self.fired: list[Fault] = []  # told or done
+        self.missed: list[Fault] = []  # a lie about a token the stream never reached
 
     def arm(self, fault: Fault) -> None:
         self._armed[fault.direction] = fault
@@ -104,6 +106,10 @@ class Mangler:
             if fault.kind in ("wrong_stop", "extra_tokens"):
                 due = frame.type == protocol.STATS
             if not due:
+                return None
+            if frame.type == protocol.STATS and fault.kind in TOKEN_LIES:  # the stream ended first: not told
+                self._armed[direction] = None
+                self.missed.append(fault)
                 return None
         else:
             n = self._count[direction]

@@ -254,30 +254,43 @@ def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_W
     bundle = fw_compile.read_bundle(bundle_dir)
     tgt = target_for(bundle.board, target, workdir)
     require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
-    progress("flash", f"{tgt.name}:{bundle.board}")
-    previous = tgt.current()
-    release = tgt.deploy(bundle)
-    result: dict[str, Any] = {"board": bundle.board, "target": tgt.name, "release": release.id,
-                              "path": str(release.path), "verified": True}
     if start:
         require(tgt, Capability.START, "it cannot start a runner")
+    with tgt.lock("flash"):
+        progress("flash", f"{tgt.name}:{bundle.board}")
+        previous = tgt.current()
+        release = tgt.deploy(bundle)
+        result: dict[str, Any] = {"board": bundle.board, "target": tgt.name, "release": release.id,
+                                  "path": str(release.path), "verified": True}
+        if not start:
+            return result
         progress("start", release.id)
-        result["port"] = tgt.start()
-        why = tgt.wait_ready()
-        if why is not None:  # never leave the board without a working release
+        try:
+            result["port"] = tgt.start()
+            why = tgt.wait_ready()
+            if why is not None:  # never leave the board without a working release
+                tgt.stop()
+                if previous is None or previous.id == release.id:
+                    raise DeviceError(f"release {release.id} does not start: {why}")
+                tgt.activate(previous)
+                tgt.start()
+                again = tgt.wait_ready()
+                state = "running again" if again is None else f"current again, but it does not start either: {again}"
+                raise DeviceError(f"release {release.id} does not start ({why}); rolled back to {previous.id}, "
+                                  f"{state}")
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: stop what we started; the previous release stays
             tgt.stop()
-            if previous is None or previous.id == release.id:
-                raise DeviceError(f"release {release.id} does not start: {why}")
-            tgt.activate(previous)
-            tgt.start()
-            again = tgt.wait_ready()
-            state = "running again" if again is None else f"current again, but it does not start either: {again}"
-            raise DeviceError(f"release {release.id} does not start ({why}); rolled back to {previous.id}, {state}")
-    return result
+            if previous is not None and previous.id != release.id:
+                tgt.activate(previous)
+            raise
+    return result  # the runner keeps running: only a failure or an interruption stops it
 
 
-def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR) -> None:
-    target_for(board_name, target, workdir).stop()
+def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR) -> str | None:
+    """Stop the runner `flash` started. None, or a note on a stale PID file (removed; nothing was killed for it)."""
+    tgt = target_for(board_name, target, workdir)
+    with tgt.lock("stop"):
+        return tgt.stop()
 
 
 @dataclass

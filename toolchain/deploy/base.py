@@ -6,6 +6,7 @@ target cannot do, with the reason, instead of failing halfway (labgrid's protoco
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -61,7 +62,14 @@ class Target(Protocol):
         """None while the runner runs, else why it stopped."""
         ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> str | None:
+        """Stop the runner; None, or a note on a stale PID file (removed; nothing was killed for it)."""
+        ...
+
+    def lock(self, what: str) -> AbstractContextManager[None]:
+        """Hold the target for one job (``flash``, ``run``, ``stop``); DeviceError naming the holder if
+        another process holds it."""
+        ...
 
 
 def require(target: Target, capability: Capability, why: str) -> None:

@@ -280,19 +280,23 @@ def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_W
     tgt = target_for(bundle.board, target, workdir)
     require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
     if not start:
-        progress("flash", f"{tgt.name}:{bundle.board}")
-        release = tgt.deploy(bundle)
+        with tgt.lock("flash"):
+            progress("flash", f"{tgt.name}:{bundle.board}")
+            release = tgt.deploy(bundle)
         return {"board": bundle.board, "target": tgt.name, "release": release.id, "path": str(release.path),
                 "verified": True}
     require(tgt, Capability.START, "it cannot start a runner")
-    with bringup.bring_up(tgt, bundle, keep_running=True, progress=progress) as up:
+    with bringup.bring_up(tgt, bundle, keep_running=True, progress=progress, what="flash") as up:
         return {"board": bundle.board, "target": tgt.name, "release": up.release.id, "path": str(up.release.path),
                 "verified": True, "port": up.port, "firmware_version": up.hello.firmware,
                 "model_sha256": up.hello.model_sha256, "load_ms": up.hello.load_ms}
 
 
-def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR) -> None:
-    target_for(board_name, target, workdir).stop()
+def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR) -> str | None:
+    """Stop the runner `flash` started. None, or a note on a stale PID file (removed; nothing was killed for it)."""
+    tgt = target_for(board_name, target, workdir)
+    with tgt.lock("stop"):
+        return tgt.stop()
 
 
 def keygen(out: Path) -> dict[str, Any]:

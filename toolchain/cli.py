@@ -19,12 +19,11 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from toolchain import __version__
+from toolchain import __version__, interrupts
 from toolchain.errors import EdgelmError
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-EXIT_INTERRUPTED = 130
 EXIT_INTERNAL = 70
 
 
@@ -42,19 +41,28 @@ def _quiet_libraries(verbose: bool) -> None:
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn EdgelmError into one line (+ hint) and its exit code; never a traceback for bad input."""
+    """Turn EdgelmError into one line (+ hint) and its exit code; never a traceback for bad input.
+
+    Ctrl-C, SIGTERM and SIGHUP unwind through every cleanup (the runner, qemu and socat are
+    stopped), then end in one line and 128 + the signal number (130, 143, 129).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with interrupts.handled():
+                return fn(*args, **kwargs)
         except EdgelmError as exc:
             hint = f" [dim](hint: {escape(printable(exc.hint))})[/]" if exc.hint else ""
             err.print(f"[bold red]error:[/] {escape(printable(exc.message))}{hint}", soft_wrap=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err.print("[bold red]error:[/] interrupted")
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:
+            what = f"terminated by {exc.name}" if isinstance(exc, interrupts.Terminated) else "interrupted"
+            try:
+                err.print(f"[bold red]error:[/] {what}")
+            except OSError:  # SIGHUP: the terminal may be gone
+                pass
+            sys.exit(interrupts.exit_code(exc))
         except click.exceptions.Exit:
             raise
         except Exception as exc:  # a bug in edgelm: one line, the traceback only on request
@@ -332,11 +340,11 @@ def stop(board: str, target: str | None, workdir: Path, as_json: bool) -> None:
     """Stop the runner a `flash` started."""
     from toolchain import api
 
-    api.stop(board, target, workdir)
+    stale = api.stop(board, target, workdir)
     if as_json:
-        emit_json({"board": board, "stopped": True})
+        emit_json({"board": board, "stopped": True, "stale_pid_file": stale})
     else:
-        console.print(f"stopped the runner on {board}")
+        console.print(escape(stale) if stale else f"stopped the runner on {board}", soft_wrap=True)
 
 
 @main.command()

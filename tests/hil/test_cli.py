@@ -116,3 +116,81 @@ def test_run_with_a_relative_workdir(hil_board, hil_workdir, tmp_path):
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "PASS" in proc.stdout and (tmp_path / "out" / "builds").is_dir()
+
+
+def _stat(pid):
+    """(state, start time) of ``pid``, or None."""
+    try:
+        stat = open(f"/proc/{pid}/stat", "rb").read()
+    except FileNotFoundError:
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()  # the name (field 2) may hold spaces and ')'
+    return fields[0].decode(), int(fields[19])
+
+
+def _identity(pid):
+    return {"pid": pid, "start_time": (_stat(pid) or ("", -1))[1]}
+
+
+def _runs(record):
+    """Whether that process still runs (not ended, not a zombie, its pid not handed on)."""
+    now = _stat(record["pid"])
+    return now is not None and now[0] != "Z" and now[1] == record["start_time"]
+
+
+def _sigint_by_default():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job may have been started with it ignored
+
+
+@pytest.mark.parametrize(("sig", "code", "line"), [(signal.SIGTERM, 143, "error: terminated by SIGTERM"),
+                                                   (signal.SIGINT, 130, "error: interrupted")],
+                         ids=["SIGTERM", "SIGINT"])
+def test_a_signal_mid_stream_stops_every_process(sig, code, line, hil_board, hil_workdir):
+    """timeout, CI cancellation and systemd send SIGTERM: the runner (qemu) and socat run in sessions of
+    their own and do not get it, so edgelm stops them, then exits 128 + the signal with one line."""
+    cmd = [sys.executable, "-m", "toolchain.cli", "run", "--board", hil_board.board, "--target", hil_board.target,
+           "--model", "tiny", "--tokens", "480", "--ignore-eos", "--json", "--workdir", str(hil_workdir)]
+    t_start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_by_default)
+    state = hil_workdir / "targets" / f"{hil_board.target}-{hil_board.board}"
+    deadline = time.monotonic() + 900
+    started = None
+    try:
+        while started is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                info = json.loads((state / "running.json").read_text())
+                streaming = "request" in (state / "runner.log").read_text(errors="replace")
+            except (FileNotFoundError, ValueError):
+                info, streaming = {}, False
+            if streaming and info.get("started", 0) > t_start and info.get("runner_pid"):
+                # freeze edgelm mid-stream: until it goes on, it stops nothing, whatever the speed of the board
+                os.kill(proc.pid, signal.SIGSTOP)
+                now = {role: _identity(info[f"{role}_pid"]) for role in ("runner", "socat")}
+                if (state / "running.json").exists() and all(_runs(r) for r in now.values()):
+                    started = now
+                else:  # it had finished the stream already
+                    break
+            time.sleep(0.01)
+        proc.send_signal(sig if started else signal.SIGTERM)  # delivered when it goes on
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    if not started:
+        proc.communicate(timeout=120)
+        pytest.fail("never caught edgelm mid-stream")
+    t_signal = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    try:
+        assert time.monotonic() - t_signal < 15
+        assert proc.returncode == code, err
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert lines == [line] and out == ""
+        deadline = time.monotonic() + 5  # a child edgelm did not wait for is reaped by init
+        while time.monotonic() < deadline and any(_runs(r) for r in started.values()):
+            time.sleep(0.05)
+        assert not [r for r in started.values() if _runs(r)], f"still running: {started}"
+        assert not (state / "running.json").exists()
+    finally:
+        for record in started.values():
+            if _runs(record):
+                os.kill(record["pid"], signal.SIGKILL)

@@ -6,6 +6,7 @@ target cannot do, with the reason, instead of failing halfway (labgrid's protoco
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -35,6 +36,7 @@ class Release:
 
 class Target(Protocol):
     name: str
+    emulated: bool  # an emulator: deadlines stretch
     capabilities: frozenset[Capability]
     board: Board
 
@@ -50,10 +52,6 @@ class Target(Protocol):
         """Make an earlier release current again (rollback)."""
         ...
 
-    def wait_ready(self, timeout_s: float) -> str | None:
-        """After ``start``: None once the runner serves, else why it does not."""
-        ...
-
     def link(self) -> str:
         """Make the serial link ready; return the host-side port to open before ``start``."""
         ...
@@ -66,7 +64,14 @@ class Target(Protocol):
         """None while the runner runs, else why it stopped."""
         ...
 
-    def stop(self) -> None: ...
+    def stop(self) -> str | None:
+        """Stop the runner; None, or a note on a stale PID file (removed; nothing was killed for it)."""
+        ...
+
+    def lock(self, what: str) -> AbstractContextManager[None]:
+        """Hold the target for one job (``flash``, ``run``, ``stop``); DeviceError naming the holder if
+        another process holds it."""
+        ...
 
 
 def require(target: Target, capability: Capability, why: str) -> None:

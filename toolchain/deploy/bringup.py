@@ -58,9 +58,10 @@ def timeouts_for(target: Target) -> Timeouts:
 def _serve(target: Target, release: Release, *, expect_sha: str, open_transport: OpenTransport,
            timeouts: Timeouts, threads: int | None, progress: Progress) -> BoardUp:
     """Start ``release`` and wait for its HELLO on the link. On any failure nothing is left running."""
-    port = target.link()
-    transport = open_transport(port)  # our end is open before the runner starts: it drops earlier input
+    transport: Transport | None = None
     try:
+        port = target.link()
+        transport = open_transport(port)  # our end is open before the runner starts: it drops earlier input
         progress("start", f"runner {release.id} on {target.name}:{target.board.name}")
         target.start(threads=threads)
         session = BoardSession(transport, timeouts, alive=target.alive, reopen=lambda: open_transport(port))
@@ -73,20 +74,21 @@ def _serve(target: Target, release: Release, *, expect_sha: str, open_transport:
             raise DeviceError(f"the runner says it was built for board {hello.board!r}, not {target.board.name!r}")
         return BoardUp(target, release, session, hello, port)
     except BaseException:
-        transport.close()
+        if transport is not None:
+            transport.close()
         target.stop()
         raise
 
 
-def _holding(target: Target) -> contextlib.AbstractContextManager[Any]:
+def _holding(target: Target, what: str) -> contextlib.AbstractContextManager[Any]:
     lock = getattr(target, "lock", None)
-    return lock() if callable(lock) else contextlib.nullcontext()
+    return lock(what) if callable(lock) else contextlib.nullcontext()
 
 
 @contextlib.contextmanager
 def bring_up(target: Target, bundle: Bundle, *, threads: int | None = None, keep_running: bool = False,
              open_transport: OpenTransport | None = None, timeouts: Timeouts | None = None,
-             progress: Progress = _noop) -> Iterator[BoardUp]:
+             progress: Progress = _noop, what: str = "run") -> Iterator[BoardUp]:
     """Deploy ``bundle`` to ``target`` and yield the board serving it. On exit the runner is told to
     quit and stopped, unless ``keep_running`` (``flash``), when only our end of the link is closed.
     If the new release does not serve, the previous one is made current and started again (and
@@ -94,13 +96,17 @@ def bring_up(target: Target, bundle: Bundle, *, threads: int | None = None, keep
     open_transport = open_transport or serial_for(target.board.baud)
     timeouts = timeouts or timeouts_for(target)
     expect_sha = bundle.info["model_sha256"]
-    with _holding(target):
+    with _holding(target, what):
         progress("flash", f"{target.name}:{target.board.name}")
         previous = target.current()
         release = target.deploy(bundle)
         try:
             up = _serve(target, release, expect_sha=expect_sha, open_transport=open_transport, timeouts=timeouts,
                         threads=threads, progress=progress)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what we started is stopped; the previous stays current
+            if previous is not None and previous.id != release.id:
+                target.activate(previous)
+            raise
         except EdgelmError as exc:
             if previous is None or previous.id == release.id:
                 raise DeviceError(f"release {release.id} does not serve: {exc}") from None

@@ -15,12 +15,17 @@ import errno
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
 import time
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from toolchain import interrupts
 from toolchain.boards import Board
 from toolchain.build import signing
 from toolchain.build.compile import (
@@ -33,6 +38,7 @@ from toolchain.build.compile import (
     verify_bundle,
     verify_signature,
 )
+from toolchain.deploy import lock
 from toolchain.deploy.base import Capability, Release
 from toolchain.errors import DeviceError, InputError, UsageError
 from toolchain.export.manifest import PROGRAM_FILE
@@ -41,20 +47,125 @@ log = logging.getLogger(__name__)
 
 LINK_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+RECORD_TIMEOUT_S = 1.0  # for a child's command line to appear in /proc after its exec
 RUNNING_FILE = "running.json"
-READY_TIMEOUT_S = 120.0  # loading a 350M program under emulation
-READY_MARK = "HELLO sent"  # the runner's log line once it is serving
 TRUST_DIR = "trusted_keys"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def stat_start_time(stat: bytes) -> tuple[str, int]:
+    """(state, start time) from the text of /proc/PID/stat: fields 3 and 22.
+
+    Field 2 is the command name in parentheses, and it may itself hold spaces and ')': the fields
+    after it are counted from the last ')'.
+    """
+    rest = stat[stat.rindex(b")") + 2:].split()
+    return rest[0].decode(), int(rest[22 - 3])
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A process edgelm started, as /proc showed it then. A pid alone is not an identity: once the
+    process ends, the kernel gives the number to the next process that starts."""
+
+    pid: int
+    start_time: int  # clock ticks after boot (field 22 of /proc/PID/stat)
+    cmdline: tuple[str, ...]
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessRecord | None:
+        """The process ``pid`` names now; None when there is none (or only a zombie)."""
+        try:
+            state, start = stat_start_time(Path(f"/proc/{pid}/stat").read_bytes())
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            return None
+        if state == "Z":
+            return None
+        return cls(pid, start, tuple(x.decode(errors="replace") for x in raw.split(b"\0")[:-1]))
+
+    @classmethod
+    def from_dict(cls, d: Any) -> ProcessRecord | None:
+        try:
+            return cls(int(d["pid"]), int(d["start_time"]), tuple(str(x) for x in d["cmdline"]))
+        except (TypeError, KeyError, ValueError):
+            return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pid": self.pid, "start_time": self.start_time, "cmdline": list(self.cmdline)}
+
+    def changed(self) -> str | None:
+        """None while ``pid`` is still this process, else what became of it."""
+        now = ProcessRecord.of(self.pid)
+        if now is None:
+            return "has exited"
+        if now == self:
+            return None
+        what = shlex.join(now.cmdline)[:80] if now.cmdline else "a kernel thread"
+        return f"is now another process ({what})"
+
+    def send(self, sig: int) -> bool:
+        """Send ``sig`` if ``pid`` is still this process; whether it was sent."""
+        try:  # a pidfd pins the process: it cannot end and hand its pid on between the check and the kill
+            fd: int | None = os.pidfd_open(self.pid)
+        except ProcessLookupError:
+            return False
+        except (AttributeError, OSError):  # no pidfd_open here: check and kill microseconds apart
+            fd = None
+        try:
+            if self.changed() is not None:
+                return False
+            if fd is None:
+                os.kill(self.pid, sig)
+            else:
+                signal.pidfd_send_signal(fd, sig)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            raise DeviceError(f"cannot stop pid {self.pid} ({shlex.join(self.cmdline)[:80]}): it belongs to "
+                              "another user", hint="stop it as that user") from None
+        finally:
+            if fd is not None:
+                os.close(fd)
+
+
+def _record(proc: subprocess.Popen) -> dict[str, Any]:
+    """What running.json keeps of a child just started.
+
+    Popen returns once the exec has begun, and for a moment after that the new command line is not
+    in place yet (/proc shows it empty): wait for it.
+    """
+    deadline = time.monotonic() + RECORD_TIMEOUT_S
+    while True:
+        rec = ProcessRecord.of(proc.pid)
+        if rec is None:
+            return ProcessRecord(proc.pid, -1, ()).to_dict()  # ended already: matches nothing
+        if rec.cmdline or time.monotonic() > deadline:
+            return rec.to_dict()
+        time.sleep(0.001)
+
+
+def _stop_children(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _stop_recorded(records: list[ProcessRecord]) -> None:
+    """SIGTERM, then SIGKILL after STOP_TIMEOUT_S, to the processes that are still the recorded ones."""
+    live = [r for r in records if r.send(signal.SIGTERM)]
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while live and time.monotonic() < deadline:
+        time.sleep(0.02)
+        live = [r for r in live if r.changed() is None]
+    for rec in live:
+        rec.send(signal.SIGKILL)
 
 
 def _remove(path: Path) -> None:
@@ -221,6 +332,17 @@ class ProcessTarget:
 
     # Run -----------------------------------------------------------------------------------------
 
+    def lock(self, what: str) -> AbstractContextManager[None]:
+        """``with target.lock("flash"):`` one job at a time on this target; another edgelm that holds
+        it makes this raise DeviceError at once, naming the holder's pid and command."""
+        return lock.hold(self.state, what, f"{self.name}:{self.board.name}")
+
+    def _write_running(self, info: dict[str, Any]) -> None:
+        path = self.state / RUNNING_FILE
+        tmp = path.with_name(f".{RUNNING_FILE}.tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)  # a reader never sees half a file
+
     def _start_link(self) -> tuple[str, str]:
         if shutil.which("socat") is None:
             raise DeviceError("socat is not installed (it joins the board's and the host's pseudo-terminals)",
@@ -231,9 +353,13 @@ class ProcessTarget:
         for p in (board_end, host_end):
             if p.is_symlink() or p.exists():
                 p.unlink()
-        self._socat = subprocess.Popen(
-            ["socat", f"pty,raw,echo=0,link={board_end}", f"pty,raw,echo=0,link={host_end}"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        with interrupts.deferred():  # started means recorded, for a later `edgelm stop` too
+            self._socat = subprocess.Popen(
+                ["socat", f"pty,raw,echo=0,link={board_end}", f"pty,raw,echo=0,link={host_end}"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            self._write_running({"runner_pid": None, "socat_pid": self._socat.pid, "port": str(host_end),
+                                 "release": None, "started": time.time(),
+                                 "processes": {"socat": _record(self._socat)}})
         deadline = time.monotonic() + LINK_TIMEOUT_S
         while not (board_end.exists() and host_end.exists()):
             if self._socat.poll() is not None:
@@ -249,7 +375,11 @@ class ProcessTarget:
         """Start the serial link (stopping a runner left from before); return the host's port."""
         self.check_board()
         self.stop()
-        self._board_end, self._host_end = self._start_link()
+        try:
+            self._board_end, self._host_end = self._start_link()
+        except BaseException:
+            self.stop()  # no socat left behind by a link that failed or was interrupted
+            raise
         return self._host_end
 
     def start(self, threads: int | None = None) -> str:
@@ -267,28 +397,16 @@ class ProcessTarget:
             cmd += ["--threads", str(threads)]
         log.info("starting %s", " ".join(cmd))
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
-        with self._log_file.open("wb") as logf:
+        with self._log_file.open("wb") as logf, interrupts.deferred():
             self._runner = subprocess.Popen(cmd, cwd=release.path, stdin=subprocess.DEVNULL, stdout=logf,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-        (self.state / RUNNING_FILE).write_text(json.dumps({
-            "runner_pid": self._runner.pid, "socat_pid": self._socat.pid if self._socat else None,
-            "port": host_end, "release": release.id, "started": time.time()}))
+            processes = {"runner": _record(self._runner)}
+            if self._socat is not None:
+                processes["socat"] = _record(self._socat)
+            self._write_running({
+                "runner_pid": self._runner.pid, "socat_pid": self._socat.pid if self._socat else None,
+                "port": host_end, "release": release.id, "started": time.time(), "processes": processes})
         return host_end
-
-    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str | None:
-        """Wait until the runner has loaded its program and sent HELLO; None, or why it did not."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            why = self.alive()
-            if why is not None:
-                return why
-            try:
-                if READY_MARK in self._log_file.read_text(errors="replace"):
-                    return None
-            except OSError:
-                pass
-            time.sleep(0.05)
-        return f"no HELLO within {timeout_s:.0f} s"
 
     def log_tail(self, lines: int = 3) -> str:
         try:
@@ -307,35 +425,61 @@ class ProcessTarget:
         tail = self.log_tail()
         return f"runner {how}" + (f": {tail}" if tail else "")
 
-    def running(self) -> dict | None:
-        """The runner started by an earlier edgelm process (flash), if it still runs."""
-        path = self.state / RUNNING_FILE
-        if not path.exists():
+    def _recorded(self) -> dict[str, ProcessRecord] | None:
+        """running.json's processes by role; None when there is no file, {} when it names none usable."""
+        try:
+            info = json.loads((self.state / RUNNING_FILE).read_text())
+        except FileNotFoundError:
             return None
-        info = json.loads(path.read_text())
-        return info if _pid_alive(info["runner_pid"]) else None
+        except (OSError, ValueError):
+            return {}
+        processes = info.get("processes") if isinstance(info, dict) else None
+        if not isinstance(processes, dict):
+            return {}  # written by an older edgelm, or damaged
+        records = {role: ProcessRecord.from_dict(d) for role, d in processes.items()}
+        return {role: rec for role, rec in records.items() if rec is not None}
 
-    def stop(self) -> None:
-        procs = [p for p in (self._runner, self._socat) if p is not None]
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._runner = self._socat = None
-        info_path = self.state / RUNNING_FILE
-        if info_path.exists():  # one started by another edgelm process
-            info = json.loads(info_path.read_text())
-            for key in ("runner_pid", "socat_pid"):
-                pid = info.get(key)
-                if pid and _pid_alive(pid):
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-            info_path.unlink()
+    def running(self) -> dict | None:
+        """The runner started by an earlier edgelm process (flash), if that process still runs."""
+        path = self.state / RUNNING_FILE
+        recorded = self._recorded()
+        runner = (recorded or {}).get("runner")
+        if runner is None or runner.changed() is not None:
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
 
+    def stop(self) -> str | None:
+        """Stop the runner and the link: the ones this object started, and the ones running.json names
+        if they are still those processes (same start time and command line; a pid alone may have
+        been handed on to an unrelated process). Returns None, or what running.json named that no
+        longer runs: that file was stale, and nothing was killed for it."""
+        with interrupts.deferred():  # a signal now would leave a child running
+            ours = [p for p in (self._runner, self._socat) if p is not None]
+            _stop_children(ours)
+            self._runner = self._socat = None
+            recorded = self._recorded()
+            if recorded is None:
+                return None
+            path = self.state / RUNNING_FILE
+            mine = {p.pid for p in ours}
+            live, stale = [], []
+            for role, rec in recorded.items():
+                if rec.pid in mine:
+                    continue
+                why = rec.changed()
+                if why is None:
+                    live.append(rec)
+                else:
+                    stale.append(f"{role} pid {rec.pid} {why}")
+            _stop_recorded(live)
+            path.unlink(missing_ok=True)
+            if not recorded:
+                stale.append("it records no process identity (start time, command line)")
+            if not stale:
+                return None
+            note = f"found a stale PID file {path}: {'; '.join(stale)}; removed it, and killed none of those"
+            log.info("%s", note)
+            return note

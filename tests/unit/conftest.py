@@ -1,0 +1,30 @@
+"""Fixtures for tests that flash a stand-in runner (see standin.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from standin import make_bundle
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A workdir for edgelm; whatever a failing test leaves running from it is killed afterwards."""
+    work = tmp_path / "work"
+    yield work
+    mark = str(work).encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and mark in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass
+
+
+@pytest.fixture
+def standin_bundle(tmp_path):
+    """make(name, serving=True) -> a host bundle folder whose runner is a Python script."""
+    return lambda name, serving=True: make_bundle(tmp_path / "bundles", name, serving)

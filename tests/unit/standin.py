@@ -5,7 +5,6 @@ is a small Python script (it says "HELLO sent", or never does), flashed to the `
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,14 @@ REPO = Path(__file__).resolve().parents[2]
 STATE = Path("targets") / "local-host"  # the host board's local target, under a workdir
 
 SERVING = """
-import sys, time
+import os, sys, time, tty
+sys.path.insert(0, {repo!r})
+from toolchain.link import framing, protocol
+serial = sys.argv[sys.argv.index("--serial") + 1]
+fd = os.open(serial, os.O_RDWR | os.O_NOCTTY)
+tty.setraw(fd)
+hello = protocol.Hello(protocol.PROTOCOL_VERSION, "standin", "host", {sha!r}, 64, 259, 1, 1.0)
+os.write(fd, framing.encode(protocol.HELLO, 0, hello.pack()))
 print("HELLO sent (stand-in runner)", flush=True)
 time.sleep(600)
 """
@@ -84,16 +90,14 @@ def wait_gone(records: list[dict], timeout: float = 5.0) -> list[dict]:
 
 
 def make_bundle(folder: Path, name: str, serving: bool = True) -> Path:
-    """A host bundle in ``folder/name`` whose runner is a Python script."""
+    """A host bundle in ``folder/name`` whose runner is a Python script that says HELLO on its serial
+    port with the program's hash (``serving``), or never does."""
+    from fakebundle import FAKE_PTE, write_bundle
+
+    program = FAKE_PTE + name.encode()
+    sha = hashlib.sha256(program).hexdigest()
+    script = SERVING.format(repo=str(REPO), sha=sha) if serving else HANGING
     root = folder / name
-    root.mkdir(parents=True)
-    runner = root / "runner"
-    runner.write_text(f"#!{sys.executable} -S\n# {name}\n" + (SERVING if serving else HANGING))
-    runner.chmod(0o755)
-    (root / "model.pte").write_bytes(f"stand-in program {name}".encode())
-    (root / "manifest.json").write_text("{}\n")
-    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
-    (root / "bundle.json").write_text(json.dumps({
-        "format": "edgelm-bundle/1", "board": "host", "arch": "x86_64", "firmware_version": "standin",
-        "model_sha256": hashlib.sha256(name.encode()).hexdigest(), "files": files}))
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bundle(root, runner=f"#!{sys.executable} -S\n# {name}\n{script}".encode(), program=program)
     return root

@@ -80,7 +80,7 @@ def test_every_fault_ends_in_fail_or_a_validated_pass(rig, tmp_path):
     plan = []
     for kind in faults.BYTE_FAULTS:
         for direction in (faults.TO_HOST, faults.TO_BOARD):
-            plan += [faults.Fault(kind, at=rng.randrange(0 if direction == faults.TO_BOARD else 1, 12),
+            plan += [faults.Fault(kind, at=0 if direction == faults.TO_BOARD else rng.randrange(1, 12),  # REQUEST
                                   direction=direction, size=rng.choice([1, 3, 300] if kind in ("delay", "cut")
                                                                        else [1, 2, 5]))
                      for _ in range(2 if direction == faults.TO_BOARD else 4)]

@@ -89,3 +89,43 @@ def test_too_long_request_is_refused_before_sending():
     with pytest.raises(CapacityError, match="exceed the program's max sequence length 64"):
         list(s.generate(P.Request(tuple(range(10)), 60)))
     assert not tr.sent
+
+
+class VanishingTransport(MemoryTransport):
+    """Delivers its bytes, then the port is gone (a USB adapter unplugged)."""
+
+    def read(self, deadline):
+        if not self._rx:
+            raise DeviceError(f"serial port {self.name} closed by the board (Input/output error)")
+        return super().read(deadline)
+
+
+def test_a_port_that_vanishes_and_stays_away_fails_naming_the_token():
+    from toolchain.link.session import LinkError
+
+    msgs = tokens_then_stats(6)[:4]  # HELLO, tokens 0..2, then the port goes away
+    tr = VanishingTransport()
+    tr.inject(board_frames(*msgs))
+    tries = []
+
+    def reopen():
+        tries.append(1)
+        raise DeviceError("cannot open serial port memory: No such file or directory")
+
+    s = BoardSession(tr, FAST, reopen=reopen, reopen_s=0.3, tx_seq=0)
+    s.wait_hello()
+    with pytest.raises(LinkError, match=r"went away while we waited for token 3 and did not come back within 0.3 s"):
+        list(s.generate(P.Request((1, 2, 3), 6)))
+    assert len(tries) >= 2  # it kept trying until the deadline
+
+
+def test_a_port_that_comes_back_is_reopened():
+    msgs = tokens_then_stats(3)
+    first = VanishingTransport()
+    first.inject(board_frames(*msgs[:3]))  # HELLO, tokens 0 and 1
+    second = MemoryTransport()
+    second.inject(board_frames(*msgs[3:], start=3))  # token 2 and STATS, after the replug
+    s = BoardSession(first, FAST, reopen=lambda: second, reopen_s=1.0, tx_seq=0)
+    s.wait_hello()
+    out = list(s.generate(P.Request((1, 2, 3), 3)))
+    assert [m.token for m in out[:-1]] == [10, 11, 12] and s.reopened == 1 and s.transport is second

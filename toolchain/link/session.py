@@ -134,7 +134,7 @@ class BoardSession:
             log.info("link reopened (%s)", self.transport.name)
             return
         raise self._fail(f"the link went away while we waited for {waiting_for} and did not come back within "
-                         f"{self._reopen_s:.0f} s ({last or 'no port'})")
+                         f"{self._reopen_s:g} s ({last or 'no port'})")
 
     def _expect(self, deadline: Deadline, waiting_for: str) -> object:
         frame = self._next_frame(deadline, waiting_for)

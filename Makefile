@@ -3,14 +3,18 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev
 STAMP := $(VENV)/.edgelm-setup
 
-.PHONY: setup apt demo test test-fast lint clean
+FUZZ_SECONDS ?= 60
+FUZZ_MAX_LEN ?= 512
+
+.PHONY: setup apt demo test test-fast lint fuzz clean
 
 setup: $(STAMP)
 
-# Debian packages: the aarch64 cross-compiler and user-mode QEMU (the emulated boards).
+# Debian packages: the aarch64 cross-compiler and user-mode QEMU (the emulated boards); clang and
+# libclang-rt-dev (libFuzzer's runtime) for `make fuzz` and tests/fuzz/test_libfuzzer.py.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
@@ -41,6 +45,11 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check toolchain tests benchmarks
 	$(BIN)/mypy
+
+# Coverage-guided fuzzing (libFuzzer + ASan + UBSan) of the runner's frame reader and REQUEST
+# parser for FUZZ_SECONDS, on a scratch copy of firmware/fuzz/corpus/; a crash exits non-zero.
+fuzz: apt
+	firmware/fuzz/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_MAX_LEN)
 
 clean:
 	rm -rf out build .pytest_cache

@@ -54,13 +54,20 @@ def test_every_sampled_token_replays_on_the_host(tiny_pte, hil_workdir, tmp_path
     assert len({t.token for t in tokens}) > 1  # it did sample
 
 
-def test_a_runner_with_the_sampler_fault_is_caught(tiny_pte, tmp_path):
+@pytest.fixture(scope="module")
+def faulty_bundle(tiny_pte, tmp_path_factory):
+    """A host runner built with the test-only sampler fault: uniform draws over the vocabulary."""
+    tmp = tmp_path_factory.mktemp("sampler-bug")
     board = boards.get("host")
     runtime = sdk.sdk_for(board.arch)
-    project = render.render(board, tmp_path / "project")
+    project = render.render(board, tmp / "project")
     runner = fw_compile.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_SAMPLER_BUG": "ON"})
-    bundle = fw_compile.assemble(board, runner, runtime, tiny_pte, tmp_path / "bundle", render.firmware_version(),
-                                 manifest.read(tiny_pte))
+    return fw_compile.assemble(board, runner, runtime, tiny_pte, tmp / "bundle", render.firmware_version(),
+                               manifest.read(tiny_pte))
+
+
+def test_a_runner_with_the_sampler_fault_is_caught(faulty_bundle, tmp_path):
+    bundle = faulty_bundle
     vocab, tokens = _tokens(bundle, tmp_path / "targets")
     board_tokens = [t.token for t in tokens]
     us = S.uniforms(REQUEST.seed, len(tokens))
@@ -69,18 +76,13 @@ def test_a_runner_with_the_sampler_fault_is_caught(tiny_pte, tmp_path):
     assert sum(b != r for b, r in zip(board_tokens, replayed)) >= len(tokens) // 2
 
 
-def test_the_verdict_fails_a_runner_with_the_sampler_fault_end_to_end(tiny_pte, tmp_path):
+def test_the_verdict_fails_a_runner_with_the_sampler_fault_end_to_end(faulty_bundle, tiny_pte, tmp_path):
     """The faulty runner behind the fault injector (no fault armed: the lie is the board's own), judged
     by the same routine `edgelm run` uses: every sampled request FAILs, greedy ones still PASS."""
     from toolchain.link import faults
     from toolchain.validate.reference import ProgramRunner
 
-    board = boards.get("host")
-    runtime = sdk.sdk_for(board.arch)
-    project = render.render(board, tmp_path / "project")
-    runner = fw_compile.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_SAMPLER_BUG": "ON"})
-    bundle = fw_compile.assemble(board, runner, runtime, tiny_pte, tmp_path / "bundle", render.firmware_version(),
-                                 manifest.read(tiny_pte))
+    board, bundle = boards.get("host"), faulty_bundle
     link = faults.RelayedLink(tmp_path, seed=1)
     reference = ProgramRunner(tiny_pte)
     target = LocalTarget(board, tmp_path / "targets")

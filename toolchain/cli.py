@@ -392,7 +392,7 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
                    "[default: 0.01 fp32, 0.75 8da*].")
 @click.option("--near-tie-budget", type=float, default=None,
               help="Largest fraction of the tokens that may be near-ties (a flip the measured drift explains) "
-                   "[default: 0.25, at least 2 tokens].")
+                   "[default: 0.5, at least 2 tokens].")
 @click.option("--retries", type=int, default=0, show_default=True,
               help="Ask again for a stream the link damaged (garbled or lost frames); only a whole stream is judged.")
 @click.option("--byte-tokenizer", is_flag=True,

@@ -36,7 +36,10 @@ from toolchain.validate import sampler as twin
 
 PASS, FAIL = "PASS", "FAIL"
 STOP_EOS, STOP_LIMIT = 0, 1  # STATS.stop (docs/protocol.md)
-DEFAULT_NEAR_TIE_BUDGET = 0.25  # fraction of the generated tokens that may be near-ties
+# Fraction of the generated tokens that may be near-ties (each one explained by the measured drift).
+# Measured: lfm2-350m 8da4w with random (flat) weights on an emulated Cortex-A76 against x86 had 20
+# near-ties in 64 tokens (31%), all explained; a board with no drift (the host) can have none.
+DEFAULT_NEAR_TIE_BUDGET = 0.5
 MIN_NEAR_TIE_BUDGET = 2  # a short run still gets this many
 
 BoardLogits = tuple[float, Sequence[tuple[int, float]]]  # (logit of the sent token, [(id, logit)] best first)

@@ -23,12 +23,16 @@ def render(report: dict[str, Any], console: Console) -> None:
         ("peak RSS", f"{s['peak_rss_kb'] / 1024:.1f} MiB"
                      + (" (of the emulator process)" if report["emulated"] else "")),
         ("check", f"{v['exact_matches']}/{v['generated']} exact vs host reference, "
-                  f"{len(v['near_ties'])} near-ties, first divergence "
+                  f"{len(v['near_ties'])} near-ties (budget {v.get('near_tie_budget', '-')}), "
+                  f"{'sampler replayed, ' if v.get('sampled') else ''}first divergence "
                   f"{'none' if v['first_divergence'] is None else v['first_divergence']}"),
         ("drift", "not reported by the board" if v.get("drift_max") is None else
                   f"board vs host logits: max {v['drift_max']:.3g}, mean {v['drift_mean']:.3g} "
                   f"(max {max(v['drift_by_position'] or [0]):.2f} std; tolerance {v['tolerance']} std)"),
     ]
+    if report.get("attempts", 1) > 1:
+        rows.append(("link", f"the stream was damaged and asked for again: {report['attempts']} attempts, "
+                             "the last one judged"))
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", value)
     console.print(table)

@@ -505,7 +505,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
                     "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb} if stats else
                    {"load_ms": hello.load_ms})
     return {
-        "board": board.name, "target": tgt.name, "emulated": bool(getattr(tgt, "emulated", False)), "model": req.model,
+        "board": board.name, "target": tgt.name, "emulated": tgt.emulated, "model": req.model,
         "quant": quant, "firmware_version": hello.firmware, "model_sha256": hello.model_sha256,
         "threads": hello.threads, "release": up.release.id,
         "prompt": req.prompt, "prompt_token_ids": prompt_ids, "generated_token_ids": list(served.collected.tokens),

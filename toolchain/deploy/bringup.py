@@ -15,7 +15,6 @@ import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from toolchain.build.compile import Bundle
 from toolchain.deploy.base import Release, Target
@@ -51,7 +50,7 @@ class BoardUp:
 
 def timeouts_for(target: Target) -> Timeouts:
     """Deadlines by target: an emulated CPU is tens of times slower than the board it stands for."""
-    slow = getattr(target, "emulated", False)
+    slow = target.emulated
     return Timeouts(first_token_s=120.0 if slow else 60.0, token_s=30.0 if slow else 10.0)
 
 
@@ -80,11 +79,6 @@ def _serve(target: Target, release: Release, *, expect_sha: str, open_transport:
         raise
 
 
-def _holding(target: Target, what: str) -> contextlib.AbstractContextManager[Any]:
-    lock = getattr(target, "lock", None)
-    return lock(what) if callable(lock) else contextlib.nullcontext()
-
-
 @contextlib.contextmanager
 def bring_up(target: Target, bundle: Bundle, *, threads: int | None = None, keep_running: bool = False,
              open_transport: OpenTransport | None = None, timeouts: Timeouts | None = None,
@@ -96,7 +90,7 @@ def bring_up(target: Target, bundle: Bundle, *, threads: int | None = None, keep
     open_transport = open_transport or serial_for(target.board.baud)
     timeouts = timeouts or timeouts_for(target)
     expect_sha = bundle.info["model_sha256"]
-    with _holding(target, what):
+    with target.lock(what):
         progress("flash", f"{target.name}:{target.board.name}")
         previous = target.current()
         release = target.deploy(bundle)

@@ -51,7 +51,6 @@ class Collected:
     tokens: list[int]
     logits: list[tuple[float, tuple[tuple[int, float], ...]] | None]
     stats: protocol.Stats | None
-    t_us: list[int]
 
 
 class BoardSession:
@@ -204,11 +203,10 @@ class BoardSession:
         """Send a request and gather its stream. A board that does not stop is read only
         ``EXTRA_TOKENS_READ`` tokens past ``max_new_tokens`` (the verdict fails it); the session is then
         resynchronised before anything else is sent."""
-        out = Collected([], [], None, [])
+        out = Collected([], [], None)
         for msg in self.generate(request):
             if isinstance(msg, protocol.Token):
                 out.tokens.append(msg.token)
-                out.t_us.append(msg.t_us)
                 out.logits.append((msg.logit, msg.top) if msg.logit is not None else None)
                 if len(out.tokens) <= request.max_new_tokens:
                     on_token(msg.token)
@@ -219,11 +217,11 @@ class BoardSession:
                 out.stats = msg
         return out
 
-    def resync(self, quiet_s: float | None = None) -> None:
+    def resync(self) -> None:
         """After a damaged or abandoned stream: let the board finish (until it has been quiet for
-        ``quiet_s``, within a decode deadline per frame), drop what it said and start counting frames
-        afresh, so the next request starts clean."""
-        quiet_s = self.timeouts.quiet_s if quiet_s is None else quiet_s
+        ``timeouts.quiet_s``), drop what it said and start counting frames afresh, so the next request
+        starts clean."""
+        quiet_s = self.timeouts.quiet_s
         limit = Deadline(max(self.timeouts.token_s, quiet_s) * 4)
         while not limit.expired:
             quiet = Deadline(quiet_s)

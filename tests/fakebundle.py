@@ -8,8 +8,7 @@ import json
 import os
 from pathlib import Path
 
-from toolchain.build import compile as fw_compile
-from toolchain.build import sdk
+from toolchain.bundle import package, sdk
 from toolchain.export import manifest
 from toolchain.model.config import PRESETS
 
@@ -33,25 +32,25 @@ def full_manifest(program: bytes = FAKE_PTE, max_seq_len: int = 64) -> dict:
 
 
 def write_bundle(root: Path, *, board: str = "host", runner: bytes = b"#!/bin/sh\nexit 0\n",
-                 program: bytes = FAKE_PTE, info: dict | None = None) -> fw_compile.Bundle:
+                 program: bytes = FAKE_PTE, info: dict | None = None) -> package.Bundle:
     """A bundle folder with exactly the required files and bundle.json listing their hashes."""
     root.mkdir(parents=True)
-    (root / fw_compile.RUNNER).write_bytes(runner)
-    os.chmod(root / fw_compile.RUNNER, 0o755)
+    (root / package.RUNNER).write_bytes(runner)
+    os.chmod(root / package.RUNNER, 0o755)
     for lib in sdk.RUNTIME_LIBS:
         (root / lib).write_bytes(f"not really {lib}\n".encode())
     (root / manifest.PROGRAM_FILE).write_bytes(program)
     (root / manifest.MANIFEST_FILE).write_text(json.dumps(full_manifest(program), indent=2) + "\n")
     files = {name: manifest.sha256_file(root / name) for name in BUNDLE_FILES}
-    body = {"format": fw_compile.BUNDLE_FORMAT, "board": board, "arch": "x86_64", "firmware_version": "0.1.0+test",
+    body = {"format": package.BUNDLE_FORMAT, "board": board, "arch": "x86_64", "firmware_version": "0.1.0+test",
             "model_sha256": files[manifest.PROGRAM_FILE], "files": files} | (info or {})
-    (root / fw_compile.BUNDLE_FILE).write_text(json.dumps(body, indent=2) + "\n")
-    return fw_compile.read_bundle(root)
+    (root / package.BUNDLE_FILE).write_text(json.dumps(body, indent=2) + "\n")
+    return package.read_bundle(root)
 
 
 def rewrite_info(root: Path, edit) -> None:
     """Apply ``edit`` to bundle.json's content (a dict) and write it back, hashes left as they are."""
-    path = root / fw_compile.BUNDLE_FILE
+    path = root / package.BUNDLE_FILE
     info = json.loads(path.read_text())
     edit(info)
     path.write_text(json.dumps(info, indent=2) + "\n")

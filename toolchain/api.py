@@ -195,7 +195,7 @@ def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = Fa
     ``sign_key``: an ed25519 private key (`edgelm keygen`) to sign the bundle with (bundle.sig).
     """
     from toolchain import boards
-    from toolchain.build import signing
+    from toolchain.bundle import signing
     from toolchain.export import manifest
 
     board = boards.get(board_name)
@@ -210,17 +210,16 @@ def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = Fa
 def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool = False,
            sdk_wheel: Path | None = None, sign_key: Any = None, progress: Progress = _noop):
     """build_firmware for a program whose manifest ``body`` was read (and its hash verified) already."""
-    from toolchain.build import compile as fw_compile
-    from toolchain.build import render, sdk
+    from toolchain.bundle import cross, package, render, sdk
 
     progress("sdk", f"executorch runtime for {board.arch}")
     runtime = sdk.sdk_for(board.arch, wheel=sdk_wheel)
     progress("render", f"firmware for {board.name}")
     project = render.render(board, out / "project")
     progress("compile", f"{board.cross_prefix or ''}g++ {' '.join(board.cpu_flags)}")
-    runner = fw_compile.configure_and_build(board, project, runtime, sanitize=sanitize)
+    runner = cross.configure_and_build(board, project, runtime, sanitize=sanitize)
     progress("bundle", str(out / "bundle"))
-    return fw_compile.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body,
+    return package.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body,
                                sign_key=sign_key)
 
 
@@ -230,8 +229,7 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
     ``sign_key``: sign the bundle (a reused one too) with this ed25519 private key.
     """
     from toolchain import boards
-    from toolchain.build import compile as fw_compile
-    from toolchain.build import render, sdk, signing
+    from toolchain.bundle import package, render, sdk, signing
     from toolchain.export import manifest
 
     board = boards.get(board_name)
@@ -240,12 +238,12 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
     key = _digest({"board": board.to_dict(), "fw": render.firmware_version(), "et": sdk.host_version(),
                    "pte": body["program"]["sha256"]})
     out = workdir / "builds" / f"{board.name}-{key}"
-    if (out / "bundle" / fw_compile.BUNDLE_FILE).exists():
+    if (out / "bundle" / package.BUNDLE_FILE).exists():
         try:
-            bundle = fw_compile.read_bundle(out / "bundle")
-            fw_compile.verify_bundle(bundle)
+            bundle = package.read_bundle(out / "bundle")
+            package.verify_bundle(bundle)
             if signer is not None:
-                fw_compile.sign_bundle(bundle, signer)
+                package.sign_bundle(bundle, signer)
             progress("build", f"reusing {out / 'bundle'}")
             return bundle, True
         except EdgelmError:
@@ -269,14 +267,13 @@ def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_W
     has said HELLO on the link with the program's hash; otherwise the previous release is restored.
     ``sign_key``: first sign the bundle (writes bundle.sig into ``bundle_dir``) with this private key.
     """
-    from toolchain.build import compile as fw_compile
-    from toolchain.build import signing
+    from toolchain.bundle import package, signing
     from toolchain.deploy import bringup
     from toolchain.deploy.base import Capability, require
 
-    bundle = fw_compile.read_bundle(bundle_dir)
+    bundle = package.read_bundle(bundle_dir)
     if sign_key is not None:
-        fw_compile.sign_bundle(bundle, signing.load_private_key(sign_key))
+        package.sign_bundle(bundle, signing.load_private_key(sign_key))
     tgt = target_for(bundle.board, target, workdir)
     require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
     if not start:
@@ -301,7 +298,7 @@ def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WOR
 
 def keygen(out: Path) -> dict[str, Any]:
     """A new ed25519 signing key: ``out`` (private, PEM, mode 0600) and ``out.pub``."""
-    from toolchain.build import signing
+    from toolchain.bundle import signing
 
     private, public, fp = signing.generate(out)
     return {"private_key": str(private), "public_key": str(public), "fingerprint": fp}
@@ -310,7 +307,7 @@ def keygen(out: Path) -> dict[str, Any]:
 def trust(public_key: Path, board_name: str, target: str | None = None,
           workdir: Path = DEFAULT_WORKDIR) -> dict[str, Any]:
     """Make a target accept only bundles signed by this key (or another it trusts) from now on."""
-    from toolchain.build import signing
+    from toolchain.bundle import signing
     from toolchain.deploy.base import Capability, require
 
     key = signing.load_public_key(public_key)
@@ -452,7 +449,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
 
     req.check()
     if req.sign_key is not None:
-        from toolchain.build import signing
+        from toolchain.bundle import signing
 
         signing.load_private_key(req.sign_key)  # a bad key fails before the slow steps
     board = boards.get(req.board)

@@ -7,8 +7,7 @@ import subprocess
 import pytest
 
 from toolchain import api, boards
-from toolchain.build import compile as fw_compile
-from toolchain.build import render
+from toolchain.bundle import package, render
 from toolchain.errors import BuildError, CapacityError, InputError
 
 pytestmark = pytest.mark.slow
@@ -33,15 +32,15 @@ def test_bundle_for_board(board, machine, tiny_pte, hil_workdir):
     info = json.loads((bundle.root / "bundle.json").read_text())
     assert info["board"] == board and info["model_sha256"] == api.inspect_program(tiny_pte)["program"]["sha256"]
     assert tuple(map(int, info["glibc_required"].split("."))) <= boards.get(board).glibc_tuple
-    fw_compile.verify_bundle(bundle)
+    package.verify_bundle(bundle)
 
 
 def test_a_board_with_an_older_glibc_is_refused(tiny_pte, hil_workdir, tmp_path):
     bundle, _ = api.cached_build("rpi5", tiny_pte, hil_workdir)
     old = boards.Board(**{**boards.get("rpi5").to_dict(), "glibc": "2.17", "cpu_flags": ("-mcpu=cortex-a76",)})
-    from toolchain.build import sdk
+    from toolchain.bundle import sdk
     with pytest.raises(CapacityError, match=r"needs GLIBC_2\.\d+ but rpi5 has glibc 2.17"):
-        fw_compile.assemble(old, bundle.root / "runner", sdk.sdk_for("aarch64"), tiny_pte, tmp_path / "b",
+        package.assemble(old, bundle.root / "runner", sdk.sdk_for("aarch64"), tiny_pte, tmp_path / "b",
                             render.firmware_version())
 
 
@@ -52,7 +51,7 @@ def test_a_tampered_bundle_is_refused(tiny_pte, hil_workdir, tmp_path):
     shutil.copytree(bundle.root, copy)
     (copy / "model.pte").write_bytes((copy / "model.pte").read_bytes()[:-1] + b"\x00")
     with pytest.raises(InputError, match="does not match its sha256"):
-        fw_compile.verify_bundle(fw_compile.read_bundle(copy))
+        package.verify_bundle(package.read_bundle(copy))
 
 
 def test_templates_must_not_use_unknown_tokens():
@@ -63,7 +62,7 @@ def test_templates_must_not_use_unknown_tokens():
 def test_sdk_refuses_a_wheel_of_another_version(tmp_path):
     import zipfile
 
-    from toolchain.build import sdk
+    from toolchain.bundle import sdk
     wheel = tmp_path / "executorch-1.4.0-cp311-cp311-manylinux_2_28_aarch64.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         zf.writestr("executorch/version.py", "__version__ = '1.4.0'\n")
@@ -87,7 +86,7 @@ def test_a_failed_flash_keeps_the_previous_release(tiny_pte, hil_workdir, tmp_pa
     (broken / "bundle.json").write_text(json.dumps(info))
     (broken / "runner").write_bytes(b"truncated")  # ...whose runner does not match its hash
     with pytest.raises((InputError, DeviceError)):
-        target.deploy(fw_compile.read_bundle(broken))
+        target.deploy(package.read_bundle(broken))
     assert target.current() == first
     assert not any(p.name.startswith("9.9.9") for p in (target.state / "releases").iterdir())
 
@@ -123,7 +122,7 @@ def test_a_flash_whose_runner_does_not_start_rolls_back_to_the_running_release(t
 def test_a_target_that_trusts_a_key_takes_only_bundles_signed_by_it(tiny_pte, hil_workdir, tmp_path, fakes):
     import shutil
 
-    from toolchain.build import signing
+    from toolchain.bundle import signing
 
     keys = tmp_path / "keys"
     keys.mkdir()
@@ -146,9 +145,9 @@ def test_a_target_that_trusts_a_key_takes_only_bundles_signed_by_it(tiny_pte, hi
             if runner_text is not None:  # another release id, and still a consistent bundle.json
                 (copy / "runner").write_text(runner_text)
                 fakes.rewrite_info(copy, lambda i: i["files"].__setitem__(
-                    "runner", fw_compile.pte_manifest.sha256_file(copy / "runner")))
+                    "runner", package.pte_manifest.sha256_file(copy / "runner")))
             if sign_with is not None:
-                fw_compile.sign_bundle(fw_compile.read_bundle(copy), signing.load_private_key(sign_with))
+                package.sign_bundle(package.read_bundle(copy), signing.load_private_key(sign_with))
             return copy
 
         unsigned = variant("unsigned", "#!/bin/sh\nexit 0\n")

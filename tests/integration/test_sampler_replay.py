@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from toolchain import api, boards
-from toolchain.build import compile as fw_compile
-from toolchain.build import render, sdk
+from toolchain.bundle import cross, package, render, sdk
 from toolchain.deploy.bringup import bring_up
 from toolchain.deploy.local import LocalTarget
 from toolchain.export import manifest
@@ -61,8 +60,8 @@ def faulty_bundle(tiny_pte, tmp_path_factory):
     board = boards.get("host")
     runtime = sdk.sdk_for(board.arch)
     project = render.render(board, tmp / "project")
-    runner = fw_compile.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_SAMPLER_BUG": "ON"})
-    return fw_compile.assemble(board, runner, runtime, tiny_pte, tmp / "bundle", render.firmware_version(),
+    runner = cross.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_SAMPLER_BUG": "ON"})
+    return package.assemble(board, runner, runtime, tiny_pte, tmp / "bundle", render.firmware_version(),
                                manifest.read(tiny_pte))
 
 

@@ -9,22 +9,21 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from toolchain.build import compile as fw_compile
-from toolchain.build import sdk
+from toolchain.bundle import package, sdk
 from toolchain.cli import main
 from toolchain.errors import InputError
 
 
 def _refused(root, needle):
     with pytest.raises(InputError) as err:
-        fw_compile.verify_bundle(fw_compile.read_bundle(root))
+        package.verify_bundle(package.read_bundle(root))
     assert needle in str(err.value), str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_a_fake_bundle_verifies(tmp_path, fakes):
     bundle = fakes.write_bundle(tmp_path / "b")
-    fw_compile.verify_bundle(bundle)
+    package.verify_bundle(bundle)
     assert set(bundle.files) == {"runner", *sdk.RUNTIME_LIBS, "model.pte", "manifest.json"}
 
 

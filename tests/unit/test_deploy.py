@@ -12,8 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from toolchain import api, boards
-from toolchain.build import compile as fw_compile
-from toolchain.build import signing
+from toolchain.bundle import package, signing
 from toolchain.cli import main
 from toolchain.deploy.local import LocalTarget
 from toolchain.errors import DeviceError, InputError
@@ -59,7 +58,7 @@ def test_a_crafted_firmware_version_cannot_reach_outside_releases(tmp_path, fake
     (victim / "sub" / "data").write_bytes(b"1234")
     before = fakes.snapshot(victim)
     fakes.rewrite_info(bundle.root, lambda i: i.__setitem__("firmware_version", version))
-    crafted = fw_compile.read_bundle(bundle.root)
+    crafted = package.read_bundle(bundle.root)
     # a previous release at that id, not current, is what old code deleted: deploy twice
     target.deploy(crafted)
     release = target.deploy(crafted)
@@ -73,7 +72,7 @@ def test_a_deploy_lands_in_releases_under_the_computed_id(tmp_path, fakes, targe
     bundle = fakes.write_bundle(tmp_path / "b")
     release = target.deploy(bundle)
     assert release.id == bundle.release_id and target.current() == release
-    fw_compile.verify_bundle(fw_compile.read_bundle(release.path))
+    package.verify_bundle(package.read_bundle(release.path))
     assert os.access(release.path / "runner", os.X_OK)
 
 
@@ -92,7 +91,7 @@ def test_reflashing_the_current_release_reverifies_and_replaces_a_tampered_copy(
         (deployed / tamper).write_bytes(b"tampered")
     again = target.deploy(bundle)
     assert again.id == release.id and target.current().id == release.id
-    fw_compile.verify_bundle(fw_compile.read_bundle(again.path))
+    package.verify_bundle(package.read_bundle(again.path))
     for name in [*bundle.files, "bundle.json"]:
         assert (again.path / name).read_bytes() == (bundle.root / name).read_bytes()
     assert not (again.path / "evil.so").exists()
@@ -189,7 +188,7 @@ def _trust(target, keys, name="trusted"):
 
 def _signed(tmp_path, fakes, keys, name="trusted", sub="signed", **kw):
     bundle = fakes.write_bundle(tmp_path / sub, **kw)
-    fw_compile.sign_bundle(bundle, signing.load_private_key(keys[name][0]))
+    package.sign_bundle(bundle, signing.load_private_key(keys[name][0]))
     return bundle
 
 
@@ -224,15 +223,15 @@ def _refusals(tmp_path, fakes, target, keys):
                           "which is not trusted here")
     edited = _signed(tmp_path, fakes, keys, sub="edited", runner=b"#!/bin/sh\nexit 4\n")
     fakes.rewrite_info(edited.root, lambda i: i.__setitem__("firmware_version", "9.9.9"))
-    cases["bundle.json edited"] = (fw_compile.read_bundle(edited.root), "does not match the bytes it signs")
+    cases["bundle.json edited"] = (package.read_bundle(edited.root), "does not match the bytes it signs")
     replaced = _signed(tmp_path, fakes, keys, sub="replaced", runner=b"#!/bin/sh\nexit 5\n")
     (replaced.root / "runner").write_bytes(b"#!/bin/sh\nrm -rf /\n")
     cases["file replaced"] = (replaced, "does not match its sha256")
     rehashed = _signed(tmp_path, fakes, keys, sub="rehashed", runner=b"#!/bin/sh\nexit 6\n")
     (rehashed.root / "runner").write_bytes(b"#!/bin/sh\nrm -rf /\n")
     fakes.rewrite_info(rehashed.root, lambda i: i["files"].__setitem__(
-        "runner", fw_compile.pte_manifest.sha256_file(rehashed.root / "runner")))
-    cases["file replaced and rehashed"] = (fw_compile.read_bundle(rehashed.root), "does not match the bytes it signs")
+        "runner", package.pte_manifest.sha256_file(rehashed.root / "runner")))
+    cases["file replaced and rehashed"] = (package.read_bundle(rehashed.root), "does not match the bytes it signs")
     garbled = _signed(tmp_path, fakes, keys, sub="garbled", runner=b"#!/bin/sh\nexit 7\n")
     (garbled.root / "bundle.sig").write_text("{nope")
     cases["garbled signature"] = (garbled, "is not an edgelm signature")
@@ -299,7 +298,7 @@ def test_cli_keygen_trust_and_a_refused_flash(tmp_path, fakes):
     bundle = fakes.write_bundle(tmp_path / "b")
     code, _, err = _cli("flash", bundle.root, "--target", "local", "--no-start", "--workdir", work)
     assert code == 3 and "accepts only signed bundles" in _error_line(err)
-    fw_compile.sign_bundle(bundle, signing.load_private_key(tmp_path / "k"))
+    package.sign_bundle(bundle, signing.load_private_key(tmp_path / "k"))
     code, out, err = _cli("flash", bundle.root, "--target", "local", "--no-start", "--workdir", work, "--json")
     assert code == 0, err
     assert json.loads(out)["release"] == bundle.release_id
@@ -359,5 +358,5 @@ def test_signing_a_bundle_that_cannot_be_written_is_one_line(tmp_path, fakes, ke
 
     monkeypatch.setattr(type(tmp_path), "write_bytes", read_only)
     with pytest.raises(InputError, match="cannot write .*bundle.sig: Permission denied"):
-        fw_compile.sign_bundle(bundle, key)
+        package.sign_bundle(bundle, key)
     assert not (bundle.root / "bundle.sig").exists()

@@ -6,7 +6,7 @@ import zipfile
 
 import pytest
 
-from toolchain.build import sdk
+from toolchain.bundle import sdk
 from toolchain.errors import BuildError
 
 VERSION = sdk.host_version()

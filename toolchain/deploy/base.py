@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol
 
 from toolchain.boards import Board
-from toolchain.build.compile import Bundle
+from toolchain.bundle.package import Bundle
 from toolchain.errors import UsageError
 
 

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from toolchain.build.compile import Bundle
+from toolchain.bundle.package import Bundle
 from toolchain.deploy.base import Release, Target
 from toolchain.errors import DeviceError, EdgelmError
 from toolchain.link import protocol
@@ -127,7 +127,7 @@ def _restart_previous(target: Target, previous: Release, keep_running: bool, ope
 
 
 def _release_program_sha(release: Release) -> str:
-    from toolchain.build.compile import read_bundle
+    from toolchain.bundle.package import read_bundle
 
     return read_bundle(release.path).info["model_sha256"]
 

@@ -1,7 +1,7 @@
 """Targets that run the bundle as a process on this machine, wired to the host by a null modem.
 
 ``releases/<id>/`` hold deployed bundles, ``<id>`` computed from the bundle's file hashes
-(:func:`toolchain.build.compile.release_id`); ``current`` points at the running one and is switched
+(:func:`toolchain.bundle.package.release_id`); ``current`` points at the running one and is switched
 only after the new release's files are all present with the right hashes, so a failed deploy
 leaves the previous release in place. Public keys in ``trusted_keys/`` make the target accept
 only bundles signed by one of them. The serial link is a pair of pseudo-terminals joined by
@@ -27,8 +27,8 @@ from typing import Any
 
 from toolchain import interrupts
 from toolchain.boards import Board
-from toolchain.build import signing
-from toolchain.build.compile import (
+from toolchain.bundle import signing
+from toolchain.bundle.package import (
     BUNDLE_FILE,
     RUNNER,
     SIGNATURE_FILE,

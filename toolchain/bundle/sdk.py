@@ -127,7 +127,7 @@ def check_wheel_hash(wheel: Path, version: str, *, fetched: bool) -> str:
     if expected is None:
         raise BuildError(f"{wheel.name} (sha256 {actual}) has no pinned sha256; pinned for executorch {version}: "
                          f"{', '.join(sorted(pins or {})) or 'none'}",
-                         hint="add its published sha256 to WHEEL_SHA256 in toolchain/build/sdk.py")
+                         hint="add its published sha256 to WHEEL_SHA256 in toolchain/bundle/sdk.py")
     if actual != expected:
         raise BuildError(f"{wheel.name} has sha256 {actual}, but {expected} is pinned for it",
                          hint="this is not the published wheel; fetch it again or pass the right --sdk-wheel")

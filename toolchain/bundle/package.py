@@ -1,4 +1,4 @@
-"""Configure and build the rendered firmware with the board's compiler, then assemble the bundle.
+"""Assemble, seal, sign, read and verify a bundle.
 
 A bundle is everything the board needs and nothing else: the runner, the runtime libraries it
 links, the program and its manifest, and ``bundle.json`` with the sha256 of every file (and,
@@ -15,16 +15,15 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolchain.boards import Board
-from toolchain.build import signing
-from toolchain.build.sdk import RUNTIME_LIBS, Sdk
+from toolchain.bundle import signing
+from toolchain.bundle.cross import RUNNER, required_glibc
+from toolchain.bundle.sdk import RUNTIME_LIBS, Sdk
 from toolchain.errors import BuildError, CapacityError, InputError
 from toolchain.export import manifest as pte_manifest
 
@@ -33,14 +32,11 @@ log = logging.getLogger(__name__)
 BUNDLE_FORMAT = "edgelm-bundle/1"
 BUNDLE_FILE = "bundle.json"
 SIGNATURE_FILE = "bundle.sig"
-RUNNER = "runner"
 # Exactly what bundle.json lists, by plain name; the folder may also hold bundle.json and bundle.sig.
 REQUIRED_FILES = (RUNNER, *RUNTIME_LIBS, pte_manifest.PROGRAM_FILE, pte_manifest.MANIFEST_FILE)
 RELEASE_PREFIX = "r-"
 RELEASE_HEX = 16
 BUNDLE_JSON_MAX_BYTES = 1 << 20
-CMAKE_TIMEOUT_S = 900
-_GLIBC = re.compile(r"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -68,66 +64,6 @@ def release_id(files: dict[str, str]) -> str:
     """
     canonical = json.dumps(files, sort_keys=True, separators=(",", ":")).encode()
     return RELEASE_PREFIX + hashlib.sha256(canonical).hexdigest()[:RELEASE_HEX]
-
-
-def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
-    log.info("%s: %s", what, " ".join(cmd))
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=CMAKE_TIMEOUT_S)
-    except FileNotFoundError:
-        raise BuildError(f"{what}: {cmd[0]} is not installed", hint="run `make setup`") from None
-    except subprocess.TimeoutExpired:
-        raise BuildError(f"{what} timed out after {CMAKE_TIMEOUT_S} s") from None
-    if proc.returncode != 0:
-        lines = [x for x in (proc.stderr + proc.stdout).splitlines() if x.strip()]
-        errors = [x for x in lines if "error" in x.lower()] or lines
-        raise BuildError(f"{what} failed: {errors[0].strip() if errors else 'exit ' + str(proc.returncode)}")
-    return proc.stdout
-
-
-def compiler_for(board: Board) -> tuple[str, str]:
-    prefix = board.cross_prefix
-    cc, cxx = f"{prefix}gcc", f"{prefix}g++"
-    if shutil.which(cxx) is None:
-        package = f"g++-{board.triple}" if prefix else "g++"
-        raise BuildError(f"the {board.arch} C++ compiler {cxx} is not installed",
-                         hint=f"`make setup` installs Debian's {package}")
-    return cc, cxx
-
-
-def configure_and_build(board: Board, project: Path, sdk: Sdk, sanitize: bool = False, *,
-                        cmake_defs: dict[str, str] | None = None) -> Path:
-    """cmake configure + build in ``project/build``; returns the runner binary. ``cmake_defs`` adds
-    ``-DNAME=VALUE`` options (e.g. ``{"EDGELM_TEST_SAMPLER_BUG": "ON"}``, firmware/CMakeLists.txt)."""
-    cc, cxx = compiler_for(board)
-    project = project.resolve()  # cmake resolves a relative toolchain file against the build dir
-    if sdk.arch != board.arch:
-        raise BuildError(f"runtime for {sdk.arch} given for a {board.arch} board")
-    build = project / "build"
-    cmd = ["cmake", "-S", str(project), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-           f"-DET_SDK_DIR={sdk.root}", f"-DEDGELM_CPU_FLAGS={' '.join(board.cpu_flags)}",
-           f"-DEDGELM_SANITIZE={'ON' if sanitize else 'OFF'}"]
-    if board.cross_prefix:
-        cmd.append(f"-DCMAKE_TOOLCHAIN_FILE={project / 'toolchain-cross.cmake'}")
-    else:
-        cmd += [f"-DCMAKE_C_COMPILER={cc}", f"-DCMAKE_CXX_COMPILER={cxx}"]
-    cmd += [f"-D{name}={value}" for name, value in (cmake_defs or {}).items()]
-    _run(cmd, "cmake configure")
-    _run(["cmake", "--build", str(build), "--parallel", "2"], "compile")
-    runner = build / RUNNER
-    if not runner.exists():
-        raise BuildError(f"the build finished without producing {runner}")
-    return runner
-
-
-def required_glibc(binary: Path, board: Board) -> tuple[int, int]:
-    """Highest GLIBC_x.y version a binary's dynamic symbols need (objdump -T)."""
-    objdump = f"{board.cross_prefix}objdump"
-    if shutil.which(objdump) is None:
-        raise BuildError(f"{objdump} is not installed", hint="`make setup` installs the binutils")
-    out = _run([objdump, "-T", str(binary)], f"read symbol versions of {binary.name}")
-    found = [(int(a), int(b)) for a, b, _ in _GLIBC.findall(out)]
-    return max(found) if found else (0, 0)
 
 
 def assemble(board: Board, runner: Path, sdk: Sdk, pte: Path, dest: Path, firmware_version: str,

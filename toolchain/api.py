@@ -251,49 +251,92 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
     return _build(board, pte, body, out, sign_key=signer, progress=progress), False
 
 
-def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORKDIR):
+def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORKDIR, options: Any = None):
+    """The target ``target`` (a spec string; None: the board profile's default) for a board."""
     from toolchain import boards
     from toolchain.deploy import registry
 
     board = boards.get(board_name)
-    return registry.create(target or registry.default_for(board), board, workdir.resolve() / "targets")
+    return registry.create(target or registry.default_for(board), board, workdir.resolve() / "targets", options)
 
 
-def flash(bundle_dir: Path, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,
-          progress: Progress = _noop, sign_key: Path | None = None) -> dict[str, Any]:
-    """Deploy a bundle (verified on arrival) and start it; it keeps serving after we return.
+def targets() -> list[dict[str, Any]]:
+    """The kinds of target a spec string can name."""
+    from toolchain.deploy import registry
+
+    return [{"kind": k.name, "spec": k.example, "description": k.description} for k in registry.kinds()]
+
+
+def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,
+          progress: Progress = _noop, sign_key: Path | None = None, *, board: str | None = None,
+          rollback: bool = False, options: Any = None, service: bool = False) -> dict[str, Any]:
+    """Deploy a bundle (verified on the board) and start it; where the target can, it keeps serving
+    after we return.
 
     Started through the one bring-up routine: the release counts as flashed only once its runner
     has said HELLO on the link with the program's hash; otherwise the previous release is restored.
+    ``rollback``: instead of a bundle, make the previous release current again (verified) and start it.
     ``sign_key``: first sign the bundle (writes bundle.sig into ``bundle_dir``) with this private key.
+    ``service``: install the runner as a service that serves after every boot (where the target can).
     """
     from toolchain.bundle import package, signing
     from toolchain.deploy import bringup
-    from toolchain.deploy.base import Capability, require
+    from toolchain.deploy.base import need_runner, need_store
 
-    bundle = package.read_bundle(bundle_dir)
-    if sign_key is not None:
-        package.sign_bundle(bundle, signing.load_private_key(sign_key))
-    tgt = target_for(bundle.board, target, workdir)
-    require(tgt, Capability.DEPLOY, "it has no way to receive a bundle")
-    if not start:
-        with tgt.lock("flash"):
-            progress("flash", f"{tgt.name}:{bundle.board}")
-            release = tgt.deploy(bundle)
-        return {"board": bundle.board, "target": tgt.name, "release": release.id, "path": str(release.path),
-                "verified": True}
-    require(tgt, Capability.START, "it cannot start a runner")
-    with bringup.bring_up(tgt, bundle, keep_running=True, progress=progress, what="flash") as up:
-        return {"board": bundle.board, "target": tgt.name, "release": up.release.id, "path": str(up.release.path),
-                "verified": True, "port": up.port, "firmware_version": up.hello.firmware,
-                "model_sha256": up.hello.model_sha256, "load_ms": up.hello.load_ms}
+    bundle = None
+    if rollback:
+        if bundle_dir is not None:
+            raise UsageError("give a bundle or --rollback, not both")
+        if board is None:
+            raise UsageError("--rollback needs --board")
+        board_name = board
+    else:
+        if bundle_dir is None:
+            raise UsageError("give the bundle folder to flash (or --rollback)")
+        bundle = package.read_bundle(bundle_dir)
+        if sign_key is not None:
+            package.sign_bundle(bundle, signing.load_private_key(sign_key))
+        if board is not None and board != bundle.board:
+            raise UsageError(f"bundle {bundle_dir} was built for {bundle.board}, not --board {board}")
+        board_name = bundle.board
+    tgt = target_for(board_name, target, workdir, options)
+    store = need_store(tgt)
+    base = {"board": board_name, "target": tgt.spec}
+    if not start and not service:
+        if bundle is None:
+            with tgt.lock("flash"):
+                release = store.previous()
+                if release is None:
+                    raise UsageError(f"{tgt.where} has no previous release to roll back to")
+                progress("verify", f"release {release.id} on {tgt.where}")
+                store.activate(release)
+        else:
+            with tgt.lock("flash"):
+                progress("flash", tgt.where)
+                release = store.deploy(bundle, progress=progress)
+        return base | {"release": release.id, "path": release.path, "verified": True, "started": False,
+                       "notes": list(tgt.notes)}
+    runner = need_runner(tgt)
+    keep = bool(getattr(runner, "keeps_serving", True))
+    with bringup.bring_up(tgt, bundle, rollback=rollback, keep_running=keep, progress=progress,
+                          what="flash") as up:
+        result = base | {"release": up.release.id, "path": up.release.path, "verified": True,
+                         "previous": up.previous.id if up.previous else None,
+                         "port": up.port, "firmware_version": up.hello.firmware,
+                         "model_sha256": up.hello.model_sha256, "load_ms": up.hello.load_ms,
+                         "started": True, "serving": keep}
+    return result | {"notes": list(tgt.notes)}
 
 
-def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR) -> str | None:
+def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR,
+         options: Any = None) -> str | None:
     """Stop the runner `flash` started. None, or a note on a stale PID file (removed; nothing was killed for it)."""
-    tgt = target_for(board_name, target, workdir)
+    from toolchain.deploy.base import need_runner
+
+    tgt = target_for(board_name, target, workdir, options)
+    runner = need_runner(tgt)
     with tgt.lock("stop"):
-        return tgt.stop()
+        return runner.stop()
 
 
 def keygen(out: Path) -> dict[str, Any]:
@@ -305,16 +348,15 @@ def keygen(out: Path) -> dict[str, Any]:
 
 
 def trust(public_key: Path, board_name: str, target: str | None = None,
-          workdir: Path = DEFAULT_WORKDIR) -> dict[str, Any]:
+          workdir: Path = DEFAULT_WORKDIR, options: Any = None) -> dict[str, Any]:
     """Make a target accept only bundles signed by this key (or another it trusts) from now on."""
     from toolchain.bundle import signing
-    from toolchain.deploy.base import Capability, require
+    from toolchain.deploy.base import need_store
 
     key = signing.load_public_key(public_key)
-    tgt = target_for(board_name, target, workdir)
-    require(tgt, Capability.TRUST, "it cannot check signatures")
-    fp = tgt.trust(signing.public_pem(key))
-    return {"board": board_name, "target": tgt.name, "fingerprint": fp, "public_key": str(public_key)}
+    tgt = target_for(board_name, target, workdir, options)
+    fp = need_store(tgt).trust(signing.public_pem(key))
+    return {"board": board_name, "target": tgt.spec, "fingerprint": fp, "public_key": str(public_key)}
 
 
 MAX_THREADS = 256
@@ -342,6 +384,7 @@ class RunRequest:
     retries: int = 0
     near_tie_budget: float | None = None  # fraction of the tokens; None: compare.DEFAULT_NEAR_TIE_BUDGET
     byte_tokenizer: bool = False  # allow a checkpoint folder without tokenizer.json (prompt as UTF-8 bytes)
+    target_options: Any = None  # registry.TargetOptions: --port, --board-port, --ssh-config, --accept-new-host-key
 
     def check(self) -> None:
         """Every option in range, before any work (one line naming the option)."""
@@ -461,7 +504,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
             raise InputError(f"{req.model} has no tokenizer.json: the prompt cannot be tokenized as the model was "
                              "trained", hint="add the checkpoint's tokenizer.json, or pass --byte-tokenizer to send "
                                              "the prompt as UTF-8 bytes anyway")
-    tgt = target_for(req.board, req.target, req.workdir)  # an unknown target fails before the slow steps
+    tgt = target_for(req.board, req.target, req.workdir, req.target_options)  # an unknown target fails early
     exported, reused_export = cached_export(req.model, req.workdir, quant=quant, max_seq_len=req.max_seq_len,
                                             progress=progress)
     man = exported.manifest
@@ -502,7 +545,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
                     "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb} if stats else
                    {"load_ms": hello.load_ms})
     return {
-        "board": board.name, "target": tgt.name, "emulated": tgt.emulated, "model": req.model,
+        "board": board.name, "target": tgt.spec, "emulated": tgt.emulated, "model": req.model,
         "quant": quant, "firmware_version": hello.firmware, "model_sha256": hello.model_sha256,
         "threads": hello.threads, "release": up.release.id,
         "prompt": req.prompt, "prompt_token_ids": prompt_ids, "generated_token_ids": list(served.collected.tokens),
@@ -527,9 +570,9 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
         if board is None:
             raise UsageError("give --port, or --board of a runner that `edgelm flash` started")
         tgt = target_for(board, target, workdir)
-        info = tgt.running() if hasattr(tgt, "running") else None
+        info = tgt.runner.running() if tgt.runner is not None else None
         if not info:
-            raise DeviceError(f"no runner is running on {tgt.name}:{board}", hint="start one with `edgelm flash`")
+            raise DeviceError(f"no runner is running on {tgt.where}", hint="start one with `edgelm flash`")
         port = info["port"]
     transport = SerialTransport(port, baud)
     try:

@@ -7,7 +7,7 @@ names the file, the field, the bad value and what is allowed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ ARCHES = ("aarch64", "x86_64")
 QUANTS = ("fp32", "8da8w", "8da4w")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _GLIBC_RE = re.compile(r"^\d+\.\d+$")
+_TARGET_RE = re.compile(r"^[a-z]+(?::[!-~]{1,200})?$")  # printable, no spaces; the registry parses the rest
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Board:
     baud: int
     default_quant: str
     qemu_cpu: str | None = None  # QEMU CPU model that emulates this board (Arm boards)
+    default_target: str | None = None  # target spec used without --target (see `edgelm targets`)
 
     def __post_init__(self) -> None:
         src = f"board {self.name!r}"
@@ -58,6 +60,9 @@ class Board:
             raise InputError(f"{src}: default_quant={self.default_quant!r}; allowed: {', '.join(QUANTS)}")
         if not self.serial_device.startswith("/dev/"):
             raise InputError(f"{src}: serial_device={self.serial_device!r} must be a /dev path")
+        if self.default_target is not None and not _TARGET_RE.match(self.default_target):
+            raise InputError(f"{src}: default_target={self.default_target!r} must be a target spec such as "
+                             "'qemu', 'local' or 'ssh://pi@raspberrypi.local'")
         if self.arch == "aarch64" and not self.qemu_cpu:
             raise InputError(f"{src}: an aarch64 board needs qemu_cpu (the CPU model that emulates it)")
 
@@ -86,7 +91,7 @@ def _from_toml(path: Path) -> Board:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(f"{path}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
-    required = {f.name for f in fields(Board) if f.default is not None and f.name != "qemu_cpu"}
+    required = {f.name for f in fields(Board) if f.default is MISSING}
     missing = sorted(required - set(raw))
     if missing:
         raise InputError(f"{path}: missing field {missing[0]!r}")

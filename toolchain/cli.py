@@ -94,6 +94,39 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+TARGET_HELP = ("qemu | local | ssh://[user@]host[:port] | dir:PATH (see `edgelm targets`; default: the board "
+               "profile's default_target)")
+
+
+def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that say how a board is reached and wired, shared by every command with --target."""
+    for option in reversed([
+        click.option("--target", "-t", default=None, help=TARGET_HELP),
+        click.option("--port", "-p", "link_port", default=None,
+                     help="The host's serial port wired to the board's UART: a device, rfc2217:// or socket:// URL, "
+                          "or usb:VID:PID[:SERIAL] (default for ssh://: the SSH channel itself)."),
+        click.option("--board-port", default=None,
+                     help="The board's serial device the runner opens [default: the profile's serial_device]."),
+        click.option("--ssh-config", type=click.Path(path_type=Path), default=None,
+                     help="An ssh_config file to use instead of ~/.ssh/config."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Trust an SSH host key seen for the first time (it is added to known_hosts)."),
+        click.option("--boot", type=click.Path(path_type=Path), default=None,
+                     help="dir: the card's boot partition, when mounted apart from its root filesystem."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+def options_from(kwargs: dict[str, Any]) -> Any:
+    """Pop the target_options values out of a command's kwargs into a TargetOptions."""
+    from toolchain.deploy.registry import TargetOptions
+
+    return TargetOptions(port=kwargs.pop("link_port"), board_port=kwargs.pop("board_port"),
+                         ssh_config=kwargs.pop("ssh_config"), accept_new_host_key=kwargs.pop("accept_new_host_key"),
+                         boot=kwargs.pop("boot"))
+
+
 class StepProgress:
     """A rich progress line per pipeline step, on stderr."""
 
@@ -291,15 +324,15 @@ def keygen(out: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("public_key", type=click.Path(path_type=Path))
 @click.option("--board", "-b", required=True)
-@click.option("--target", "-t", default=None, help="qemu | local (default: by the board's architecture).")
+@target_options
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @command
-def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_json: bool) -> None:
+def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any) -> None:
     """Make a target accept only bundles signed by this public key (or another it trusts)."""
     from toolchain import api
 
-    result = api.trust(public_key, board, target, workdir)
+    result = api.trust(public_key, board, target, workdir, options_from(kw))
     if as_json:
         emit_json(result)
         return
@@ -308,43 +341,73 @@ def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_js
 
 
 @main.command()
-@click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--target", "-t", default=None, help="qemu | local (default: by the board's architecture).")
+@click.argument("bundle", type=click.Path(path_type=Path), required=False)
+@click.option("--board", "-b", default=None, help="The board (needed with --rollback; else the bundle's).")
+@target_options
+@click.option("--rollback", is_flag=True, help="Make the previous release current again (verified) and start it.")
+@click.option("--service", is_flag=True,
+              help="Install the runner as a systemd service that serves after every boot (ssh://, dir:).")
 @click.option("--no-start", is_flag=True, help="Deploy only; do not start the runner.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @command
-def flash(bundle: Path, target: str | None, no_start: bool, workdir: Path, as_json: bool) -> None:
-    """Deploy a bundle to a target (hash-verified) and start its runner in the background."""
+def flash(bundle: Path | None, board: str | None, target: str | None, rollback: bool, service: bool, no_start: bool,
+          workdir: Path, as_json: bool, **kw: Any) -> None:
+    """Deploy a bundle to a target (hash-verified on the board) and start its runner."""
     from toolchain import api
 
     with StepProgress(enabled=not as_json) as progress:
-        result = api.flash(bundle, target, workdir, start=not no_start, progress=progress)
+        result = api.flash(bundle, target, workdir, start=not no_start, progress=progress, board=board,
+                           rollback=rollback, options=options_from(kw), service=service)
     if as_json:
         emit_json(result)
         return
-    console.print(f"[green]flashed[/] {result['release']} to {result['target']}:{result['board']} "
-                  "(hashes verified)")
-    if "port" in result:
-        console.print(f"runner started; serial link at {result['port']} "
-                      f"(`edgelm monitor --port {result['port']}`)")
+    what = "rolled back to" if rollback else "flashed"
+    console.print(f"[green]{what}[/] {result['release']} on {escape(result['target'])}:{result['board']} "
+                  "(hashes verified on the board)")
+    if result.get("started"):
+        if result.get("serving"):
+            console.print(f"runner serving; its link: {escape(result['port'])} "
+                          f"(`edgelm monitor --port {escape(result['port'])}`)")
+        else:
+            console.print("runner answered HELLO with the program's hash, then stopped: its link is the SSH "
+                          "channel (`edgelm run` starts it on demand; --port or --service keep it serving)")
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(printable(note))}", soft_wrap=True)
 
 
 @main.command()
 @click.option("--board", "-b", required=True)
-@click.option("--target", "-t", default=None)
+@target_options
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @command
-def stop(board: str, target: str | None, workdir: Path, as_json: bool) -> None:
+def stop(board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any) -> None:
     """Stop the runner a `flash` started."""
     from toolchain import api
 
-    stale = api.stop(board, target, workdir)
+    stale = api.stop(board, target, workdir, options_from(kw))
     if as_json:
         emit_json({"board": board, "stopped": True, "stale_pid_file": stale})
     else:
         console.print(escape(stale) if stale else f"stopped the runner on {board}", soft_wrap=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+@command
+def targets(as_json: bool) -> None:
+    """List the kinds of target (--target SPEC): how a bundle reaches a board."""
+    from toolchain import api
+
+    items = api.targets()
+    if as_json:
+        emit_json(items)
+        return
+    table = Table("target", "what it is")
+    for t in items:
+        table.add_row(t["spec"], t["description"])
+    console.print(table)
 
 
 @main.command()
@@ -379,7 +442,7 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
               help="[default: the board's default_quant]")
 @click.option("--prompt", default="Once upon a time", show_default=True)
 @click.option("--tokens", "-n", type=int, default=64, show_default=True, help="New tokens to generate.")
-@click.option("--target", "-t", default=None, help="qemu | local (default: by the board's architecture).")
+@target_options
 @click.option("--max-seq-len", type=int, default=512, show_default=True)
 @click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
 @click.option("--top-k", type=int, default=0, show_default=True)
@@ -405,7 +468,7 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
         temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, threads: int | None,
         tolerance: float | None, near_tie_budget: float | None, retries: int, byte_tokenizer: bool, workdir: Path,
-        sign_key: Path | None, as_json: bool) -> None:
+        sign_key: Path | None, as_json: bool, **kw: Any) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
     from toolchain.errors import ValidationFailed
@@ -415,7 +478,7 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
-                         sign_key=sign_key)
+                         sign_key=sign_key, target_options=options_from(kw))
 
     def on_text(piece: str) -> None:
         if not as_json and piece:

@@ -73,12 +73,12 @@ def test_sdk_refuses_a_wheel_of_another_version(tmp_path):
 def test_a_failed_flash_keeps_the_previous_release(tiny_pte, hil_workdir, tmp_path):
     import shutil
 
-    from toolchain.deploy.local import LocalTarget
+    from toolchain.deploy import local
     from toolchain.errors import DeviceError
 
     bundle, _ = api.cached_build("host", tiny_pte, hil_workdir)
-    target = LocalTarget(boards.get("host"), tmp_path / "targets")
-    first = target.deploy(bundle)
+    target = local.create("local", boards.get("host"), tmp_path / "targets")
+    first = target.store.deploy(bundle)
     broken = tmp_path / "broken"
     shutil.copytree(bundle.root, broken)
     info = json.loads((broken / "bundle.json").read_text())
@@ -86,8 +86,8 @@ def test_a_failed_flash_keeps_the_previous_release(tiny_pte, hil_workdir, tmp_pa
     (broken / "bundle.json").write_text(json.dumps(info))
     (broken / "runner").write_bytes(b"truncated")  # ...whose runner does not match its hash
     with pytest.raises((InputError, DeviceError)):
-        target.deploy(package.read_bundle(broken))
-    assert target.current() == first
+        target.store.deploy(package.read_bundle(broken))
+    assert target.store.current() == first
     assert not any(p.name.startswith("9.9.9") for p in (target.state / "releases").iterdir())
 
 
@@ -113,8 +113,8 @@ def test_a_flash_whose_runner_does_not_start_rolls_back_to_the_running_release(t
                                               + re.escape(good["release"]) + ", serving again"):
             api.flash(broken, "local", work)
         target = api.target_for("host", "local", work)
-        assert target.current().id == good["release"]
-        assert target.running() is not None  # the previous release's runner serves again
+        assert target.store.current().id == good["release"]
+        assert target.runner.running() is not None  # the previous release's runner serves again
     finally:
         api.stop("host", "local", work)
 
@@ -135,7 +135,7 @@ def test_a_target_that_trusts_a_key_takes_only_bundles_signed_by_it(tiny_pte, hi
     good = api.flash(bundle.root, "local", work)  # verified, started, serving
     try:
         target = api.target_for("host", "local", work)
-        assert target.current().id == good["release"] == bundle.release_id
+        assert target.store.current().id == good["release"] == bundle.release_id
         state = target.state
         before = fakes.snapshot(state / "releases") | fakes.snapshot(state / "trusted_keys")
 
@@ -161,8 +161,8 @@ def test_a_target_that_trusts_a_key_takes_only_bundles_signed_by_it(tiny_pte, hi
                              (edited, "does not match the bytes it signs"), (replaced, "does not match its sha256")]:
             with pytest.raises(InputError, match=needle):
                 api.flash(copy, "local", work)
-            assert target.current().id == good["release"]
+            assert target.store.current().id == good["release"]
             assert fakes.snapshot(state / "releases") | fakes.snapshot(state / "trusted_keys") == before
-        assert api.target_for("host", "local", work).running() is not None  # the good release still serves
+        assert api.target_for("host", "local", work).runner.running() is not None  # the good release still serves
     finally:
         api.stop("host", "local", work)

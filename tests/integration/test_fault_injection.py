@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from toolchain import api, boards
+from toolchain.deploy import local
 from toolchain.deploy.bringup import bring_up
-from toolchain.deploy.local import LocalTarget
 from toolchain.errors import DeviceError
 from toolchain.link import faults
 from toolchain.link import protocol as P
@@ -39,7 +39,7 @@ def rig(hil_workdir, tmp_path_factory):
     exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
     bundle, _ = api.cached_build("host", exported.pte, hil_workdir)
     folder = tmp_path_factory.mktemp("faults")
-    target = LocalTarget(boards.get("host"), folder / "targets")
+    target = local.create("local", boards.get("host"), folder / "targets")
     link = faults.RelayedLink(folder, SEED)
     reference = ProgramRunner(exported.pte)
     eos = tuple(exported.manifest["tokens"]["eos_token_ids"])

@@ -9,8 +9,8 @@ import pytest
 
 from toolchain import api, boards
 from toolchain.bundle import cross, package, render, sdk
+from toolchain.deploy import local
 from toolchain.deploy.bringup import bring_up
-from toolchain.deploy.local import LocalTarget
 from toolchain.export import manifest
 from toolchain.link import protocol as P
 from toolchain.link.session import Timeouts
@@ -29,7 +29,7 @@ def tiny_pte(hil_workdir):
 
 
 def _tokens(bundle, state) -> tuple[int, list[P.Token]]:
-    target = LocalTarget(boards.get("host"), state)
+    target = local.create("local", boards.get("host"), state)
     with bring_up(target, bundle, timeouts=Timeouts(hello_s=60, first_token_s=60, token_s=30)) as up:
         return up.hello.vocab_size, [m for m in up.session.generate(REQUEST) if isinstance(m, P.Token)]
 
@@ -84,7 +84,7 @@ def test_the_verdict_fails_a_runner_with_the_sampler_fault_end_to_end(faulty_bun
     board, bundle = boards.get("host"), faulty_bundle
     link = faults.RelayedLink(tmp_path, seed=1)
     reference = ProgramRunner(tiny_pte)
-    target = LocalTarget(board, tmp_path / "targets")
+    target = local.create("local", board, tmp_path / "targets")
     try:
         with bring_up(target, bundle, open_transport=link) as up:
             for seed, (temperature, top_k, top_p) in enumerate([(0.8, 0, 1.0), (1.0, 40, 0.95), (0.5, 8, 0.9)]):

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from toolchain import api, boards
+from toolchain.deploy import local
 from toolchain.deploy.bringup import bring_up
-from toolchain.deploy.local import LocalTarget
 from toolchain.link import framing
 from toolchain.link import protocol as P
 from toolchain.link.session import Timeouts
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 def test_sanitized_runner(hil_workdir, tmp_path):
     exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
     bundle = api.build_firmware("host", exported.pte, tmp_path / "asan", sanitize=True)
-    target = LocalTarget(boards.get("host"), tmp_path / "targets")
+    target = local.create("local", boards.get("host"), tmp_path / "targets")
     with bring_up(target, bundle, timeouts=Timeouts(hello_s=60, first_token_s=60, token_s=30)) as up:
         s = up.session
         toks = [m.token for m in s.generate(P.Request((1, 82, 114), 24, temperature=0.7, top_k=10, top_p=0.9,

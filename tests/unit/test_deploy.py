@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -14,13 +15,13 @@ from click.testing import CliRunner
 from toolchain import api, boards
 from toolchain.bundle import package, signing
 from toolchain.cli import main
-from toolchain.deploy.local import LocalTarget
+from toolchain.deploy import local
 from toolchain.errors import DeviceError, InputError
 
 
 @pytest.fixture
 def target(tmp_path):
-    return LocalTarget(boards.get("host"), tmp_path / "targets")
+    return local.create("local", boards.get("host"), tmp_path / "targets")
 
 
 @pytest.fixture
@@ -60,20 +61,20 @@ def test_a_crafted_firmware_version_cannot_reach_outside_releases(tmp_path, fake
     fakes.rewrite_info(bundle.root, lambda i: i.__setitem__("firmware_version", version))
     crafted = package.read_bundle(bundle.root)
     # a previous release at that id, not current, is what old code deleted: deploy twice
-    target.deploy(crafted)
-    release = target.deploy(crafted)
+    target.store.deploy(crafted)
+    release = target.store.deploy(crafted)
     assert fakes.snapshot(victim) == before
     assert re.fullmatch(r"r-[0-9a-f]{16}", release.id)
-    assert release.path.parent == target.state / "releases"
+    assert Path(release.path).parent == target.state / "releases"
     assert sorted(p.name for p in (target.state / "releases").iterdir()) == [release.id]
 
 
 def test_a_deploy_lands_in_releases_under_the_computed_id(tmp_path, fakes, target):
     bundle = fakes.write_bundle(tmp_path / "b")
-    release = target.deploy(bundle)
-    assert release.id == bundle.release_id and target.current() == release
-    package.verify_bundle(package.read_bundle(release.path))
-    assert os.access(release.path / "runner", os.X_OK)
+    release = target.store.deploy(bundle)
+    assert release.id == bundle.release_id and target.store.current() == release
+    package.verify_bundle(package.read_bundle(Path(release.path)))
+    assert os.access(Path(release.path) / "runner", os.X_OK)
 
 
 # Re-flashing a release that exists ------------------------------------------------------------------
@@ -81,40 +82,40 @@ def test_a_deploy_lands_in_releases_under_the_computed_id(tmp_path, fakes, targe
 @pytest.mark.parametrize("tamper", ["runner", "model.pte", "extra file", "bundle.json"])
 def test_reflashing_the_current_release_reverifies_and_replaces_a_tampered_copy(tmp_path, fakes, target, tamper):
     bundle = fakes.write_bundle(tmp_path / "b")
-    release = target.deploy(bundle)
-    deployed = release.path
+    release = target.store.deploy(bundle)
+    deployed = Path(release.path)
     if tamper == "extra file":
         (deployed / "evil.so").write_bytes(b"x")
     elif tamper == "bundle.json":
         fakes.rewrite_info(deployed, lambda i: i.__setitem__("board", "rpi5"))
     else:
         (deployed / tamper).write_bytes(b"tampered")
-    again = target.deploy(bundle)
-    assert again.id == release.id and target.current().id == release.id
-    package.verify_bundle(package.read_bundle(again.path))
+    again = target.store.deploy(bundle)
+    assert again.id == release.id and target.store.current().id == release.id
+    package.verify_bundle(package.read_bundle(Path(again.path)))
     for name in [*bundle.files, "bundle.json"]:
-        assert (again.path / name).read_bytes() == (bundle.root / name).read_bytes()
-    assert not (again.path / "evil.so").exists()
+        assert (Path(again.path) / name).read_bytes() == (bundle.root / name).read_bytes()
+    assert not (Path(again.path) / "evil.so").exists()
     assert sorted(p.name for p in (target.state / "releases").iterdir()) == [release.id]
 
 
 def test_reflashing_an_intact_current_release_keeps_it(tmp_path, fakes, target):
     bundle = fakes.write_bundle(tmp_path / "b")
-    target.deploy(bundle)
+    target.store.deploy(bundle)
     before = fakes.snapshot(target.state)
-    target.deploy(bundle)
+    target.store.deploy(bundle)
     assert fakes.snapshot(target.state) == before
 
 
 def test_reflashing_a_tampered_release_that_is_not_current_replaces_it(tmp_path, fakes, target):
     first = fakes.write_bundle(tmp_path / "a")
     second = fakes.write_bundle(tmp_path / "b", runner=b"#!/bin/sh\nexit 1\n")
-    r1 = target.deploy(first)
-    target.deploy(second)
-    (r1.path / "runner").write_bytes(b"tampered")
-    again = target.deploy(first)
-    assert target.current().id == r1.id
-    assert (again.path / "runner").read_bytes() == (first.root / "runner").read_bytes()
+    r1 = target.store.deploy(first)
+    target.store.deploy(second)
+    (Path(r1.path) / "runner").write_bytes(b"tampered")
+    again = target.store.deploy(first)
+    assert target.store.current().id == r1.id
+    assert (Path(again.path) / "runner").read_bytes() == (first.root / "runner").read_bytes()
 
 
 # Disk space -----------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_too_little_free_space_is_one_line_with_the_numbers_and_nothing_deployed
     seen = []
     monkeypatch.setattr(shutil, "disk_usage", lambda p: seen.append(p) or _Usage(1000))
     with pytest.raises(DeviceError) as err:
-        target.deploy(bundle)
+        target.store.deploy(bundle)
     text = _one_line(err)
     assert f"needs {_need(bundle):,} bytes" in text and "has 1,000 free" in text, text
     assert text.endswith("nothing is deployed"), text
@@ -143,12 +144,12 @@ def test_too_little_free_space_is_one_line_with_the_numbers_and_nothing_deployed
 
 
 def test_too_little_free_space_names_the_release_that_stays_current(tmp_path, fakes, target, monkeypatch):
-    first = target.deploy(fakes.write_bundle(tmp_path / "a"))
+    first = target.store.deploy(fakes.write_bundle(tmp_path / "a"))
     second = fakes.write_bundle(tmp_path / "b", runner=b"#!/bin/sh\nexit 1\n")
     before = fakes.snapshot(target.state)
     monkeypatch.setattr(shutil, "disk_usage", lambda p: _Usage(_need(second) - 1))
     with pytest.raises(DeviceError) as err:
-        target.deploy(second)
+        target.store.deploy(second)
     text = _one_line(err)
     assert f"has {_need(second) - 1:,} free; release {first.id} is still current" in text, text
     assert fakes.snapshot(target.state) == before
@@ -156,7 +157,7 @@ def test_too_little_free_space_names_the_release_that_stays_current(tmp_path, fa
 
 @pytest.mark.parametrize("previous", [False, True])
 def test_running_out_of_space_mid_copy_is_one_line_and_cleans_up(tmp_path, fakes, target, monkeypatch, previous):
-    first = target.deploy(fakes.write_bundle(tmp_path / "a")) if previous else None
+    first = target.store.deploy(fakes.write_bundle(tmp_path / "a")) if previous else None
     bundle = fakes.write_bundle(tmp_path / "b", runner=b"#!/bin/sh\nexit 1\n")
     before = fakes.snapshot(target.state)
     real_copy = shutil.copy2
@@ -170,12 +171,12 @@ def test_running_out_of_space_mid_copy_is_one_line_and_cleans_up(tmp_path, fakes
 
     monkeypatch.setattr(shutil, "copy2", full_disk)
     with pytest.raises(DeviceError) as err:
-        target.deploy(bundle)
+        target.store.deploy(bundle)
     text = _one_line(err)
     assert "ran out of space" in text and f"needs {_need(bundle):,} bytes" in text and " free" in text, text
     assert text.endswith(f"release {first.id} is still current" if first else "nothing is deployed"), text
     if previous:
-        assert fakes.snapshot(target.state) == before and target.current() == first
+        assert fakes.snapshot(target.state) == before and target.store.current() == first
     else:  # only the (empty) releases folder may be left
         assert {k for k in fakes.snapshot(target.state)} <= {"releases"}
 
@@ -183,7 +184,7 @@ def test_running_out_of_space_mid_copy_is_one_line_and_cleans_up(tmp_path, fakes
 # Signatures and trust ------------------------------------------------------------------------------
 
 def _trust(target, keys, name="trusted"):
-    return target.trust(keys[name][1].read_bytes())
+    return target.store.trust(keys[name][1].read_bytes())
 
 
 def _signed(tmp_path, fakes, keys, name="trusted", sub="signed", **kw):
@@ -203,19 +204,19 @@ def test_a_target_that_trusts_a_key_accepts_a_bundle_signed_by_it(tmp_path, fake
     fp = _trust(target, keys)
     assert (target.state / "trusted_keys" / f"{fp[:16]}.pub").is_file()
     bundle = _signed(tmp_path, fakes, keys)
-    release = target.deploy(bundle)
-    assert target.current() == release
-    assert (release.path / "bundle.sig").read_bytes() == (bundle.root / "bundle.sig").read_bytes()
+    release = target.store.deploy(bundle)
+    assert target.store.current() == release
+    assert (Path(release.path) / "bundle.sig").read_bytes() == (bundle.root / "bundle.sig").read_bytes()
 
 
 def test_a_target_without_trusted_keys_takes_unsigned_bundles(tmp_path, fakes, target):
-    assert target.deploy(fakes.write_bundle(tmp_path / "b")).id
+    assert target.store.deploy(fakes.write_bundle(tmp_path / "b")).id
 
 
 def _refusals(tmp_path, fakes, target, keys):
     """A trusting target with a previous release, and the bundles it must refuse."""
     _trust(target, keys)
-    previous = target.deploy(_signed(tmp_path, fakes, keys, sub="previous"))
+    previous = target.store.deploy(_signed(tmp_path, fakes, keys, sub="previous"))
     cases = {}
     cases["unsigned"] = (fakes.write_bundle(tmp_path / "unsigned", runner=b"#!/bin/sh\nexit 2\n"),
                          "accepts only signed bundles")
@@ -248,24 +249,24 @@ def test_a_trusting_target_refuses_and_changes_nothing(tmp_path, fakes, target, 
     bundle, needle = cases[case]
     before = fakes.snapshot(target.state)
     with pytest.raises(InputError) as err:
-        target.deploy(bundle)
+        target.store.deploy(bundle)
     assert needle in _one_line(err)
     assert fakes.snapshot(target.state) == before
-    assert target.current() == previous
+    assert target.store.current() == previous
 
 
 def test_a_tampered_deployed_copy_of_a_signed_release_is_replaced(tmp_path, fakes, target, keys):
     _trust(target, keys)
     bundle = _signed(tmp_path, fakes, keys)
-    release = target.deploy(bundle)
-    (release.path / "bundle.sig").unlink()
-    again = target.deploy(bundle)
-    assert (again.path / "bundle.sig").read_bytes() == (bundle.root / "bundle.sig").read_bytes()
+    release = target.store.deploy(bundle)
+    (Path(release.path) / "bundle.sig").unlink()
+    again = target.store.deploy(bundle)
+    assert (Path(again.path) / "bundle.sig").read_bytes() == (bundle.root / "bundle.sig").read_bytes()
 
 
 def test_trust_refuses_a_file_that_is_not_a_public_key(tmp_path, target, keys):
     with pytest.raises(InputError, match="not a PEM public key"):
-        target.trust(keys["trusted"][0].read_bytes())  # the private key
+        target.store.trust(keys["trusted"][0].read_bytes())  # the private key
     assert not (target.state / "trusted_keys").exists()
 
 

@@ -1,63 +1,90 @@
-"""What a target (a way of putting a bundle on a board and talking to it) can do.
+"""What a target (a way of putting a bundle on a board and talking to it) is made of.
 
-Targets declare their capabilities as data; callers check them up front and refuse an action a
-target cannot do, with the reason, instead of failing halfway (labgrid's protocols).
+A target is a board plus the capabilities it has, each a small interface (labgrid's protocols):
+
+- a **release store** keeps verified releases on the board (deploy, current, previous, activate,
+  verify, trust);
+- a **runner control** starts, stops and watches the runner of a release;
+- a **link provider** gives the host its end of the framed link (a serial port, a pseudo-terminal
+  pair, an SSH channel).
+
+A target has the ones it can: an SD card mounted on the host stores releases but runs nothing.
+Callers check up front and refuse an action a target cannot do, with the reason, instead of
+failing halfway. The order in which they are used lives in one place: :mod:`toolchain.deploy.bringup`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
+from toolchain.deploy import lock as lock_mod
 from toolchain.errors import UsageError
+from toolchain.link.session import Timeouts
+from toolchain.link.transport import Transport
+
+Progress = Callable[[str, str], None]
+
+
+def no_progress(step: str, detail: str) -> None:
+    pass
 
 
 class Capability(str, Enum):
-    DEPLOY = "deploy"  # put a bundle on the board, keeping the previous release until it is verified
-    START = "start"  # start the runner of the current release
-    SERIAL = "serial"  # a serial link the host can open
-    STOP = "stop"  # stop the runner
-    TRUST = "trust"  # hold public keys and accept only bundles signed by one of them
+    DEPLOY = "deploy"  # keep releases on the board: deploy (verified), activate, roll back
+    TRUST = "trust"  # accept only bundles signed by a trusted key
+    START = "start"  # start and stop the runner of the current release
+    LINK = "link"  # give the host its end of the framed link
+    PREFLIGHT = "preflight"  # read the board's facts (arch, glibc, RAM, disk, serial device) before a switch
 
 
 @dataclass(frozen=True)
 class Release:
     """A verified bundle on the board."""
 
-    id: str  # r- + 16 hex of the sha256 over the bundle's file -> sha256 map (compile.release_id)
-    path: Path
+    id: str  # r- + 16 hex of the sha256 over the bundle's file -> sha256 map (package.release_id)
+    path: str  # where it lives, in the board's filesystem (for a local store, a path on this machine)
     board: str
+    model_sha256: str  # the program's sha256, which the runner's HELLO must report
 
 
-class Target(Protocol):
-    name: str
-    emulated: bool  # an emulator: deadlines stretch
-    capabilities: frozenset[Capability]
-    board: Board
+class ReleaseStore(Protocol):
+    where: str  # for messages: "ssh://pi@raspberrypi.local:rpi5"
 
-    def deploy(self, bundle: Bundle) -> Release: ...
+    def deploy(self, bundle: Bundle, *, activate: bool = True, progress: Progress = no_progress) -> Release:
+        """Copy ``bundle`` to the board into a folder of its own, verify the copy's hashes there and
+        (``activate``) make it current. A refusal or a failure changes nothing current."""
+        ...
+
+    def current(self) -> Release | None: ...
+
+    def previous(self) -> Release | None:
+        """The release that was current before the current one (``flash --rollback``)."""
+        ...
+
+    def activate(self, release: Release) -> None:
+        """Verify ``release``'s files on the board, then make it current in one atomic step (the one
+        it replaces becomes ``previous``). Refuses, changing nothing, when a file does not verify."""
+        ...
+
+    def verify(self, release: Release) -> None:
+        """Every file of ``release`` on the board has the sha256 its bundle.json lists, or InputError."""
+        ...
 
     def trust(self, public_key_pem: bytes) -> str:
         """Accept only bundles signed by this key (or another trusted one) from now on; its fingerprint."""
         ...
 
-    def current(self) -> Release | None: ...
 
-    def activate(self, release: Release) -> None:
-        """Make an earlier release current again (rollback)."""
-        ...
-
-    def link(self) -> str:
-        """Make the serial link ready; return the host-side port to open before ``start``."""
-        ...
-
-    def start(self, threads: int | None = None) -> str:
-        """Start the current release's runner; return the host-side serial port path."""
+class RunnerControl(Protocol):
+    def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
+        """Start ``release``'s runner serving on the board's ``device`` (``-``: stdin/stdout)."""
         ...
 
     def alive(self) -> str | None:
@@ -65,15 +92,95 @@ class Target(Protocol):
         ...
 
     def stop(self) -> str | None:
-        """Stop the runner; None, or a note on a stale PID file (removed; nothing was killed for it)."""
+        """Stop the runner (and what serves its link); None, or a note on stale records."""
         ...
 
-    def lock(self, what: str) -> AbstractContextManager[None]:
-        """Hold the target for one job (``flash``, ``run``, ``stop``); DeviceError naming the holder if
-        another process holds it."""
+    def running(self) -> dict[str, Any] | None:
+        """What a runner left serving (``flash``) recorded: port, release; None if none runs."""
         ...
+
+
+class LinkProvider(Protocol):
+    board_device: str  # what the runner opens on the board: a tty, or "-" for stdin/stdout
+
+    def connect(self) -> str:
+        """Make the link ready; the host-side port (a path, a pyserial URL, ``usb:VID:PID``)."""
+        ...
+
+    def open(self, port: str) -> Transport:
+        """The host's end of the link, opened before the runner starts (it drops earlier input)."""
+        ...
+
+
+Preflight = Callable[[Bundle], list[Any]]  # bundle -> preflight.Check list (the board's facts vs its needs)
+
+
+@dataclass
+class Target:
+    """A board reached one way: its capabilities, its host-side state folder (the lock, logs) and
+    the deadlines that suit it. Built from a spec string by :mod:`toolchain.deploy.registry`."""
+
+    kind: str  # qemu | local | ssh | dir
+    spec: str  # as given, canonical: "qemu", "ssh://pi@raspberrypi.local:22", "dir:/media/card/rootfs"
+    board: Board
+    state: Path
+    emulated: bool = False  # an emulator is much slower than the board it stands for: deadlines stretch
+    store: ReleaseStore | None = None
+    runner: RunnerControl | None = None
+    link: LinkProvider | None = None
+    preflight: Preflight | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    notes: list[str] = field(default_factory=list)  # what the target did that the user should know
+
+    @property
+    def name(self) -> str:
+        return self.kind
+
+    @property
+    def where(self) -> str:
+        return f"{self.spec}:{self.board.name}"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        caps = set()
+        if self.store is not None:
+            caps |= {Capability.DEPLOY, Capability.TRUST}
+        if self.runner is not None:
+            caps.add(Capability.START)
+        if self.link is not None:
+            caps.add(Capability.LINK)
+        if self.preflight is not None:
+            caps.add(Capability.PREFLIGHT)
+        return frozenset(caps)
+
+    def lock(self, what: str) -> AbstractContextManager[None]:
+        """``with target.lock("flash"):`` one job at a time on this target from this machine; another
+        edgelm that holds it makes this raise DeviceError at once, naming the holder."""
+        return lock_mod.hold(self.state, what, self.where)
+
+    def alive(self) -> str | None:
+        return self.runner.alive() if self.runner is not None else "this target runs nothing"
 
 
 def require(target: Target, capability: Capability, why: str) -> None:
     if capability not in target.capabilities:
-        raise UsageError(f"target {target.name!r} cannot {capability.value} ({why})")
+        raise UsageError(f"target {target.spec!r} cannot {capability.value} ({why})")
+
+
+def need_store(target: Target) -> ReleaseStore:
+    if target.store is None:
+        raise UsageError(f"target {target.spec!r} cannot deploy (it has no way to receive a bundle)")
+    return target.store
+
+
+def need_runner(target: Target) -> RunnerControl:
+    if target.runner is None:
+        raise UsageError(f"target {target.spec!r} cannot start a runner",
+                         hint="a card is flashed with `edgelm flash --no-start`; the board starts it at boot")
+    return target.runner
+
+
+def need_link(target: Target) -> LinkProvider:
+    if target.link is None:
+        raise UsageError(f"target {target.spec!r} has no link to the board")
+    return target.link

@@ -1,8 +1,10 @@
 """The one way a board is brought up, used by ``run``, ``flash``, the pytest plugin and the tests
 (labgrid's strategies: the only place that knows the order).
 
-    lock -> deploy (verified) -> open the link -> start -> HELLO on the link, with the program's
-    hash and the board's name -> serve -> tear down (QUIT, close, stop; or leave it running)
+    lock -> preflight (the board's facts against the bundle's needs) -> deploy into a folder of its
+    own, verified on the board -> stop a runner left serving (and say so) -> switch ``current``
+    (verified again) -> open the link -> start -> HELLO on the link, with the program's hash and the
+    board's name -> serve -> tear down (QUIT, close, stop; or leave it serving)
 
 When the new release does not come up, the runner is stopped, the previous release is made
 current again and started, and the error says so: a failed flash never leaves the board without
@@ -17,24 +19,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from toolchain.bundle.package import Bundle
-from toolchain.deploy.base import Release, Target
-from toolchain.errors import DeviceError, EdgelmError
+from toolchain.deploy.base import Progress, Release, Target, need_link, need_runner, need_store, no_progress
+from toolchain.errors import DeviceError, EdgelmError, UsageError
 from toolchain.link import protocol
 from toolchain.link.session import BoardSession, Timeouts
-from toolchain.link.transport import SerialTransport, Transport
+from toolchain.link.transport import Transport
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[str, str], None]
 OpenTransport = Callable[[str], Transport]
-
-
-def _noop(step: str, detail: str) -> None:
-    pass
-
-
-def serial_for(baud: int) -> OpenTransport:
-    return lambda port: SerialTransport(port, baud)
 
 
 @dataclass
@@ -46,98 +39,129 @@ class BoardUp:
     session: BoardSession
     hello: protocol.Hello
     port: str
+    previous: Release | None = None  # what was current before (None: nothing, or the same release)
 
 
-def timeouts_for(target: Target) -> Timeouts:
-    """Deadlines by target: an emulated CPU is tens of times slower than the board it stands for."""
-    slow = target.emulated
-    return Timeouts(first_token_s=120.0 if slow else 60.0, token_s=30.0 if slow else 10.0)
-
-
-def _serve(target: Target, release: Release, *, expect_sha: str, open_transport: OpenTransport,
-           timeouts: Timeouts, threads: int | None, progress: Progress) -> BoardUp:
+def _serve(target: Target, release: Release, *, open_transport: OpenTransport | None, timeouts: Timeouts,
+           threads: int | None, progress: Progress) -> BoardUp:
     """Start ``release`` and wait for its HELLO on the link. On any failure nothing is left running."""
+    runner, link = need_runner(target), need_link(target)
+    opener = open_transport or link.open
     transport: Transport | None = None
     try:
-        port = target.link()
-        transport = open_transport(port)  # our end is open before the runner starts: it drops earlier input
-        progress("start", f"runner {release.id} on {target.name}:{target.board.name}")
-        target.start(threads=threads)
-        session = BoardSession(transport, timeouts, alive=target.alive, reopen=lambda: open_transport(port))
+        port = link.connect()
+        transport = opener(port)  # our end is open before the runner starts: it drops earlier input
+        progress("start", f"runner {release.id} on {target.where}")
+        runner.start(release, device=link.board_device, threads=threads)
+        session = BoardSession(transport, timeouts, alive=runner.alive, reopen=lambda: opener(port))
         progress("link", f"waiting for HELLO on {port}")
         hello = session.wait_hello()
-        if hello.model_sha256 != expect_sha:
+        if hello.model_sha256 != release.model_sha256:
             raise DeviceError(f"the board runs program {hello.model_sha256[:12]}..., not the deployed "
-                              f"{expect_sha[:12]}...")
+                              f"{release.model_sha256[:12]}...")
         if hello.board != target.board.name:
             raise DeviceError(f"the runner says it was built for board {hello.board!r}, not {target.board.name!r}")
         return BoardUp(target, release, session, hello, port)
     except BaseException:
         if transport is not None:
             transport.close()
-        target.stop()
+        runner.stop()
         raise
 
 
+def stop_serving(target: Target, progress: Progress = no_progress) -> None:
+    """Stop a runner an earlier ``flash`` left serving, and say so (it is never stopped silently)."""
+    runner = need_runner(target)
+    info = runner.running()
+    if info is not None:
+        progress("stop", f"the runner of {info.get('release') or 'an earlier release'} on {target.where}")
+        log.info("stopping the runner left serving on %s (%s)", target.where, info)
+    note = runner.stop()
+    if note:
+        log.info("%s", note)
+
+
+def _preflight(target: Target, bundle: Bundle, progress: Progress) -> None:
+    if target.preflight is None:
+        return
+    from toolchain.deploy import preflight
+
+    progress("preflight", f"{target.where}: arch, glibc, RAM, disk, serial device")
+    preflight.require(target.preflight(bundle))
+
+
 @contextlib.contextmanager
-def bring_up(target: Target, bundle: Bundle, *, threads: int | None = None, keep_running: bool = False,
-             open_transport: OpenTransport | None = None, timeouts: Timeouts | None = None,
-             progress: Progress = _noop, what: str = "run") -> Iterator[BoardUp]:
-    """Deploy ``bundle`` to ``target`` and yield the board serving it. On exit the runner is told to
-    quit and stopped, unless ``keep_running`` (``flash``), when only our end of the link is closed.
-    If the new release does not serve, the previous one is made current and started again (and
-    stopped at the end unless ``keep_running``), and a DeviceError says what happened."""
-    open_transport = open_transport or serial_for(target.board.baud)
-    timeouts = timeouts or timeouts_for(target)
-    expect_sha = bundle.info["model_sha256"]
+def bring_up(target: Target, bundle: Bundle | None = None, *, rollback: bool = False, threads: int | None = None,
+             keep_running: bool = False, open_transport: OpenTransport | None = None,
+             timeouts: Timeouts | None = None, progress: Progress = no_progress,
+             what: str = "run") -> Iterator[BoardUp]:
+    """Deploy ``bundle`` (or, with ``rollback``, take the previous release) and yield the board
+    serving it. On exit the runner is told to quit and stopped, unless ``keep_running`` (``flash``),
+    when only our end of the link is closed. If the release does not serve, the one that was
+    current is made current and started again (and stopped at the end unless ``keep_running``),
+    and a DeviceError says what happened."""
+    if (bundle is None) == (not rollback):
+        raise UsageError("bring up either a bundle or the previous release (rollback)")
+    store = need_store(target)
+    need_runner(target)
+    need_link(target)
+    timeouts = timeouts or target.timeouts
     with target.lock(what):
-        progress("flash", f"{target.name}:{target.board.name}")
-        previous = target.current()
-        release = target.deploy(bundle)
+        previous = store.current()
+        if bundle is not None:
+            _preflight(target, bundle, progress)
+            progress("flash", f"{target.where}")
+            release = store.deploy(bundle, activate=False, progress=progress)
+        else:
+            candidate = store.previous()
+            if candidate is None:
+                raise UsageError(f"{target.where} has no previous release to roll back to")
+            progress("verify", f"release {candidate.id} on {target.where}")
+            release = candidate
+        stop_serving(target, progress)
+        store.activate(release)  # verifies the release's files on the board first; refuses if one does not
+        restore = previous if previous is not None and previous.id != release.id else None
         try:
-            up = _serve(target, release, expect_sha=expect_sha, open_transport=open_transport, timeouts=timeouts,
-                        threads=threads, progress=progress)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what we started is stopped; the previous stays current
-            if previous is not None and previous.id != release.id:
-                target.activate(previous)
+            up = _serve(target, release, open_transport=open_transport, timeouts=timeouts, threads=threads,
+                        progress=progress)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what we started is stopped; the previous is current again
+            if restore is not None:
+                store.activate(restore)
             raise
         except EdgelmError as exc:
-            if previous is None or previous.id == release.id:
+            if restore is None:
                 raise DeviceError(f"release {release.id} does not serve: {exc}") from None
-            target.activate(previous)
-            state = _restart_previous(target, previous, keep_running, open_transport, timeouts, threads)
-            raise DeviceError(f"release {release.id} does not serve ({exc}); rolled back to {previous.id}, "
+            state = _restart_previous(target, restore, keep_running, open_transport, timeouts, threads)
+            raise DeviceError(f"release {release.id} does not serve ({exc}); rolled back to {restore.id}, "
                               f"{state}") from None
+        up.previous = restore
         try:
             yield up
         finally:
             _tear_down(up, keep_running)
 
 
-def _restart_previous(target: Target, previous: Release, keep_running: bool, open_transport: OpenTransport,
+def _restart_previous(target: Target, previous: Release, keep_running: bool, open_transport: OpenTransport | None,
                       timeouts: Timeouts, threads: int | None) -> str:
-    manifest_sha = _release_program_sha(previous)
     try:
-        up = _serve(target, previous, expect_sha=manifest_sha, open_transport=open_transport, timeouts=timeouts,
-                    threads=threads, progress=_noop)
+        need_store(target).activate(previous)
+    except EdgelmError as exc:
+        return f"but it cannot be made current again: {exc}"
+    try:
+        up = _serve(target, previous, open_transport=open_transport, timeouts=timeouts, threads=threads,
+                    progress=no_progress)
     except EdgelmError as exc:
         return f"current again, but it does not serve either: {exc}"
     _tear_down(up, keep_running)
     return "serving again" if keep_running else "current again"
 
 
-def _release_program_sha(release: Release) -> str:
-    from toolchain.bundle.package import read_bundle
-
-    return read_bundle(release.path).info["model_sha256"]
-
-
 def _tear_down(up: BoardUp, keep_running: bool) -> None:
+    runner = need_runner(up.target)
     try:
         if not keep_running:
             up.session.quit()
     finally:
         up.session.transport.close()
         if not keep_running:
-            up.target.stop()
-
+            runner.stop()

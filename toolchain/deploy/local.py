@@ -1,17 +1,39 @@
-"""Run a bundle natively on this machine (the ``host`` board): the simulation of a board."""
+"""Run a bundle natively on this machine (the ``host`` board): the simulation of a board.
+
+Also the assembly of every target whose runner is a process here (``qemu`` too): a release store
+in the target's state folder, the process runner and its pseudo-terminal link, and a preflight
+that checks the board profile's RAM against the program's need (an emulated board has the RAM
+its profile says).
+"""
 
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
+from pathlib import Path
 
-from toolchain.deploy.process import ProcessTarget
+from toolchain.boards import Board
+from toolchain.deploy.base import Target
+from toolchain.deploy.process import ProcessRunner
+from toolchain.deploy.store import LocalStore, TrustStore
 from toolchain.errors import UsageError
+from toolchain.link.session import Timeouts
+
+TRUST_DIR = "trusted_keys"
 
 
-class LocalTarget(ProcessTarget):
-    name = "local"
+def process_target(kind: str, board: Board, state_dir: Path, prefix: Callable[[], list[str]], *,
+                   emulated: bool = False, timeouts: Timeouts | None = None) -> Target:
+    state = state_dir / f"{kind}-{board.name}"
+    where = f"{kind}:{board.name}"
+    runner = ProcessRunner(state, board, prefix)
+    return Target(kind=kind, spec=kind, board=board, state=state, emulated=emulated,
+                  store=LocalStore(state, board, where, TrustStore(state / TRUST_DIR)),
+                  runner=runner, link=runner, timeouts=timeouts or Timeouts())
 
-    def check_board(self) -> None:
-        if self.board.arch != platform.machine():
-            raise UsageError(f"the local target runs {platform.machine()} bundles; {self.board.name} is "
-                             f"{self.board.arch}", hint="use --target qemu for Arm boards")
+
+def create(spec: str, board: Board, state_dir: Path, options: object = None) -> Target:
+    if board.arch != platform.machine():
+        raise UsageError(f"the local target runs {platform.machine()} bundles; {board.name} is {board.arch}",
+                         hint="use --target qemu for Arm boards")
+    return process_target("local", board, state_dir, list)

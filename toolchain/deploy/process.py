@@ -1,17 +1,11 @@
-"""Targets that run the bundle as a process on this machine, wired to the host by a null modem.
-
-``releases/<id>/`` hold deployed bundles, ``<id>`` computed from the bundle's file hashes
-(:func:`toolchain.bundle.package.release_id`); ``current`` points at the running one and is switched
-only after the new release's files are all present with the right hashes, so a failed deploy
-leaves the previous release in place. Public keys in ``trusted_keys/`` make the target accept
-only bundles signed by one of them. The serial link is a pair of pseudo-terminals joined by
-``socat`` (a virtual null-modem cable): the runner opens one end as its serial device, the host
-opens the other with pyserial, exactly as with a USB-serial adapter.
+"""A runner that is a process on this machine (the host board natively, an Arm board under
+qemu-user), wired to the host by a null modem: a pair of pseudo-terminals joined by ``socat``.
+The runner opens one end as its serial device, the host opens the other with pyserial, exactly as
+with a USB-serial adapter. Releases are kept by :class:`toolchain.deploy.store.LocalStore`.
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -20,28 +14,18 @@ import shutil
 import signal
 import subprocess
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolchain import interrupts
 from toolchain.boards import Board
-from toolchain.bundle import signing
-from toolchain.bundle.package import (
-    BUNDLE_FILE,
-    RUNNER,
-    SIGNATURE_FILE,
-    Bundle,
-    parse_info,
-    read_info_bytes,
-    verify_bundle,
-    verify_signature,
-)
-from toolchain.deploy import lock
-from toolchain.deploy.base import Capability, Release
-from toolchain.errors import DeviceError, InputError, UsageError
+from toolchain.bundle.package import RUNNER
+from toolchain.deploy.base import Release
+from toolchain.errors import DeviceError
 from toolchain.export.manifest import PROGRAM_FILE
+from toolchain.link.transport import SerialTransport, Transport
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +33,6 @@ LINK_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 RECORD_TIMEOUT_S = 1.0  # for a child's command line to appear in /proc after its exec
 RUNNING_FILE = "running.json"
-TRUST_DIR = "trusted_keys"
 
 
 def stat_start_time(stat: bytes) -> tuple[str, int]:
@@ -168,174 +151,21 @@ def _stop_recorded(records: list[ProcessRecord]) -> None:
         rec.send(signal.SIGKILL)
 
 
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
+class ProcessRunner:
+    """Runner control and link provider for a runner that is a process on this machine, natively or
+    under an emulator (``prefix``), wired to the host by a socat pseudo-terminal pair. What it
+    starts is recorded in ``state/running.json`` (pid, start time, command line), so a later edgelm
+    (``edgelm stop``, the next ``flash``) can stop exactly those processes and nothing else."""
 
-
-def _existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _free_bytes(path: Path) -> int:
-    """Free bytes on the filesystem that holds (or will hold) ``path``."""
-    return shutil.disk_usage(_existing(path)).free
-
-
-def _fs_of(path: Path) -> str:
-    return f"the filesystem of {_existing(path)}"
-
-
-class ProcessTarget:
-    name = "process"
-    emulated = False  # an emulator is much slower than the board: deadlines stretch (bringup.timeouts_for)
-    capabilities = frozenset({Capability.DEPLOY, Capability.START, Capability.SERIAL, Capability.STOP,
-                              Capability.TRUST})
-
-    def __init__(self, board: Board, state_dir: Path):
+    def __init__(self, state: Path, board: Board, prefix: Callable[[], list[str]] = list):
+        self.state = state
         self.board = board
-        self.state = state_dir / f"{self.name}-{board.name}"
+        self.prefix = prefix
+        self.board_device = ""
         self._runner: subprocess.Popen | None = None
         self._socat: subprocess.Popen | None = None
-        self._board_end = self._host_end = ""
+        self._host_end = ""
         self._log_file = self.state / "runner.log"
-
-    # To be specialised ---------------------------------------------------------------------------
-
-    def check_board(self) -> None:
-        """Refuse a board this target cannot run."""
-
-    def command_prefix(self) -> list[str]:
-        return []
-
-    # Deploy --------------------------------------------------------------------------------------
-
-    @property
-    def where(self) -> str:
-        return f"{self.name}:{self.board.name}"
-
-    def deploy(self, bundle: Bundle) -> Release:
-        """Verify ``bundle`` (signature when keys are trusted, file list, hashes), copy it into
-        ``releases/<id>``, verify the copy, make it current. Nothing changes here on a refusal."""
-        self.check_board()
-        if bundle.board != self.board.name:
-            raise UsageError(f"bundle {bundle.root} was built for {bundle.board}, not {self.board.name}")
-        trusted = self.trusted_keys()
-        source, source_bytes = self._checked(bundle.root, trusted)  # refusals happen here, before any write
-        if source.files != bundle.files or source.board != bundle.board:
-            raise InputError(f"bundle {bundle.root} changed after it was read", hint="flash it again")
-        release_id = source.release_id
-        releases = self.state / "releases"
-        final = releases / release_id
-        current = self.current()
-        now = f"release {current.id} is still current" if current is not None else "nothing is deployed"
-        if current is not None and current.path == final.resolve() and self._same(final, source_bytes, trusted):
-            return current  # the same release is current already, and its deployed copy verifies
-        names = [*source.files, BUNDLE_FILE, *([SIGNATURE_FILE] if (source.root / SIGNATURE_FILE).exists() else [])]
-        need = sum((source.root / n).lstat().st_size for n in names)
-        free = _free_bytes(releases)
-        if need > free:
-            raise DeviceError(f"deploy to {self.where} needs {need:,} bytes but {_fs_of(releases)} has {free:,} "
-                              f"free; {now}", hint="free some space there, or use another --workdir")
-        incoming = releases / f".incoming-{release_id}"
-        _remove(incoming)
-        try:
-            incoming.mkdir(parents=True)
-            for name in names:  # the listed files only; a link is copied as a link and refused below
-                shutil.copy2(source.root / name, incoming / name, follow_symlinks=False)
-            arrived, _ = self._checked(incoming, trusted)  # what arrived is what was sent
-            if arrived.files != source.files:
-                raise InputError(f"the copy lists other files than {source.root}")
-        except OSError as exc:
-            _remove(incoming)
-            if exc.errno == errno.ENOSPC:
-                raise DeviceError(f"deploy to {self.where} ran out of space: it needs {need:,} bytes and "
-                                  f"{_fs_of(releases)} has {_free_bytes(releases):,} free; {now}",
-                                  hint="free some space there, or use another --workdir") from None
-            raise DeviceError(f"deploy to {self.where} failed: {exc.strerror or exc} "
-                              f"({exc.filename or incoming}); {now}") from None
-        except InputError as exc:
-            _remove(incoming)
-            raise DeviceError(f"deploy to {self.where} failed: the copy does not verify ({exc}); {now}") from None
-        if final.exists() or final.is_symlink():  # an earlier copy of this release: replaced by the verified one
-            old = releases / f".old-{release_id}"
-            _remove(old)
-            final.rename(old)
-            incoming.rename(final)
-            _remove(old)
-        else:
-            incoming.rename(final)
-        release = Release(release_id, final, self.board.name)
-        self.activate(release)
-        log.info("deployed %s to %s (hashes verified)", release_id, final)
-        return release
-
-    def _checked(self, root: Path, trusted: list[signing.Ed25519PublicKey]) -> tuple[Bundle, bytes]:
-        """The bundle at ``root`` from one read of bundle.json: signature, file list, every hash."""
-        data = read_info_bytes(root)
-        if trusted:
-            verify_signature(root, data, trusted, f"{self.where} (it trusts {len(trusted)} key(s))")
-        bundle = Bundle(root, parse_info(data, str(root / BUNDLE_FILE)))
-        verify_bundle(bundle)
-        return bundle, data
-
-    def _same(self, deployed: Path, source_bytes: bytes, trusted: list[signing.Ed25519PublicKey]) -> bool:
-        """The deployed copy at ``deployed`` has the same bundle.json and still verifies."""
-        try:
-            _, data = self._checked(deployed, trusted)
-        except (InputError, OSError) as exc:
-            log.warning("deployed copy %s does not verify (%s); replacing it", deployed, exc)
-            return False
-        return data == source_bytes
-
-    # Trust ---------------------------------------------------------------------------------------
-
-    def trust(self, public_key_pem: bytes) -> str:
-        """From now on accept only bundles signed by this key (or another trusted one); its fingerprint."""
-        self.check_board()
-        key = signing.parse_public_key(public_key_pem, "the public key")
-        fp = signing.fingerprint(key)
-        folder = self.state / TRUST_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{fp[:16]}{signing.PUBLIC_SUFFIX}"
-        tmp = folder / f".{path.name}.tmp"
-        tmp.write_bytes(signing.public_pem(key))
-        tmp.replace(path)
-        return fp
-
-    def trusted_keys(self) -> list[signing.Ed25519PublicKey]:
-        folder = self.state / TRUST_DIR
-        if not folder.is_dir():
-            return []
-        return [signing.parse_public_key(p.read_bytes(), f"trusted key {p}")
-                for p in sorted(folder.glob(f"*{signing.PUBLIC_SUFFIX}"))]
-
-    def activate(self, release: Release) -> None:
-        """Make ``release`` the current one (an atomic symlink switch)."""
-        link = self.state / "current"
-        tmp = self.state / ".current.tmp"
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(release.path.relative_to(self.state))
-        tmp.replace(link)
-
-    def current(self) -> Release | None:
-        link = self.state / "current"
-        if not link.exists():
-            return None
-        path = link.resolve()
-        return Release(path.name, path, self.board.name)
-
-    # Run -----------------------------------------------------------------------------------------
-
-    def lock(self, what: str) -> AbstractContextManager[None]:
-        """``with target.lock("flash"):`` one job at a time on this target; another edgelm that holds
-        it makes this raise DeviceError at once, naming the holder's pid and command."""
-        return lock.hold(self.state, what, f"{self.name}:{self.board.name}")
 
     def _write_running(self, info: dict[str, Any]) -> None:
         path = self.state / RUNNING_FILE
@@ -371,42 +201,38 @@ class ProcessTarget:
             time.sleep(0.02)
         return str(board_end), str(host_end)
 
-    def link(self) -> str:
-        """Start the serial link (stopping a runner left from before); return the host's port."""
-        self.check_board()
-        self.stop()
+    def connect(self) -> str:
+        """Start the pseudo-terminal pair (a runner that still serves must have been stopped first:
+        the bring-up does that, and says so); return the host's end."""
+        if self._socat is not None and self._socat.poll() is None:
+            return self._host_end
         try:
-            self._board_end, self._host_end = self._start_link()
+            self.board_device, self._host_end = self._start_link()
         except BaseException:
             self.stop()  # no socat left behind by a link that failed or was interrupted
             raise
         return self._host_end
 
-    def start(self, threads: int | None = None) -> str:
-        """Start the current release's runner on the link (started here if ``link`` was not called)."""
-        self.check_board()
-        release = self.current()
-        if release is None:
-            raise UsageError(f"nothing is deployed on {self.name}:{self.board.name}", hint="run `edgelm flash` first")
+    def open(self, port: str) -> Transport:
+        return SerialTransport(port, self.board.baud)
+
+    def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
+        """Start ``release``'s runner on ``device``, the board's end of the link (``connect`` first)."""
         if self._socat is None or self._socat.poll() is not None:
-            self.link()
-        board_end, host_end = self._board_end, self._host_end
-        cmd = [*self.command_prefix(), str(release.path / RUNNER), "--model", str(release.path / PROGRAM_FILE),
-               "--serial", board_end]
+            raise DeviceError("the serial link is not up: connect it before starting the runner")
+        path = Path(release.path)
+        cmd = [*self.prefix(), str(path / RUNNER), "--model", str(path / PROGRAM_FILE), "--serial", device]
         if threads:
             cmd += ["--threads", str(threads)]
         log.info("starting %s", " ".join(cmd))
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         with self._log_file.open("wb") as logf, interrupts.deferred():
-            self._runner = subprocess.Popen(cmd, cwd=release.path, stdin=subprocess.DEVNULL, stdout=logf,
+            self._runner = subprocess.Popen(cmd, cwd=path, stdin=subprocess.DEVNULL, stdout=logf,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-            processes = {"runner": _record(self._runner)}
-            if self._socat is not None:
-                processes["socat"] = _record(self._socat)
+            processes = {"runner": _record(self._runner), "socat": _record(self._socat)}
             self._write_running({
-                "runner_pid": self._runner.pid, "socat_pid": self._socat.pid if self._socat else None,
-                "port": host_end, "release": release.id, "started": time.time(), "processes": processes})
-        return host_end
+                "runner_pid": self._runner.pid, "socat_pid": self._socat.pid,
+                "port": self._host_end, "release": release.id, "started": time.time(), "processes": processes})
 
     def log_tail(self, lines: int = 3) -> str:
         try:

@@ -7,24 +7,28 @@ instruction that CPU lacks, so a build that would crash on the board crashes her
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
-from toolchain.deploy.process import ProcessTarget
+from toolchain.boards import Board
+from toolchain.deploy import local
+from toolchain.deploy.base import Target
 from toolchain.errors import DeviceError, UsageError
+from toolchain.link.session import Timeouts
 
 SYSROOTS = {"aarch64": "/usr/aarch64-linux-gnu"}
+# An emulated CPU is tens of times slower than the board it stands for.
+TIMEOUTS = Timeouts(first_token_s=120.0, token_s=30.0)
 
 
-class QemuTarget(ProcessTarget):
-    name = "qemu"
-    emulated = True
+def create(spec: str, board: Board, state_dir: Path, options: object = None) -> Target:
+    if board.arch not in SYSROOTS:
+        raise UsageError(f"the qemu target emulates Arm boards; {board.name} is {board.arch}",
+                         hint="use --target local for the host board")
 
-    def check_board(self) -> None:
-        if self.board.arch not in SYSROOTS:
-            raise UsageError(f"the qemu target emulates Arm boards; {self.board.name} is {self.board.arch}",
-                             hint="use --target local for the host board")
-
-    def command_prefix(self) -> list[str]:
-        qemu = f"qemu-{self.board.arch}"
+    def prefix() -> list[str]:
+        qemu = f"qemu-{board.arch}"
         if shutil.which(qemu) is None:
             raise DeviceError(f"{qemu} is not installed", hint="`make setup` installs Debian's qemu-user")
-        return [qemu, "-L", SYSROOTS[self.board.arch], "-cpu", self.board.qemu_cpu or "max"]
+        return [qemu, "-L", SYSROOTS[board.arch], "-cpu", board.qemu_cpu or "max"]
+
+    return local.process_target("qemu", board, state_dir, prefix, emulated=True, timeouts=TIMEOUTS)

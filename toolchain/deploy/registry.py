@@ -1,41 +1,87 @@
-"""Targets by name: how a bundle gets onto a board and how the host talks to it."""
+"""Targets from spec strings: how a bundle gets onto a board and how the host talks to it.
+
+    qemu                         an emulated Arm board (qemu-user with the board's CPU), link over a pty pair
+    local                        this machine, for the host board
+    ssh://[user@]host[:port]     a board on the network (OpenSSH: ~/.ssh/config, keys, the agent, known_hosts)
+    dir:PATH                     a board's root filesystem mounted here (an SD card), for the next boot
+
+Each kind is registered once with a factory (labgrid's target_factory); `edgelm targets` lists them.
+"""
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.boards import Board
 from toolchain.deploy.base import Target
-from toolchain.deploy.local import LocalTarget
-from toolchain.deploy.qemu import QemuTarget
 from toolchain.errors import UsageError
 
-Factory = Callable[[Board, Path], Target]
-_TARGETS: dict[str, tuple[Factory, str]] = {}
+
+@dataclass(frozen=True)
+class TargetOptions:
+    """What a user says about how a board is wired, beyond the spec string."""
+
+    port: str | None = None  # the host's serial port wired to the board's UART (path, URL or usb:VID:PID)
+    board_port: str | None = None  # the board's serial device (default: the profile's serial_device)
+    ssh_config: Path | None = None  # an ssh_config file instead of ~/.ssh/config
+    accept_new_host_key: bool = False  # trust a host key seen for the first time (else refuse it)
+    boot: Path | None = None  # dir: the card's boot partition, when mounted apart from the root filesystem
 
 
-def register(name: str, factory: Factory, description: str) -> None:
-    if name in _TARGETS:
-        raise ValueError(f"target {name!r} is already registered")
-    _TARGETS[name] = (factory, description)
+Factory = Callable[[str, Board, Path, TargetOptions], Target]
 
 
-register("qemu", QemuTarget, "emulated Arm board: qemu-aarch64 with the board's CPU model, serial over a pty")
-register("local", LocalTarget, "this machine (host board), serial over a pty")
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    prefix: str  # "" for a bare name (qemu), "ssh://" or "dir:" for a spec with an argument
+    factory: Factory
+    description: str
+    example: str
 
 
-def names() -> dict[str, str]:
-    return {name: desc for name, (_, desc) in sorted(_TARGETS.items())}
+_KINDS: dict[str, Kind] = {}
 
 
-def create(name: str, board: Board, state_dir: Path) -> Target:
-    if name not in _TARGETS:
-        raise UsageError(f"unknown target {name!r}; known: {', '.join(sorted(_TARGETS))}")
-    return _TARGETS[name][0](board, state_dir)
+def register(kind: Kind) -> None:
+    if kind.name in _KINDS:
+        raise ValueError(f"target kind {kind.name!r} is already registered")
+    _KINDS[kind.name] = kind
+
+
+def kinds() -> list[Kind]:
+    return [_KINDS[n] for n in sorted(_KINDS)]
+
+
+def kind_of(spec: str) -> Kind:
+    for kind in _KINDS.values():
+        if (kind.prefix and spec.startswith(kind.prefix)) or (not kind.prefix and spec == kind.name):
+            return kind
+    raise UsageError(f"unknown target {spec[:80]!r}; known: " + ", ".join(k.example for k in kinds()),
+                     hint="`edgelm targets` lists them")
+
+
+def create(spec: str, board: Board, state_dir: Path, options: TargetOptions | None = None) -> Target:
+    return kind_of(spec).factory(spec, board, state_dir, options or TargetOptions())
 
 
 def default_for(board: Board) -> str:
-    import platform
-
+    """The board profile's ``default_target``, else ``local`` for this machine's architecture and
+    ``qemu`` for another."""
+    if board.default_target:
+        return board.default_target
     return "local" if board.arch == platform.machine() else "qemu"
+
+
+def _register_builtin() -> None:
+    from toolchain.deploy import local, qemu
+
+    register(Kind("qemu", "", qemu.create, "emulated Arm board: qemu-user with the board's CPU model, "
+                  "serial link over a pty pair", "qemu"))
+    register(Kind("local", "", local.create, "this machine (the host board), serial link over a pty pair", "local"))
+
+
+_register_builtin()

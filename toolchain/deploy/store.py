@@ -1,0 +1,237 @@
+"""A release store in a folder this machine can write: the state folder of a local or emulated
+board, or the root filesystem of an SD card mounted here (``dir:``).
+
+    ROOT/releases/<id>/   one folder per verified bundle, <id> computed from the file hashes
+    ROOT/current          -> releases/<id>, switched atomically (a relative link: valid on the board too)
+    ROOT/previous         -> the release current before that (``flash --rollback``)
+
+A bundle is copied into ``releases/.incoming-<id>``, verified there (signature when keys are
+trusted, the exact file list, every hash), then renamed into place; ``current`` is switched only
+after that, so a refused or failed deploy leaves the previous release current. Public keys in the
+trust folder make the store accept only bundles signed by one of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from toolchain.boards import Board
+from toolchain.bundle import signing
+from toolchain.bundle.package import (
+    BUNDLE_FILE,
+    SIGNATURE_FILE,
+    Bundle,
+    parse_info,
+    read_bundle,
+    read_info_bytes,
+    verify_bundle,
+    verify_signature,
+)
+from toolchain.deploy.base import Progress, Release, no_progress
+from toolchain.errors import DeviceError, InputError, UsageError
+
+log = logging.getLogger(__name__)
+
+RELEASES = "releases"
+CURRENT = "current"
+PREVIOUS = "previous"
+INCOMING_PREFIX = ".incoming-"
+
+
+def remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the filesystem that holds (or will hold) ``path``."""
+    return shutil.disk_usage(_existing(path)).free
+
+
+def _fs_of(path: Path) -> str:
+    return f"the filesystem of {_existing(path)}"
+
+
+def switch_link(folder: Path, name: str, target: str) -> None:
+    """Point ``folder/name`` at ``target`` (relative) in one rename: a reader sees the old or the new."""
+    tmp = folder / f".{name}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(target)
+    tmp.replace(folder / name)
+
+
+def check_trusted(root: Path, trusted: list[signing.Ed25519PublicKey], where: str) -> tuple[Bundle, bytes]:
+    """The bundle at ``root`` from one read of bundle.json: signature (when keys are trusted), file
+    list, every hash. Returns it and bundle.json's bytes."""
+    data = read_info_bytes(root)
+    if trusted:
+        verify_signature(root, data, trusted, f"{where} (it trusts {len(trusted)} key(s))")
+    bundle = Bundle(root, parse_info(data, str(root / BUNDLE_FILE)))
+    verify_bundle(bundle)
+    return bundle, data
+
+
+class TrustStore:
+    """Public keys (PEM files) a target accepts bundle signatures from, in a folder on this machine."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def add(self, public_key_pem: bytes) -> str:
+        key = signing.parse_public_key(public_key_pem, "the public key")
+        fp = signing.fingerprint(key)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"{fp[:16]}{signing.PUBLIC_SUFFIX}"
+        tmp = self.folder / f".{path.name}.tmp"
+        tmp.write_bytes(signing.public_pem(key))
+        tmp.replace(path)
+        return fp
+
+    def keys(self) -> list[signing.Ed25519PublicKey]:
+        if not self.folder.is_dir():
+            return []
+        return [signing.parse_public_key(p.read_bytes(), f"trusted key {p}")
+                for p in sorted(self.folder.glob(f"*{signing.PUBLIC_SUFFIX}"))]
+
+
+def source_bundle(bundle: Bundle, board: Board, trust: TrustStore, where: str) -> tuple[Bundle, bytes, list[str]]:
+    """Check ``bundle`` on this machine before anything is sent: board, signature, files, hashes.
+    Returns the re-read bundle, bundle.json's bytes and the file names to copy."""
+    if bundle.board != board.name:
+        raise UsageError(f"bundle {bundle.root} was built for {bundle.board}, not {board.name}")
+    source, data = check_trusted(bundle.root, trust.keys(), where)  # refusals happen here, before any write
+    if source.files != bundle.files or source.board != bundle.board:
+        raise InputError(f"bundle {bundle.root} changed after it was read", hint="flash it again")
+    names = [*source.files, BUNDLE_FILE, *([SIGNATURE_FILE] if (source.root / SIGNATURE_FILE).exists() else [])]
+    return source, data, names
+
+
+class LocalStore:
+    """Releases in ``root`` on this machine's filesystem (see the module's docstring)."""
+
+    def __init__(self, root: Path, board: Board, where: str, trust: TrustStore):
+        self.root = root
+        self.board = board
+        self.where = where
+        self.trust_store = trust
+
+    def _release(self, path: Path) -> Release:
+        info = read_bundle(path).info
+        return Release(path.name, str(path), self.board.name, info["model_sha256"])
+
+    def _link(self, name: str) -> Release | None:
+        link = self.root / name
+        if not link.is_symlink():
+            return None
+        path = link.resolve()
+        if path.parent != (self.root / RELEASES).resolve() or not path.is_dir():
+            raise InputError(f"{link} points at {os.readlink(link)!r}, not a release in {self.root / RELEASES}")
+        try:
+            return self._release(path)
+        except (InputError, OSError) as exc:  # still named, so a deploy can replace it; activate refuses it
+            log.warning("%s release %s on %s is damaged: %s", name, path.name, self.where, exc)
+            return Release(path.name, str(path), self.board.name, "")
+
+    def current(self) -> Release | None:
+        return self._link(CURRENT)
+
+    def previous(self) -> Release | None:
+        return self._link(PREVIOUS)
+
+    def verify(self, release: Release) -> None:
+        path = Path(release.path)
+        if path.parent != (self.root / RELEASES).resolve() or path.name != release.id:
+            raise UsageError(f"release {release.id} is not one of {self.where}'s")
+        try:
+            bundle, _ = check_trusted(path, self.trust_store.keys(), self.where)
+        except OSError as exc:
+            raise InputError(f"release {release.id} on {self.where} cannot be read: {exc.strerror or exc}") from None
+        except InputError as exc:
+            raise InputError(f"release {release.id} on {self.where} does not verify: {exc}") from None
+        if bundle.release_id != release.id:
+            raise InputError(f"release {release.id} on {self.where} now holds other files ({bundle.release_id})")
+
+    def activate(self, release: Release) -> None:
+        self.verify(release)
+        old = self.current()
+        switch_link(self.root, CURRENT, f"{RELEASES}/{release.id}")
+        if old is not None and old.id != release.id:
+            switch_link(self.root, PREVIOUS, f"{RELEASES}/{old.id}")
+        log.info("%s: current release is now %s", self.where, release.id)
+
+    def trust(self, public_key_pem: bytes) -> str:
+        return self.trust_store.add(public_key_pem)
+
+    def deploy(self, bundle: Bundle, *, activate: bool = True, progress: Progress = no_progress) -> Release:
+        source, source_bytes, names = source_bundle(bundle, self.board, self.trust_store, self.where)
+        release_id = source.release_id
+        releases = self.root / RELEASES
+        final = releases / release_id
+        current = self.current()
+        now = f"release {current.id} is still current" if current is not None else "nothing is deployed"
+        if final.is_dir() and self._same(final, source_bytes):
+            release = self._release(final)
+            if activate:
+                self.activate(release)
+            return release  # the same release is there already, and its copy verifies
+        need = sum((source.root / n).lstat().st_size for n in names)
+        free = free_bytes(releases)
+        if need > free:
+            raise DeviceError(f"deploy to {self.where} needs {need:,} bytes but {_fs_of(releases)} has {free:,} "
+                              f"free; {now}", hint="free some space there")
+        incoming = releases / f"{INCOMING_PREFIX}{release_id}"
+        remove(incoming)
+        progress("upload", f"{need:,} bytes to {incoming}")
+        try:
+            incoming.mkdir(parents=True)
+            for name in names:  # the listed files only; a link is copied as a link and refused below
+                shutil.copy2(source.root / name, incoming / name, follow_symlinks=False)
+            arrived, _ = check_trusted(incoming, self.trust_store.keys(), self.where)  # what arrived is what was sent
+            if arrived.files != source.files:
+                raise InputError(f"the copy lists other files than {source.root}")
+        except OSError as exc:
+            remove(incoming)
+            if exc.errno == errno.ENOSPC:
+                raise DeviceError(f"deploy to {self.where} ran out of space: it needs {need:,} bytes and "
+                                  f"{_fs_of(releases)} has {free_bytes(releases):,} free; {now}",
+                                  hint="free some space there") from None
+            raise DeviceError(f"deploy to {self.where} failed: {exc.strerror or exc} "
+                              f"({exc.filename or incoming}); {now}") from None
+        except InputError as exc:
+            remove(incoming)
+            raise DeviceError(f"deploy to {self.where} failed: the copy does not verify ({exc}); {now}") from None
+        if final.exists() or final.is_symlink():  # an earlier copy of this release: replaced by the verified one
+            old = releases / f".old-{release_id}"
+            remove(old)
+            final.rename(old)
+            incoming.rename(final)
+            remove(old)
+        else:
+            incoming.rename(final)
+        release = self._release(final)
+        log.info("deployed %s to %s (hashes verified)", release_id, final)
+        if activate:
+            self.activate(release)
+        return release
+
+    def _same(self, deployed: Path, source_bytes: bytes) -> bool:
+        """The deployed copy has the same bundle.json and still verifies."""
+        try:
+            _, data = check_trusted(deployed, self.trust_store.keys(), self.where)
+        except (InputError, OSError) as exc:
+            log.warning("deployed copy %s does not verify (%s); replacing it", deployed, exc)
+            return False
+        return data == source_bytes

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from toolchain.bundle.package import Bundle
 from toolchain.deploy.base import Release, Target
 from toolchain.errors import DeviceError, EdgelmError
-from toolchain.link import protocol
+from toolchain.link import ports, protocol
 from toolchain.link.session import BoardSession, Timeouts
-from toolchain.link.transport import SerialTransport, Transport
+from toolchain.link.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,9 @@ def _noop(step: str, detail: str) -> None:
 
 
 def serial_for(baud: int) -> OpenTransport:
-    return lambda port: SerialTransport(port, baud)
+    """Opens the host's end of a target's link; a ``usb:VID:PID[:SERIAL]`` port is resolved on every
+    open, so the session's reopen after a board reset finds the adapter under its new name."""
+    return lambda port: ports.open_port(port, baud)
 
 
 @dataclass

@@ -563,8 +563,9 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
             prompt_ids: str | None = None, tokens: int = 16, workdir: Path = DEFAULT_WORKDIR):
     """Yield one dict per frame the board sends (and per garbled frame) for ``seconds``."""
     from toolchain.link import framing, protocol
+    from toolchain.link import ports as ports_mod
     from toolchain.link.session import BoardSession
-    from toolchain.link.transport import Deadline, SerialTransport
+    from toolchain.link.transport import Deadline
 
     if port is None:
         if board is None:
@@ -573,10 +574,11 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
         info = tgt.runner.running() if tgt.runner is not None else None
         if not info:
             raise DeviceError(f"no runner is running on {tgt.where}", hint="start one with `edgelm flash`")
-        port = info["port"]
-    transport = SerialTransport(port, baud)
+        port = str(info["port"])
+    open_link = ports_mod.opener(port, baud)  # a usb: port is resolved on each open
+    transport = open_link()
     try:
-        session = BoardSession(transport)
+        session = BoardSession(transport, reopen=open_link)  # found again after a board reset re-enumerates it
         if prompt_ids:
             try:
                 ids = tuple(int(x) for x in prompt_ids.split(","))
@@ -591,3 +593,38 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
                        "message": msg if not hasattr(msg, "__dict__") else {k: v for k, v in vars(msg).items()}}
     finally:
         transport.close()
+
+
+def _edgelm_links(workdir: Path) -> list[Any]:
+    """The host ends of the links of runners `edgelm flash` left running under ``workdir``."""
+    from toolchain import boards
+    from toolchain.deploy import registry
+    from toolchain.link import ports as ports_mod
+
+    state_dir = workdir.resolve() / "targets"
+    if not state_dir.is_dir():
+        return []
+    found = []
+    for board in boards.load_registry().all():
+        for name in ("qemu", "local"):  # the targets whose link is a pseudo-terminal pair on this machine
+            try:
+                tgt = registry.create(name, board, state_dir)
+            except EdgelmError:  # not a target for this board (the host board under qemu)
+                continue
+            info = tgt.runner.running() if tgt.runner is not None else None
+            port = info.get("port") if isinstance(info, dict) else None
+            link = ports_mod.edgelm_link(port, name, board.name) if isinstance(port, str) else None
+            if link is not None:
+                found.append(link)
+    return found
+
+
+def ports(workdir: Path | None = DEFAULT_WORKDIR, lister: Callable[[], Any] | None = None) -> list[dict[str, Any]]:
+    """The serial ports here, with USB VID/PID, serial number and description, then the links of
+    runners `edgelm flash` left running under ``workdir`` (pseudo-terminals, which pyserial does not list).
+    Each entry's ``spec`` is what to pass as ``--port``."""
+    from toolchain.link import ports as ports_mod
+
+    links = _edgelm_links(workdir) if workdir is not None else []
+    found = ports_mod.list_ports(lister or ports_mod.system_lister, extra=links)
+    return [p.to_dict() for p in found]

@@ -22,8 +22,8 @@ from rich.table import Table
 from toolchain import __version__, interrupts
 from toolchain.errors import EdgelmError
 
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+console = Console(highlight=False, emoji=False)  # text like usb:1234:5678 must not become an emoji
+err = Console(stderr=True, highlight=False, emoji=False)
 EXIT_INTERNAL = 70
 
 
@@ -411,7 +411,9 @@ def targets(as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--port", "-p", default=None, help="Serial port (default: the link of the runner `flash` started).")
+@click.option("--port", "-p", default=None,
+              help="Serial port: a device path, usb:VID:PID[:SERIAL] (followed across a board reset) or "
+                   "rfc2217:// / socket:// URL [default: the link of the runner `flash` started].")
 @click.option("--board", "-b", default=None, help="Board whose running runner to attach to.")
 @click.option("--target", "-t", default=None)
 @click.option("--baud", type=int, default=921600, show_default=True)
@@ -506,6 +508,31 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
         if as_json:
             sys.exit(ValidationFailed.exit_code)
         raise ValidationFailed(f"validation failed: {result['validation']['reason']}")
+
+
+@main.command("ports")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
+              help="Also list the serial links of runners `edgelm flash` left running here.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per port.")
+@command
+def ports_cmd(workdir: Path, as_json: bool) -> None:
+    """List serial ports: USB VID:PID, serial number, description, and what to pass as --port."""
+    from toolchain import api
+
+    items = api.ports(workdir)
+    if as_json:
+        emit_json(items)
+        return
+    if not items:
+        console.print("no serial ports")
+        return
+    table = Table("device", "vid:pid", "serial", "description", "--port that follows it across a reset")
+    for p in items:
+        follow = p["spec"] if p["kind"] == "usb" else ""
+        table.add_row(*(escape(printable(str(x))) for x in (p["device"], p["usb_id"] or p["kind"],
+                                                            p["serial_number"] or "-", p["description"] or "-",
+                                                            follow)))
+    console.print(table)
 
 
 if __name__ == "__main__":

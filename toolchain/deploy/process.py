@@ -25,7 +25,8 @@ from toolchain.bundle.package import RUNNER
 from toolchain.deploy.base import Release
 from toolchain.errors import DeviceError
 from toolchain.export.manifest import PROGRAM_FILE
-from toolchain.link.transport import SerialTransport, Transport
+from toolchain.link import ports
+from toolchain.link.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class ProcessRunner:
         return self._host_end
 
     def open(self, port: str) -> Transport:
-        return SerialTransport(port, self.board.baud)
+        return ports.open_port(port, self.board.baud)
 
     def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
         """Start ``release``'s runner on ``device``, the board's end of the link (``connect`` first)."""

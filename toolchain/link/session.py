@@ -235,9 +235,10 @@ class BoardSession:
         self._rx_seq = None
 
     def frames(self, deadline: Deadline) -> Iterator[tuple[framing.Frame | framing.FrameError, object]]:
-        """Monitor mode: every frame (or framing error) with its parsed message, until the deadline."""
+        """Monitor mode: every frame (or framing error) with its parsed message, until the deadline.
+        A port that vanishes is reopened (``reopen``), as while waiting for a reply."""
         while not deadline.expired:
-            data = self.transport.read(deadline)
+            data = self._read(deadline, "frames")
             for item in self._reader.feed(data):
                 if isinstance(item, framing.FrameError):
                     yield item, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import re
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -41,26 +43,28 @@ class Transport(Protocol):
 
 
 class SerialTransport:
-    """A serial device (or pseudo-terminal) opened exclusively in raw mode."""
+    """A serial device (or pseudo-terminal) opened exclusively in raw mode, or a pyserial URL
+    (``rfc2217://``, ``socket://``, ``loop://``; see :mod:`toolchain.link.ports`)."""
 
     def __init__(self, device: str, baud: int = 921600):
         import serial
 
         self.name = device
         try:
-            self._port = serial.Serial(device, baudrate=baud, timeout=POLL_S, write_timeout=5.0, exclusive=True)
+            if "://" in device:  # a network port: no local device to hold exclusively
+                self._port = serial.serial_for_url(device, baudrate=baud, timeout=POLL_S, write_timeout=5.0)
+            else:
+                self._port = serial.Serial(device, baudrate=baud, timeout=POLL_S, write_timeout=5.0, exclusive=True)
         except serial.SerialException as exc:
-            text = str(exc)
-            if "lock" in text.lower() or "busy" in text.lower() or "Resource temporarily unavailable" in text:
-                raise DeviceError(f"serial port {device} is busy (another program has it open)",
-                                  hint="close the other monitor, or pass another --port") from None
-            raise DeviceError(f"cannot open serial port {device}: {text}") from None
+            raise _open_error(device, exc) from None
+        except ValueError as exc:  # pyserial refuses a URL option or a baud rate
+            raise DeviceError(f"cannot open serial port {device}: {exc}") from None
 
     def read(self, deadline: Deadline) -> bytes:
         import serial
 
-        self._port.timeout = min(POLL_S, max(deadline.remaining, 0.001))
-        try:
+        try:  # setting the timeout reconfigures the port: it fails too once the device is gone
+            self._port.timeout = min(POLL_S, max(deadline.remaining, 0.001))
             return self._port.read(READ_CHUNK) or self._port.read(1)
         except serial.SerialException as exc:
             raise DeviceError(f"serial port {self.name} failed: {exc}") from None
@@ -80,6 +84,30 @@ class SerialTransport:
 
     def close(self) -> None:
         self._port.close()
+
+
+def _open_error(device: str, exc: Exception) -> DeviceError:
+    """What went wrong opening ``device``, said so a user can act on it."""
+    from toolchain.link import ports
+
+    text = str(exc)
+    bare = text.replace(device, "").lower()  # a path may hold any word
+    code = getattr(exc, "errno", None)
+    if ports.is_permission(code):
+        return ports.permission_denied(device)
+    if code == errno.ENOENT:
+        return DeviceError(f"no serial port {device} (nothing at that path)",
+                           hint="`edgelm ports` lists the ports here; a USB adapter renamed by a reset is followed "
+                                "with --port usb:VID:PID[:SERIAL]")
+    if code in (errno.EAGAIN, errno.EBUSY) or "lock" in bare or "busy" in bare \
+            or "resource temporarily unavailable" in bare:
+        return DeviceError(f"serial port {device} is busy (another program has it open)",
+                           hint="close the other monitor, or pass another --port")
+    if "inappropriate ioctl" in bare or code in (errno.ENOTTY, errno.EISDIR):
+        return DeviceError(f"{device} is not a serial port (not a terminal device)",
+                           hint="`edgelm ports` lists the ports here")
+    detail = re.sub(r"^(\[Errno \d+\] )?[Cc]ould not open port \S+: ", "", text)
+    return DeviceError(f"cannot open serial port {device}: {detail}")
 
 
 class MemoryTransport:

@@ -299,9 +299,17 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
         if board is not None and board != bundle.board:
             raise UsageError(f"bundle {bundle_dir} was built for {bundle.board}, not --board {board}")
         board_name = bundle.board
+    if service:
+        from dataclasses import replace
+
+        from toolchain.deploy.registry import TargetOptions
+
+        options = replace(options or TargetOptions(), service=True)
     tgt = target_for(board_name, target, workdir, options)
     store = need_store(tgt)
     base = {"board": board_name, "target": tgt.spec}
+    if tgt.runner is None:  # a card: the board starts the runner when it boots
+        start = service = False
     if not start and not service:
         if bundle is None:
             with tgt.lock("flash"):

@@ -29,6 +29,7 @@ class TargetOptions:
     ssh_config: Path | None = None  # an ssh_config file instead of ~/.ssh/config
     accept_new_host_key: bool = False  # trust a host key seen for the first time (else refuse it)
     boot: Path | None = None  # dir: the card's boot partition, when mounted apart from the root filesystem
+    service: bool = False  # serve from boot: a systemd unit (ssh://; a dir: card always gets one)
 
 
 Factory = Callable[[str, Board, Path, TargetOptions], Target]
@@ -77,11 +78,15 @@ def default_for(board: Board) -> str:
 
 
 def _register_builtin() -> None:
-    from toolchain.deploy import local, qemu
+    from toolchain.deploy import local, qemu, sdcard, ssh
 
     register(Kind("qemu", "", qemu.create, "emulated Arm board: qemu-user with the board's CPU model, "
                   "serial link over a pty pair", "qemu"))
     register(Kind("local", "", local.create, "this machine (the host board), serial link over a pty pair", "local"))
+    register(Kind("ssh", "ssh://", ssh.create, "a board on the network (OpenSSH); link: the SSH channel, or --port "
+                  "wired to its UART", "ssh://[user@]host[:port]"))
+    register(Kind("dir", "dir:", sdcard.create, "a board's root filesystem mounted here (an SD card): the release, "
+                  "the service and the UART settings, for its next boot", "dir:PATH"))
 
 
 _register_builtin()

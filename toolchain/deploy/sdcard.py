@@ -1,0 +1,133 @@
+"""A board's root filesystem mounted here: ``dir:PATH`` (an SD card in a reader, an image mounted
+with a loop device), written for the board's next boot.
+
+    PATH/opt/edgelm/<board>/releases/<id>/   the same verified release layout as on a running board
+    PATH/opt/edgelm/<board>/current          -> releases/<id>  (relative: valid when the card boots)
+    PATH/etc/systemd/system/edgelm-runner.service  + its multi-user.target.wants link (enabled)
+    BOOT/config.txt, BOOT/cmdline.txt        enable_uart=1, no serial console (Raspberry Pi OS)
+
+The card stores releases but runs nothing (no runner control, no link): the board starts the runner
+at boot. Nothing is made current until the release verifies on the card and the unit and the boot
+settings are written; every write is a temporary file renamed into place, and no path is followed
+through a link on the card (the card's own absolute links point into the card, not this machine).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from toolchain.boards import Board
+from toolchain.bundle.package import Bundle
+from toolchain.deploy import bootfs, service
+from toolchain.deploy.base import Progress, Release, Target, no_progress
+from toolchain.deploy.registry import TargetOptions
+from toolchain.deploy.store import LocalStore, TrustStore
+from toolchain.errors import DeviceError, UsageError
+
+PREFIX = "dir:"
+RELEASE_ROOT = PurePosixPath("/opt/edgelm")  # on the board; DynamicUser can read it, unlike a 0700 /home
+TRUST_DIR = "trusted_keys"
+SERIAL_GROUP = "dialout"  # owns a Raspberry Pi's UART once no console holds it
+
+
+def _card_root(text: str) -> Path:
+    raw = text[len(PREFIX):]
+    if not raw or "\0" in raw:
+        raise UsageError(f"bad target {text!r}: give the mounted root filesystem, e.g. dir:/media/$USER/rootfs")
+    root = Path(raw).expanduser()
+    if not root.is_dir():
+        raise UsageError(f"{root} is not a folder", hint="mount the card's root filesystem and give its mount point")
+    resolved = root.resolve()
+    if resolved == Path("/"):
+        raise UsageError("dir:/ is this machine's own root filesystem, not a card",
+                         hint="give the card's mount point, e.g. dir:/media/$USER/rootfs")
+    return resolved
+
+
+def _no_links_inside(root: Path, rel: PurePosixPath) -> Path:
+    """``root/rel`` after checking that no existing component below ``root`` is a symbolic link."""
+    path = root
+    for part in rel.parts:
+        if part in ("", ".", ".."):
+            raise UsageError(f"bad path {rel} on the card")
+        path = path / part
+        if path.is_symlink():
+            raise DeviceError(f"{path} on the card is a symbolic link; edgelm writes only into real folders there",
+                              hint="remove the link on the card, or check that PATH is the card's root filesystem")
+    return path
+
+
+def _write_atomic(path: Path, text: str | None, link: str | None, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.edgelm-tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    if link is not None:
+        tmp.symlink_to(link)
+    else:
+        assert text is not None
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(mode)
+    tmp.replace(path)
+
+
+class CardStore(LocalStore):
+    """A LocalStore on the card that also writes the unit and the boot settings before a switch."""
+
+    def __init__(self, card: Path, board: Board, where: str, trust: TrustStore, boot: Path | None, device: str):
+        self.card = card
+        self.boot = boot
+        self.device = device
+        rel = PurePosixPath(*RELEASE_ROOT.parts[1:]) / board.name
+        super().__init__(_no_links_inside(card, rel), board, where, trust)
+        self.notes: list[str] = []
+
+    def on_board(self, path: Path) -> PurePosixPath:
+        return PurePosixPath("/") / path.relative_to(self.card).as_posix()
+
+    def prepare(self) -> None:
+        """Write the unit (enabled) and the boot settings; each file atomically; refuse links."""
+        data = self.on_board(self.root)
+        unit = service.render_unit(board=self.board, release_dir=data / "current", data_dir=data, device=self.device,
+                                   user=None, group=SERIAL_GROUP)
+        for entry in service.rootfs_files(unit):
+            _write_atomic(_no_links_inside(self.card, entry.path), entry.text, entry.link, entry.mode)
+        self.notes.append(f"enabled {service.UNIT_NAME} on the card: the board serves on {self.device} from boot")
+        if self.boot is not None:
+            changed = bootfs.apply(self.boot)
+            self.notes += changed or [f"{self.boot}: the UART was already free (enable_uart=1, no serial console)"]
+
+    def deploy(self, bundle: Bundle, *, activate: bool = True, progress: Progress = no_progress) -> Release:
+        release = super().deploy(bundle, activate=False, progress=progress)
+        if activate:
+            self.activate(release)
+        return release
+
+    def activate(self, release: Release) -> None:
+        self.verify(release)
+        self.prepare()  # the unit and the boot settings first: `current` switches last
+        super().activate(release)
+
+
+def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> Target:
+    card = _card_root(text)
+    if options.port is not None or options.ssh_config is not None or options.accept_new_host_key:
+        raise UsageError("a dir: target is a card on this machine: --port, --ssh-config and --accept-new-host-key "
+                         "do not apply")
+    boot: Path | None
+    if options.boot is not None or bootfs.is_pi_os_root(card):
+        boot = bootfs.find_boot(card, options.boot)
+    else:
+        boot = None  # not Raspberry Pi OS (a Jetson's card): no config.txt to edit
+    spec = f"{PREFIX}{card}"
+    where = f"{spec}:{board.name}"
+    state = state_dir / ("dir-" + str(card).strip("/").replace("/", "_") + f"-{board.name}")
+    store = CardStore(card, board, where, TrustStore(state / TRUST_DIR), boot,
+                      options.board_port or board.serial_device)
+    target = Target(kind="dir", spec=spec, board=board, state=state, store=store)
+    target.notes = store.notes
+    return target

@@ -1,0 +1,482 @@
+"""A board on the network: ``ssh://[user@]host[:port]`` (OpenSSH: ~/.ssh/config, keys, the agent,
+known_hosts; an unknown host key is refused unless ``--accept-new-host-key``).
+
+On the board, under the login user's data folder (``${XDG_DATA_HOME:-~/.local/share}/edgelm/<board>``):
+
+    releases/<id>/            verified releases; releases/.incoming-<id>/ while one is uploaded
+    current -> releases/<id>  switched in one rename, after every file's sha256 was checked there
+    previous -> releases/<id> the one before (``edgelm flash --rollback``)
+    runner.pid, runner.log    a runner left serving in the background (pid, start time, release)
+
+The link is either the SSH channel itself (the runner serves the framed protocol on its stdin and
+stdout: nothing but a network cable is needed) or, with ``--port``, a serial port on this machine
+wired to the board's UART, the runner then serving on the board's serial device. Every remote
+command is an argv list quoted word by word, or a constant script of this module with quoted
+arguments: no text from a user, a bundle or the board reaches a remote shell unquoted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from toolchain.boards import Board
+from toolchain.bundle.package import BUNDLE_FILE, RUNNER, Bundle, parse_info, release_id
+from toolchain.deploy.base import Progress, Release, Target, no_progress
+from toolchain.deploy.registry import TargetOptions
+from toolchain.deploy.sshclient import Ssh, SshSpec
+from toolchain.deploy.store import CURRENT, INCOMING_PREFIX, PREVIOUS, RELEASES, TrustStore, source_bundle
+from toolchain.errors import DeviceError, InputError, UsageError
+from toolchain.export.manifest import PROGRAM_FILE, sha256_file
+from toolchain.link import ports
+from toolchain.link.session import Timeouts
+from toolchain.link.transport import Deadline, PipeTransport, Transport
+
+log = logging.getLogger(__name__)
+
+TRUST_DIR = "trusted_keys"
+RUNNER_PID = "runner.pid"
+RUNNER_LOG = "runner.log"
+VERIFY_TIMEOUT_S = 120.0  # sha256sum of a 350M program on a Pi Zero's SD card
+STOP_TIMEOUT_S = 5.0
+BUNDLE_JSON_MAX = 1 << 20
+_RELEASE_ID = re.compile(r"r-[0-9a-f]{16}\Z")
+_SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*\Z")  # what a data folder on the board may be
+
+# Remote scripts: constants, run as `sh -c SCRIPT sh ARGS...` with every argument quoted.
+DATA_SCRIPT = 'printf "%s\\n" "${XDG_DATA_HOME:-$HOME/.local/share}/edgelm/$1"'
+LINKS_SCRIPT = ('cd -- "$1" 2>/dev/null || exit 0; for n in current previous; do '
+                't=$(readlink -- "$n" 2>/dev/null) || continue; printf "%s %s\\n" "$n" "$t"; done')
+CLEAN_SCRIPT = 'mkdir -p -- "$1/releases" && rm -rf -- "$1/releases/.incoming-"*'
+COMMIT_SCRIPT = ('set -e; cd -- "$1/releases"; rm -rf -- ".old-$2"; '
+                 'if [ -e "$2" ]; then mv -- "$2" ".old-$2"; fi; mv -- ".incoming-$2" "$2"; rm -rf -- ".old-$2"')
+SWITCH_SCRIPT = ('set -e; cd -- "$1"; old=$(readlink -- current 2>/dev/null || true); '
+                 'ln -sfn -- "releases/$2" .current.tmp; mv -Tf -- .current.tmp current; '
+                 'if [ -n "$old" ] && [ "$old" != "releases/$2" ]; then '
+                 'ln -sfn -- "$old" .previous.tmp; mv -Tf -- .previous.tmp previous; fi')
+# $1 data folder, $2 release id, then the runner's argv. The pid and the process's start time (field
+# 22 of /proc/PID/stat) are recorded, so `stop` never signals a pid that now names another process.
+START_SCRIPT = ('set -e; d=$1; id=$2; shift 2; cd -- "$d/releases/$id"; '
+                'nohup "$@" >"$d/runner.log" 2>&1 </dev/null & pid=$!; '
+                'st=$(sed "s/.*) //" "/proc/$pid/stat" | cut -d" " -f20); '
+                'printf "%s %s %s\\n" "$pid" "$st" "$id" >"$d/runner.pid.tmp"; '
+                'mv -f -- "$d/runner.pid.tmp" "$d/runner.pid"; '
+                'echo "$pid"')
+# $1 data folder: prints "running PID ID" or "stopped ID: last log line" or "none"
+STATUS_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || { echo none; exit 0; }; read pid st id <"$f" || true; '
+                 'now=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20); '
+                 'state=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f1); '
+                 'if [ -n "$now" ] && [ "$now" = "$st" ] && [ "$state" != Z ]; then echo "running $pid $id"; '
+                 'else echo "stopped $id: $(tail -n 1 "$1/runner.log" 2>/dev/null)"; fi')
+# $1 data folder, $2 seconds: TERM, then KILL, only if the pid is still the recorded process
+STOP_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || exit 0; read pid st id <"$f" || true; '
+               'same() { now=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20); '
+               '[ -n "$now" ] && [ "$now" = "$st" ]; }; '
+               'if same; then kill -TERM "$pid" 2>/dev/null || true; i=0; '
+               'while same && [ $i -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done; '
+               'if same; then kill -KILL "$pid" 2>/dev/null || true; fi; fi; rm -f -- "$f"')
+# The runner on the SSH channel: $1 release folder, then its argv.
+EXEC_SCRIPT = 'cd -- "$1" && shift && exec "$@"'
+
+
+def _remote_release_path(data: str, rid: str) -> str:
+    return f"{data}/{RELEASES}/{rid}"
+
+
+class SshStore:
+    """Releases on the board, under the login user's data folder (see the module's docstring)."""
+
+    def __init__(self, ssh: Ssh, board: Board, where: str, trust: TrustStore):
+        self.ssh = ssh
+        self.board = board
+        self.where = where
+        self.trust_store = trust
+        self._data: str | None = None
+
+    @property
+    def data(self) -> str:
+        """The data folder on the board, asked once; refused unless an absolute path of plain characters."""
+        if self._data is None:
+            out = self.ssh.script(DATA_SCRIPT, [self.board.name], what="finding the data folder").stdout
+            path = out.decode(errors="replace").strip()
+            if not _SAFE_PATH.match(path) or "/../" in f"{path}/" or "//" in path:
+                raise DeviceError(f"the data folder on {self.where} would be {path[:120]!r}: not a plain absolute "
+                                  "path", hint="set the board user's HOME (or XDG_DATA_HOME) to a plain folder")
+            self._data = path
+        return self._data
+
+    # reading ------------------------------------------------------------------------------------
+
+    def _info(self, rid: str) -> dict[str, Any] | None:
+        proc = self.ssh.run(["head", "-c", str(BUNDLE_JSON_MAX), "--", f"{_remote_release_path(self.data, rid)}/"
+                             f"{BUNDLE_FILE}"])
+        if proc.returncode != 0:
+            return None
+        try:
+            return parse_info(proc.stdout, f"{self.where} {rid}/{BUNDLE_FILE}")
+        except InputError as exc:
+            log.warning("%s", exc)
+            return None
+
+    def _links(self) -> dict[str, str]:
+        out = self.ssh.script(LINKS_SCRIPT, [self.data], what="reading the current release").stdout
+        found = {}
+        for line in out.decode(errors="replace").splitlines():
+            name, _, target = line.partition(" ")
+            rid = target.removeprefix(f"{RELEASES}/")
+            if name in (CURRENT, PREVIOUS) and target.startswith(f"{RELEASES}/") and _RELEASE_ID.match(rid):
+                found[name] = rid
+            else:
+                log.warning("%s: ignoring %s -> %r (not a release)", self.where, name, target[:80])
+        return found
+
+    def _release(self, rid: str) -> Release:
+        info = self._info(rid)
+        return Release(rid, _remote_release_path(self.data, rid), self.board.name,
+                       info["model_sha256"] if info else "")
+
+    def current(self) -> Release | None:
+        rid = self._links().get(CURRENT)
+        return self._release(rid) if rid else None
+
+    def previous(self) -> Release | None:
+        rid = self._links().get(PREVIOUS)
+        return self._release(rid) if rid else None
+
+    # checking and switching ---------------------------------------------------------------------
+
+    def _hashes(self, folder: str, names: list[str]) -> dict[str, str]:
+        got = self.ssh.sha256([f"{folder}/{n}" for n in names], timeout_s=VERIFY_TIMEOUT_S)
+        return {n: got[f"{folder}/{n}"] for n in names}
+
+    def verify(self, release: Release) -> None:
+        if not _RELEASE_ID.match(release.id) or release.path != _remote_release_path(self.data, release.id):
+            raise UsageError(f"release {release.id[:40]} is not one of {self.where}'s")
+        info = self._info(release.id)
+        if info is None:
+            raise InputError(f"release {release.id} on {self.where} has no readable {BUNDLE_FILE}")
+        if release_id(info["files"]) != release.id:  # the id is the hash of the file map: it cannot be edited
+            raise InputError(f"release {release.id} on {self.where}: its {BUNDLE_FILE} lists other files")
+        try:
+            got = self._hashes(release.path, sorted(info["files"]))
+        except DeviceError as exc:
+            raise InputError(f"release {release.id} on {self.where} does not verify: {exc}") from None
+        bad = sorted(n for n, digest in info["files"].items() if got[n] != digest)
+        if bad:
+            raise InputError(f"release {release.id} on {self.where} does not verify: {bad[0]} does not match its "
+                             f"sha256" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
+                             hint="flash the bundle again")
+
+    def activate(self, release: Release) -> None:
+        self.verify(release)
+        self.ssh.script(SWITCH_SCRIPT, [self.data, release.id], what=f"switching to {release.id}")
+        log.info("%s: current release is now %s", self.where, release.id)
+
+    def trust(self, public_key_pem: bytes) -> str:
+        return self.trust_store.add(public_key_pem)
+
+    # deploying ----------------------------------------------------------------------------------
+
+    def deploy(self, bundle: Bundle, *, activate: bool = True, progress: Progress = no_progress) -> Release:
+        source, _, names = source_bundle(bundle, self.board, self.trust_store, self.where)
+        rid = source.release_id
+        final = _remote_release_path(self.data, rid)
+        local = {name: source.root / name for name in names}
+        want = {name: sha256_file(path) for name, path in local.items()}
+        if self._info(rid) is not None:
+            try:
+                if self._hashes(final, sorted(want)) == want:
+                    release = Release(rid, final, self.board.name, source.info["model_sha256"])
+                    if activate:
+                        self.activate(release)
+                    return release  # the same release is there already, and it verifies
+            except DeviceError as exc:
+                log.warning("the copy of %s on %s does not verify (%s); uploading it again", rid, self.where, exc)
+        self.ssh.script(CLEAN_SCRIPT, [self.data], what="clearing unfinished uploads")
+        incoming = f"{self.data}/{RELEASES}/{INCOMING_PREFIX}{rid}"
+        total = sum(p.stat().st_size for p in local.values())
+        progress("upload", f"{total:,} bytes to {self.where}")
+        current = self._links().get(CURRENT)
+        now = f"release {current} is still current" if current else "nothing is deployed"
+        try:
+            self.ssh.put(local, incoming)
+        except DeviceError as exc:
+            raise DeviceError(f"deploy to {self.where} failed: {exc}; {now}") from None
+        progress("verify", f"sha256 of {len(want)} files on {self.where}")
+        got = self._hashes(incoming, sorted(want))
+        bad = sorted(n for n in want if got[n] != want[n])
+        if bad:
+            raise DeviceError(f"deploy to {self.where} failed: {bad[0]} arrived with another sha256; {now}",
+                              hint="flash again; if it repeats, check the board's storage")
+        self.ssh.script(COMMIT_SCRIPT, [self.data, rid], what=f"storing release {rid}")
+        release = Release(rid, final, self.board.name, source.info["model_sha256"])
+        log.info("deployed %s to %s (hashes verified on the board)", rid, self.where)
+        if activate:
+            self.activate(release)
+        return release
+
+
+def runner_argv(release: Release, device: str, threads: int | None) -> list[str]:
+    argv = [f"{release.path}/{RUNNER}", "--model", f"{release.path}/{PROGRAM_FILE}", "--serial", device]
+    if threads:
+        argv += ["--threads", str(threads)]
+    return argv
+
+
+class ChannelTransport:
+    """The host's end of a runner serving on the SSH channel: bound to the channel once it starts."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.pipe: PipeTransport | None = None
+
+    def read(self, deadline: Deadline) -> bytes:
+        if self.pipe is None:
+            time.sleep(min(0.05, deadline.remaining))
+            return b""
+        return self.pipe.read(deadline)
+
+    def write(self, data: bytes) -> None:
+        if self.pipe is None:
+            raise DeviceError(f"{self.name}: the runner has not started")
+        self.pipe.write(data)
+
+    def close(self) -> None:
+        if self.pipe is not None:
+            self.pipe.close()
+
+
+class SshChannel:
+    """Runner control and link in one: the runner started through ssh, serving on its stdin and
+    stdout, which are the SSH channel. It cannot go on serving once we disconnect."""
+
+    keeps_serving = False
+    board_device = "-"
+
+    def __init__(self, ssh: Ssh, state: Path, where: str):
+        self.ssh = ssh
+        self.state = state
+        self.where = where
+        self._transport: ChannelTransport | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log = state / RUNNER_LOG
+
+    def connect(self) -> str:
+        return f"{self.ssh.spec} (SSH channel)"
+
+    def open(self, port: str) -> Transport:
+        self._transport = ChannelTransport(port)
+        return self._transport
+
+    def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
+        if self._transport is None:
+            raise DeviceError("open the link before starting the runner")
+        self.state.mkdir(parents=True, exist_ok=True)
+        with self._log.open("wb") as logf:
+            self._proc = self.ssh.popen(["sh", "-c", EXEC_SCRIPT, "sh", release.path,
+                                         *runner_argv(release, "-", threads)], stderr=logf)
+        self._transport.pipe = PipeTransport.of(self._proc, self._transport.name)
+
+    def _tail(self) -> str:
+        try:
+            lines = [x for x in self._log.read_text(errors="replace").splitlines() if x.strip()]
+        except OSError:
+            return ""
+        return " | ".join(lines[-3:])
+
+    def alive(self) -> str | None:
+        if self._proc is None:
+            return "not started"
+        code = self._proc.poll()
+        if code is None:
+            return None
+        tail = self._tail()
+        what = "the SSH connection failed" if code == 255 else f"runner exited with status {code}"
+        return what + (f": {tail}" if tail else "")
+
+    def stop(self) -> str | None:
+        if self._transport is not None:
+            self._transport.close()  # the runner sees end of file and exits; ssh is ended after a grace
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+        return None
+
+    def running(self) -> dict[str, Any] | None:
+        return None
+
+
+class SshDaemon:
+    """Runner control for a runner left serving in the background on the board's serial device, and
+    the host's serial port wired to it (``--port``)."""
+
+    keeps_serving = True
+
+    def __init__(self, ssh: Ssh, store: SshStore, board: Board, port: str, board_device: str):
+        self.ssh = ssh
+        self.store = store
+        self.board = board
+        self.port = port
+        self.board_device = board_device
+
+    def connect(self) -> str:
+        return self.port
+
+    def open(self, port: str) -> Transport:
+        return ports.open_port(port, self.board.baud)
+
+    def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
+        self.ssh.script(START_SCRIPT, [self.store.data, release.id, *runner_argv(release, device, threads)],
+                        what=f"starting the runner of {release.id}")
+
+    def _status(self) -> tuple[str, str]:
+        out = self.ssh.script(STATUS_SCRIPT, [self.store.data], what="asking whether the runner runs").stdout
+        word, _, rest = out.decode(errors="replace").strip().partition(" ")
+        return word, rest
+
+    def alive(self) -> str | None:
+        word, rest = self._status()
+        if word == "running":
+            return None
+        return f"runner {rest}" if word == "stopped" else "not started"
+
+    def stop(self) -> str | None:
+        self.ssh.script(STOP_SCRIPT, [self.store.data, str(int(STOP_TIMEOUT_S))], timeout_s=STOP_TIMEOUT_S + 30,
+                        what="stopping the runner")
+        return None
+
+    def running(self) -> dict[str, Any] | None:
+        word, rest = self._status()
+        if word != "running":
+            return None
+        pid, _, rid = rest.partition(" ")
+        return {"pid": pid, "release": rid, "port": self.port, "board_device": self.board_device}
+
+
+SYSTEMD_SCRIPT = 'if [ -d /run/systemd/system ]; then echo yes; else echo no; fi'
+# $1 the device: prints the login user and the device's group
+OWNER_SCRIPT = 'id -un; stat -c %G -- "$1"'
+
+
+class SshService(SshDaemon):
+    """The runner as a systemd service on the board (``flash --service``): it serves after every boot
+    and is restarted on failure. Installing needs ``sudo -n`` (passwordless) on the board. Where the
+    board has no systemd, it says so and runs the runner in the background instead."""
+
+    def __init__(self, ssh: Ssh, store: SshStore, board: Board, port: str, board_device: str, notes: list[str]):
+        super().__init__(ssh, store, board, port, board_device)
+        self.notes = notes
+        self._systemd: bool | None = None
+
+    @property
+    def systemd(self) -> bool:
+        if self._systemd is None:
+            out = self.ssh.script(SYSTEMD_SCRIPT, [], what="looking for systemd").stdout.decode().strip()
+            self._systemd = out == "yes"
+        return self._systemd
+
+    def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
+        from toolchain.deploy import service
+
+        if not self.systemd:
+            self.notes.append(f"{self.ssh.spec} has no systemd: the runner was started in the background instead; "
+                              "it will not start again after a reboot")
+            super().start(release, device=device, threads=threads)
+            return
+        user, _, group = self.ssh.script(OWNER_SCRIPT, [device], what=f"reading the owner of {device}").stdout \
+            .decode(errors="replace").strip().partition("\n")
+        data = self.store.data
+        unit = service.render_unit(board=self.board, release_dir=f"{data}/current", data_dir=data, device=device,
+                                   user=user.strip(), group=group.strip(), threads=threads)
+        staged = f"{data}/{service.UNIT_NAME}"
+        self.ssh.script('cat >"$1"', [staged], input=unit.encode(), what="staging the service unit")
+        for argv in service.install_commands(staged):
+            proc = self.ssh.run(list(argv), timeout_s=60)
+            if proc.returncode != 0:
+                why = proc.stderr.decode(errors="replace").strip().splitlines()
+                raise DeviceError(f"installing {service.UNIT_NAME} on {self.ssh.spec} failed at `{' '.join(argv)}`: "
+                                  f"{why[-1] if why else 'exit ' + str(proc.returncode)}",
+                                  hint="the board user needs passwordless sudo for this (or install the unit by "
+                                       f"hand from {staged})")
+        self.notes.append(f"installed and started {service.UNIT_NAME}: the board serves on {device} after every boot")
+
+    def alive(self) -> str | None:
+        if not self.systemd:
+            return super().alive()
+        from toolchain.deploy import service
+
+        proc = self.ssh.run(["systemctl", "is-active", service.UNIT_NAME])
+        state = proc.stdout.decode(errors="replace").strip()
+        return None if state in ("active", "activating") else f"{service.UNIT_NAME} is {state or 'not running'}"
+
+    def stop(self) -> str | None:
+        if not self.systemd:
+            return super().stop()
+        from toolchain.deploy import service
+
+        self.ssh.run(["sudo", "-n", "systemctl", "stop", service.UNIT_NAME], timeout_s=60)
+        return None
+
+    def running(self) -> dict[str, Any] | None:
+        if not self.systemd:
+            return super().running()
+        if self.alive() is not None:
+            return None
+        current = self.store.current()
+        return {"release": current.id if current else None, "port": self.port, "board_device": self.board_device,
+                "service": "systemd"}
+
+
+def _state_name(spec: SshSpec, board: Board) -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", spec.host)
+    return f"ssh-{spec.user or ''}@{host}-{spec.port or 22}-{board.name}"
+
+
+def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> Target:
+    spec = SshSpec.parse(text)
+    if options.boot is not None:
+        raise UsageError("--boot is for dir: targets (a card's boot partition)")
+    ssh = Ssh(spec, config=options.ssh_config, accept_new_host_key=options.accept_new_host_key)
+    state = state_dir / _state_name(spec, board)
+    where = f"{spec}:{board.name}"
+    store = SshStore(ssh, board, where, TrustStore(state / TRUST_DIR))
+    runner: SshChannel | SshDaemon
+    notes: list[str] = []
+    if options.port is not None:
+        ports.parse_port_spec(options.port)  # a malformed port fails here, before any work
+        device = options.board_port or board.serial_device
+        runner = (SshService(ssh, store, board, options.port, device, notes) if options.service else
+                  SshDaemon(ssh, store, board, options.port, device))
+    elif options.service:
+        raise UsageError("--service serves on the board's serial device: give --port, the host's end of that line, "
+                         "so the release is checked by its HELLO there",
+                         hint="without a serial line, `edgelm run --target ssh://...` serves over the SSH channel")
+    else:
+        if options.board_port is not None:
+            raise UsageError("--board-port needs --port (the host's end of that serial line)",
+                             hint="without --port the link is the SSH channel")
+        runner = SshChannel(ssh, state, where)
+    target = Target(kind="ssh", spec=str(spec), board=board, state=state, store=store, runner=runner, link=runner,
+                    timeouts=Timeouts(), notes=notes)
+    target.preflight = lambda bundle: probe_checks(ssh, store, runner, bundle, board)
+    return target
+
+
+def probe_checks(ssh: Ssh, store: SshStore, runner: SshChannel | SshDaemon, bundle: Bundle, board: Board) -> list:
+    """The board's facts, read in one command, judged against the bundle's needs."""
+    from toolchain.deploy import preflight
+
+    device = runner.board_device if isinstance(runner, SshDaemon) else ""
+    out = ssh.script(preflight.PROBE_SCRIPT, [store.data, device], what="reading the board's facts").stdout
+    facts = preflight.parse_facts(out.decode(errors="replace"))
+    return preflight.judge(facts, preflight.Needs.of(bundle), board)
+

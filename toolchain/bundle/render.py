@@ -18,10 +18,15 @@ from toolchain.paths import FIRMWARE_DIR
 
 _TOKEN = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 SOURCE_SUFFIXES = (".c", ".h", ".cpp", ".in", ".txt", ".cmake")
+# Board-side templates in firmware/: rendered on deploy (toolchain/deploy/service.py), not part of
+# the runner's CMake project and not of its firmware version.
+UNIT_TEMPLATE = "edgelm-runner.service.in"
+BOARD_SIDE_TEMPLATES = (UNIT_TEMPLATE,)
 
 
 def firmware_sources(firmware: Path = FIRMWARE_DIR) -> list[Path]:
-    return sorted(p for p in firmware.iterdir() if p.is_file() and p.name.endswith(SOURCE_SUFFIXES))
+    return sorted(p for p in firmware.iterdir()
+                  if p.is_file() and p.name.endswith(SOURCE_SUFFIXES) and p.name not in BOARD_SIDE_TEMPLATES)
 
 
 def firmware_version(firmware: Path = FIRMWARE_DIR) -> str:

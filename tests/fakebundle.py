@@ -43,7 +43,8 @@ def write_bundle(root: Path, *, board: str = "host", runner: bytes = b"#!/bin/sh
     (root / manifest.MANIFEST_FILE).write_text(json.dumps(full_manifest(program), indent=2) + "\n")
     files = {name: manifest.sha256_file(root / name) for name in BUNDLE_FILES}
     body = {"format": package.BUNDLE_FORMAT, "board": board, "arch": "x86_64", "firmware_version": "0.1.0+test",
-            "model_sha256": files[manifest.PROGRAM_FILE], "files": files} | (info or {})
+            "model_sha256": files[manifest.PROGRAM_FILE], "glibc_required": "2.17",
+            "size_bytes": sum((root / name).stat().st_size for name in BUNDLE_FILES), "files": files} | (info or {})
     (root / package.BUNDLE_FILE).write_text(json.dumps(body, indent=2) + "\n")
     return package.read_bundle(root)
 

@@ -320,6 +320,7 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
                 store.activate(release)
         else:
             with tgt.lock("flash"):
+                bringup.check_preflight(tgt, bundle, progress)
                 progress("flash", tgt.where)
                 release = store.deploy(bundle, progress=progress)
         return base | {"release": release.id, "path": release.path, "verified": True, "started": False,

@@ -81,7 +81,9 @@ def stop_serving(target: Target, progress: Progress = no_progress) -> None:
         log.info("%s", note)
 
 
-def _preflight(target: Target, bundle: Bundle, progress: Progress) -> None:
+def check_preflight(target: Target, bundle: Bundle, progress: Progress = no_progress) -> None:
+    """The target's preflight (when it has one): the board's facts against the bundle's needs; refuses
+    with the first failing line before anything is sent or switched."""
     if target.preflight is None:
         return
     from toolchain.deploy import preflight
@@ -109,7 +111,7 @@ def bring_up(target: Target, bundle: Bundle | None = None, *, rollback: bool = F
     with target.lock(what):
         previous = store.current()
         if bundle is not None:
-            _preflight(target, bundle, progress)
+            check_preflight(target, bundle, progress)
             progress("flash", f"{target.where}")
             release = store.deploy(bundle, activate=False, progress=progress)
         else:

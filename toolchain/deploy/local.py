@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from toolchain.boards import Board
+from toolchain.bundle.package import Bundle
 from toolchain.deploy.base import Target
 from toolchain.deploy.process import ProcessRunner
 from toolchain.deploy.store import LocalStore, TrustStore
@@ -29,7 +30,15 @@ def process_target(kind: str, board: Board, state_dir: Path, prefix: Callable[[]
     runner = ProcessRunner(state, board, prefix)
     return Target(kind=kind, spec=kind, board=board, state=state, emulated=emulated,
                   store=LocalStore(state, board, where, TrustStore(state / TRUST_DIR)),
-                  runner=runner, link=runner, timeouts=timeouts or Timeouts())
+                  runner=runner, link=runner, preflight=lambda bundle: profile_fit(board, bundle),
+                  timeouts=timeouts or Timeouts())
+
+
+def profile_fit(board: Board, bundle: Bundle) -> list:
+    """What can be checked without the board: its profile's RAM against the program's need."""
+    from toolchain.deploy import preflight
+
+    return [preflight.fit(board, preflight.needs_for(bundle))]
 
 
 def create(spec: str, board: Board, state_dir: Path, options: object = None) -> Target:

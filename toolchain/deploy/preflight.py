@@ -106,6 +106,20 @@ class Needs:
                    disk_bytes=size + DISK_MARGIN_BYTES)
 
 
+def needs_for(bundle: Any) -> Needs:
+    """A bundle's needs (``package.Bundle``): its bundle.json and the manifest it carries."""
+    import json
+
+    from toolchain.export.manifest import MANIFEST_FILE
+
+    path = bundle.root / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {path}: {exc}", hint="rebuild the bundle with `edgelm build`") from None
+    return Needs.of(bundle.info, manifest if isinstance(manifest, dict) else {})
+
+
 def _field(obj: Mapping[str, Any], key: str, kind: type, where: str) -> Any:
     value = obj.get(key)
     good = isinstance(value, int) and not isinstance(value, bool) and value >= 0 if kind is int \

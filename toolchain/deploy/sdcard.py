@@ -128,6 +128,9 @@ def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     state = state_dir / ("dir-" + str(card).strip("/").replace("/", "_") + f"-{board.name}")
     store = CardStore(card, board, where, TrustStore(state / TRUST_DIR), boot,
                       options.board_port or board.serial_device)
-    target = Target(kind="dir", spec=spec, board=board, state=state, store=store)
+    from toolchain.deploy.local import profile_fit
+
+    target = Target(kind="dir", spec=spec, board=board, state=state, store=store,
+                    preflight=lambda bundle: profile_fit(board, bundle))
     target.notes = store.notes
     return target

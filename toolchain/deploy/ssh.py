@@ -478,5 +478,6 @@ def probe_checks(ssh: Ssh, store: SshStore, runner: SshChannel | SshDaemon, bund
     device = runner.board_device if isinstance(runner, SshDaemon) else ""
     out = ssh.script(preflight.PROBE_SCRIPT, [store.data, device], what="reading the board's facts").stdout
     facts = preflight.parse_facts(out.decode(errors="replace"))
-    return preflight.judge(facts, preflight.Needs.of(bundle), board)
+    needs = preflight.needs_for(bundle)
+    return [*preflight.judge(facts, needs, board), preflight.fit(board, needs)]
 

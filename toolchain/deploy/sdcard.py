@@ -46,13 +46,14 @@ def _card_root(text: str) -> Path:
 
 
 def _no_links_inside(root: Path, rel: PurePosixPath) -> Path:
-    """``root/rel`` after checking that no existing component below ``root`` is a symbolic link."""
+    """``root/rel`` after checking that no existing folder on the way below ``root`` is a symbolic
+    link (the last component may be one: it is replaced by a rename, never followed)."""
     path = root
-    for part in rel.parts:
+    for i, part in enumerate(rel.parts):
         if part in ("", ".", ".."):
             raise UsageError(f"bad path {rel} on the card")
         path = path / part
-        if path.is_symlink():
+        if i < len(rel.parts) - 1 and path.is_symlink():
             raise DeviceError(f"{path} on the card is a symbolic link; edgelm writes only into real folders there",
                               hint="remove the link on the card, or check that PATH is the card's root filesystem")
     return path

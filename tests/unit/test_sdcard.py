@@ -1,0 +1,164 @@
+"""dir:PATH, a Raspberry Pi OS card mounted here: the release layout, the enabled unit and the UART
+settings; verified before the switch; nothing current changes on a refusal or a failure."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from toolchain import api
+from toolchain.deploy import registry, service
+from toolchain.errors import DeviceError, InputError, UsageError
+
+CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait "
+           "quiet splash plymouth.ignore-serial-consoles cfg80211.ieee80211_regdom=GB\n")
+CONFIG = "# For more options and information see\n# http://rptl.io/configtxt\ndtparam=audio=on\n\n[cm4]\notg_mode=1\n\n" \
+         "[all]\narm_64bit=1\n"
+
+
+def make_card(tmp_path: Path, bookworm: bool = True) -> Path:
+    """A folder laid out like a Raspberry Pi OS card's root filesystem, boot partition inside it."""
+    root = tmp_path / "rootfs"
+    (root / "etc/systemd/system/multi-user.target.wants").mkdir(parents=True)
+    (root / "etc/os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n')
+    (root / "etc/rpi-issue").write_text("Raspberry Pi reference 2024-11-19\n")
+    boot = root / ("boot/firmware" if bookworm else "boot")
+    boot.mkdir(parents=True)
+    (boot / "config.txt").write_text(CONFIG)
+    (boot / "cmdline.txt").write_text(CMDLINE)
+    (root / "home/pi").mkdir(parents=True)
+    return root
+
+
+def spec(root: Path) -> str:
+    return f"dir:{root}"
+
+
+def test_a_card_gets_the_release_the_enabled_unit_and_the_uart(tmp_path, fakes):
+    root = make_card(tmp_path)
+    bundle = fakes.write_bundle(tmp_path / "b", board="rpi5", info={"arch": "aarch64"})
+    result = api.flash(bundle.root, spec(root), tmp_path / "work")
+    assert result["started"] is False and result["verified"] is True
+    data = root / "opt/edgelm/rpi5"
+    assert os.readlink(data / "current") == f"releases/{result['release']}"  # relative: valid when the card boots
+    for name in bundle.files:
+        assert (data / "releases" / result["release"] / name).read_bytes() == (bundle.root / name).read_bytes()
+    unit = (root / "etc/systemd/system" / service.UNIT_NAME).read_text()
+    assert "ExecStart=/opt/edgelm/rpi5/current/runner" in unit and "--serial /dev/ttyAMA0" in unit
+    assert "DynamicUser=yes" in unit and "SupplementaryGroups=dialout" in unit
+    assert os.readlink(root / "etc/systemd/system/multi-user.target.wants" / service.UNIT_NAME) == \
+        f"/etc/systemd/system/{service.UNIT_NAME}"
+    boot = root / "boot/firmware"
+    assert "enable_uart=1" in (boot / "config.txt").read_text().split("[all]")[-1]
+    assert (boot / "cmdline.txt").read_text() == CMDLINE.replace("console=serial0,115200 ", "")
+    assert any("enable_uart=1" in n for n in result["notes"])
+
+
+def test_a_second_release_then_rollback(tmp_path, fakes):
+    root = make_card(tmp_path, bookworm=False)
+    one = fakes.write_bundle(tmp_path / "one", board="rpi5", info={"arch": "aarch64"})
+    two = fakes.write_bundle(tmp_path / "two", board="rpi5", info={"arch": "aarch64"}, runner=b"#!/bin/sh\nexit 1\n")
+    first = api.flash(one.root, spec(root), tmp_path / "work")["release"]
+    second = api.flash(two.root, spec(root), tmp_path / "work")["release"]
+    data = root / "opt/edgelm/rpi5"
+    assert first != second and os.readlink(data / "current") == f"releases/{second}"
+    assert os.readlink(data / "previous") == f"releases/{first}"
+    back = api.flash(None, spec(root), tmp_path / "work", board="rpi5", rollback=True)
+    assert back["release"] == first and os.readlink(data / "current") == f"releases/{first}"
+    assert os.readlink(data / "previous") == f"releases/{second}"
+
+
+def test_a_file_corrupted_on_the_card_makes_the_switch_refuse(tmp_path, fakes):
+    root = make_card(tmp_path)
+    one = fakes.write_bundle(tmp_path / "one", board="rpi5", info={"arch": "aarch64"})
+    two = fakes.write_bundle(tmp_path / "two", board="rpi5", info={"arch": "aarch64"}, runner=b"#!/bin/sh\nexit 1\n")
+    api.flash(one.root, spec(root), tmp_path / "work")
+    target = api.target_for("rpi5", spec(root), tmp_path / "work")
+    staged = target.store.deploy(two, activate=False)  # on the card, verified, not current
+    (Path(staged.path) / "model.pte").write_bytes(b"flipped on the card")
+    before = fakes.snapshot(root)
+    with pytest.raises(InputError, match="does not verify"):
+        target.store.activate(staged)
+    assert fakes.snapshot(root) == before  # not current, and neither the unit nor the boot files were touched
+    # and the rollback verifies too: the previous release, damaged, is not made current
+    api.flash(two.root, spec(root), tmp_path / "work")  # a fresh verified copy replaces the damaged one
+    first = target.store.previous()
+    (Path(first.path) / "runner").write_bytes(b"damaged")
+    with pytest.raises(InputError, match="does not verify"):
+        api.flash(None, spec(root), tmp_path / "work", board="rpi5", rollback=True)
+    assert target.store.current().id == staged.id
+
+
+def test_a_copy_that_fails_halfway_leaves_the_card_as_it_was(tmp_path, fakes, monkeypatch):
+    root = make_card(tmp_path)
+    one = fakes.write_bundle(tmp_path / "one", board="rpi5", info={"arch": "aarch64"})
+    two = fakes.write_bundle(tmp_path / "two", board="rpi5", info={"arch": "aarch64"}, runner=b"#!/bin/sh\nexit 1\n")
+    first = api.flash(one.root, spec(root), tmp_path / "work")["release"]
+    before = fakes.snapshot(root)
+    real, calls = shutil.copy2, []
+
+    def failing(src, dst, **kw):
+        calls.append(src)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error", str(dst))  # the card reader gave up
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", failing)
+    with pytest.raises(DeviceError, match=f"Input/output error.*release {first} is still current"):
+        api.flash(two.root, spec(root), tmp_path / "work")
+    assert fakes.snapshot(root) == before
+
+
+def test_links_on_the_card_are_not_followed_out_of_it(tmp_path, fakes):
+    root = make_card(tmp_path)
+    outside = tmp_path / "host-etc"
+    outside.mkdir()
+    shutil.rmtree(root / "etc/systemd/system")
+    (root / "etc/systemd/system").symlink_to(outside)  # an absolute link: on this machine it points elsewhere
+    bundle = fakes.write_bundle(tmp_path / "b", board="rpi5", info={"arch": "aarch64"})
+    with pytest.raises(DeviceError, match="is a symbolic link"):
+        api.flash(bundle.root, spec(root), tmp_path / "work")
+    assert list(outside.iterdir()) == []
+    assert not (root / "opt/edgelm/rpi5/current").exists()
+
+
+def test_a_boot_partition_mounted_apart(tmp_path, fakes):
+    root = make_card(tmp_path)
+    bootfs = tmp_path / "bootfs"
+    shutil.move(root / "boot/firmware", bootfs)
+    bundle = fakes.write_bundle(tmp_path / "b", board="rpi5", info={"arch": "aarch64"})
+    with pytest.raises(UsageError, match="no boot partition"):
+        api.flash(bundle.root, spec(root), tmp_path / "work")
+    assert not (root / "opt/edgelm/rpi5/current").exists()
+    api.flash(bundle.root, spec(root), tmp_path / "work", options=registry.TargetOptions(boot=bootfs))
+    assert "enable_uart=1" in (bootfs / "config.txt").read_text()
+
+
+@pytest.mark.parametrize("bad", ["dir:", "dir:/", "dir:/nonexistent-card"])
+def test_bad_card_specs(tmp_path, bad):
+    with pytest.raises(UsageError):
+        api.target_for("rpi5", bad, tmp_path)
+
+
+def test_a_card_runs_nothing(tmp_path):
+    root = make_card(tmp_path)
+    assert api.target_for("rpi5", spec(root), tmp_path / "work").capabilities == {"deploy", "trust", "preflight"}
+    with pytest.raises(UsageError, match="cannot start a runner"):
+        api.stop("rpi5", spec(root), tmp_path / "work")
+
+
+def test_the_profile_fit_is_checked_before_the_card_is_touched(tmp_path, fakes):
+    root = make_card(tmp_path)
+    big = fakes.write_bundle(tmp_path / "b", board="rpi5", info={"arch": "aarch64", "size_bytes": 9 << 30})
+    before = fakes.snapshot(root)
+    with pytest.raises(DeviceError, match=r"RAM: .* needs [\d,]+ bytes"):
+        api.flash(big.root, spec(root), tmp_path / "work")
+    assert fakes.snapshot(root) == before
+
+
+def test_targets_are_listed_and_unknown_ones_refused(tmp_path):
+    kinds = {t["kind"] for t in api.targets()}
+    assert kinds == {"qemu", "local", "ssh", "dir"}
+    with pytest.raises(UsageError, match="unknown target 'telnet://x'"):
+        api.target_for("rpi5", "telnet://x", tmp_path)

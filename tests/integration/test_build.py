@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from toolchain import api, boards
-from toolchain.bundle import package, render
+from toolchain.bundle import cross, package, render, sdk
 from toolchain.errors import BuildError, CapacityError, InputError
 
 pytestmark = pytest.mark.slow
@@ -19,7 +19,7 @@ def tiny_pte(hil_workdir):
     return result.pte
 
 
-@pytest.mark.parametrize("board, machine", [("rpi5", "AArch64"), ("host", "X86-64")])
+@pytest.mark.parametrize("board, machine", [("rpi5", "AArch64"), ("rpi4", "AArch64"), ("host", "X86-64")])
 def test_bundle_for_board(board, machine, tiny_pte, hil_workdir):
     bundle, _ = api.cached_build(board, tiny_pte, hil_workdir)
     files = set(bundle.files)
@@ -29,6 +29,8 @@ def test_bundle_for_board(board, machine, tiny_pte, hil_workdir):
     assert machine in header
     dyn = subprocess.run(["readelf", "-d", str(bundle.root / "runner")], capture_output=True, text=True).stdout
     assert "$ORIGIN" in dyn  # relocatable: finds its libraries beside it
+    needed = set(re.findall(r"\(NEEDED\)\s+Shared library: \[([^]]+)\]", dyn))
+    assert set(sdk.RUNTIME_LIBS) <= needed  # the self-registering kernels and backend too (--no-as-needed)
     info = json.loads((bundle.root / "bundle.json").read_text())
     assert info["board"] == board and info["model_sha256"] == api.inspect_program(tiny_pte)["program"]["sha256"]
     assert tuple(map(int, info["glibc_required"].split("."))) <= boards.get(board).glibc_tuple
@@ -38,10 +40,44 @@ def test_bundle_for_board(board, machine, tiny_pte, hil_workdir):
 def test_a_board_with_an_older_glibc_is_refused(tiny_pte, hil_workdir, tmp_path):
     bundle, _ = api.cached_build("rpi5", tiny_pte, hil_workdir)
     old = boards.Board(**{**boards.get("rpi5").to_dict(), "glibc": "2.17", "cpu_flags": ("-mcpu=cortex-a76",)})
-    from toolchain.bundle import sdk
     with pytest.raises(CapacityError, match=r"needs GLIBC_2\.\d+ but rpi5 has glibc 2.17"):
         package.assemble(old, bundle.root / "runner", sdk.sdk_for("aarch64"), tiny_pte, tmp_path / "b",
                             render.firmware_version())
+
+
+def test_the_rpi4_runner_needs_no_newer_glibc_than_the_runtime_libraries(tiny_pte, hil_workdir):
+    """rpi4 runs Pi OS bullseye (glibc 2.31), older than the compiler's: its runner is linked by zig cc
+    for the runtime libraries' glibc, and needs no more than they do (read from the symbol versions)."""
+    rpi4 = boards.get("rpi4")
+    assert rpi4.glibc_tuple == (2, 31)
+    runtime = sdk.sdk_for("aarch64")
+    libs_floor = max(cross.required_glibc(lib, rpi4) for lib in runtime.libs)
+    assert libs_floor <= (2, 27)
+    bundle, _ = api.cached_build("rpi4", tiny_pte, hil_workdir)
+    needs = {name: cross.required_glibc(bundle.root / name, rpi4) for name in ("runner", *sdk.RUNTIME_LIBS)}
+    assert needs["runner"] <= libs_floor and max(needs.values()) <= (2, 27), needs
+    assert bundle.info["glibc_required"] == ".".join(map(str, libs_floor))
+    symbols = subprocess.run(["aarch64-linux-gnu-objdump", "-T", str(bundle.root / "runner")],
+                             capture_output=True, text=True, check=True).stdout
+    assert re.search(r"\(GLIBC_2\.17\)\s+__libc_start_main$", symbols, re.M)  # not crt1.o's GLIBC_2.34 one
+    assert re.search(r"\(GCC_3\.0\)\s+_Unwind_Resume$", symbols, re.M)  # libgcc_s's unwinder, not a copy
+
+
+def test_a_runner_linked_for_the_compilers_glibc_is_refused_for_rpi4(tiny_pte, hil_workdir, tmp_path):
+    """rpi5 has the compiler's glibc, so its runner is linked by the compiler: too new for rpi4's 2.31."""
+    rpi5, rpi4 = boards.get("rpi5"), boards.get("rpi4")
+    if cross.link_glibc(rpi5, sdk.sdk_for("aarch64")) is not None:
+        pytest.skip("this compiler's glibc is newer than rpi5's: its runner is linked by zig cc too")
+    bundle, _ = api.cached_build("rpi5", tiny_pte, hil_workdir)
+    with pytest.raises(CapacityError, match=r"runner needs GLIBC_2\.\d+ but rpi4 has glibc 2\.31"):
+        package.assemble(rpi4, bundle.root / "runner", sdk.sdk_for("aarch64"), tiny_pte, tmp_path / "b",
+                         render.firmware_version())
+
+
+def test_runtime_libraries_newer_than_the_board_are_refused_before_compiling():
+    old = boards.Board(**{**boards.get("rpi4").to_dict(), "glibc": "2.26", "cpu_flags": ("-mcpu=cortex-a72",)})
+    with pytest.raises(CapacityError, match=r"libexecutorch\.so needs GLIBC_2\.27 but rpi4 has glibc 2\.26"):
+        cross.link_glibc(old, sdk.sdk_for("aarch64"))
 
 
 def test_a_tampered_bundle_is_refused(tiny_pte, hil_workdir, tmp_path):

@@ -1,8 +1,15 @@
 """Compile the rendered firmware with the board's compiler (cmake + g++ or the cross g++), and read
-the highest glibc symbol version a binary needs."""
+the highest glibc symbol version a binary needs.
+
+A board whose glibc is older than the compiler's cannot load a runner the compiler links (its
+crt1.o needs ``__libc_start_main@GLIBC_2.34``, its libm ``exp@GLIBC_2.29``). For such a board the
+objects the compiler made are linked by ``zig cc`` (the ``ziglang`` package) for the glibc the
+runtime libraries need (:func:`link_glibc`), so the runner needs no newer glibc than they do.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import re
 import shutil
@@ -11,13 +18,15 @@ from pathlib import Path
 
 from toolchain.boards import Board
 from toolchain.bundle.sdk import Sdk
-from toolchain.errors import BuildError
+from toolchain.errors import BuildError, CapacityError
 
 log = logging.getLogger(__name__)
 
 RUNNER = "runner"
 CMAKE_TIMEOUT_S = 900
 _GLIBC = re.compile(r"GLIBC_(\d+)\.(\d+)(?:\.(\d+))?")
+_GLIBC_MACRO = re.compile(r"^#define __GLIBC(_MINOR)?__ (\d+)$", re.M)
+ZIG_PACKAGE = "ziglang"
 
 
 def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
@@ -45,14 +54,62 @@ def compiler_for(board: Board) -> tuple[str, str]:
     return cc, cxx
 
 
+def compiler_glibc(cc: str) -> tuple[int, int]:
+    """The version of the glibc a C compiler builds against (its headers' __GLIBC__, __GLIBC_MINOR__)."""
+    out = _run([cc, "-dM", "-E", "-include", "features.h", "-x", "c", "/dev/null"], f"read the glibc of {cc}")
+    found = dict(_GLIBC_MACRO.findall(out))
+    if "" not in found or "_MINOR" not in found:
+        raise BuildError(f"{cc} does not build against glibc (no __GLIBC__ in its features.h)")
+    return int(found[""]), int(found["_MINOR"])
+
+
+def link_glibc(board: Board, sdk: Sdk) -> tuple[int, int] | None:
+    """The glibc to link the runner for with zig cc, or None when the compiler's own will do.
+
+    None when the compiler's glibc is no newer than the board's. Otherwise the highest glibc the
+    runtime libraries need, so that the runner needs no more than they do; libraries that need a
+    newer glibc than the board has are refused here, before anything is compiled.
+    """
+    cc, _ = compiler_for(board)
+    if compiler_glibc(cc) <= board.glibc_tuple:
+        return None
+    floor = (0, 0)
+    for lib in sdk.libs:
+        needs = required_glibc(lib, board)
+        if needs > board.glibc_tuple:
+            raise CapacityError(f"{lib.name} needs GLIBC_{needs[0]}.{needs[1]} but {board.name} has glibc "
+                                f"{board.glibc}",
+                                hint="use a board OS with a newer glibc, or a runtime built for an older one")
+        floor = max(floor, needs)
+    return floor
+
+
+def zig_binary() -> Path:
+    """The zig binary of the installed ``ziglang`` package."""
+    spec = importlib.util.find_spec(ZIG_PACKAGE)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    zig = Path(folders[0], "zig") if folders else None
+    if zig is None or not zig.is_file():
+        raise BuildError("zig, which links the runner for a board with an older glibc than the compiler's, "
+                         "is not installed", hint=f"`make setup` installs the {ZIG_PACKAGE} package (pyproject.toml)")
+    return zig
+
+
 def configure_and_build(board: Board, project: Path, sdk: Sdk, sanitize: bool = False, *,
                         cmake_defs: dict[str, str] | None = None) -> Path:
     """cmake configure + build in ``project/build``; returns the runner binary. ``cmake_defs`` adds
-    ``-DNAME=VALUE`` options (e.g. ``{"EDGELM_TEST_SAMPLER_BUG": "ON"}``, firmware/CMakeLists.txt)."""
+    ``-DNAME=VALUE`` options (e.g. ``{"EDGELM_TEST_SAMPLER_BUG": "ON"}``, firmware/CMakeLists.txt).
+
+    For a board with an older glibc than the compiler's, the runner is linked by zig cc for the
+    glibc of :func:`link_glibc`."""
     cc, cxx = compiler_for(board)
     project = project.resolve()  # cmake resolves a relative toolchain file against the build dir
     if sdk.arch != board.arch:
         raise BuildError(f"runtime for {sdk.arch} given for a {board.arch} board")
+    glibc = link_glibc(board, sdk)
+    if glibc is not None and sanitize:
+        raise BuildError(f"a sanitized runner is linked by the compiler, whose glibc is newer than {board.name}'s "
+                         f"{board.glibc}", hint="sanitize a build for the host board")
     build = project / "build"
     cmd = ["cmake", "-S", str(project), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
            f"-DET_SDK_DIR={sdk.root}", f"-DEDGELM_CPU_FLAGS={' '.join(board.cpu_flags)}",
@@ -61,6 +118,10 @@ def configure_and_build(board: Board, project: Path, sdk: Sdk, sanitize: bool = 
         cmd.append(f"-DCMAKE_TOOLCHAIN_FILE={project / 'toolchain-cross.cmake'}")
     else:
         cmd += [f"-DCMAKE_C_COMPILER={cc}", f"-DCMAKE_CXX_COMPILER={cxx}"]
+    if glibc is not None:
+        log.info("%s has glibc %s, older than the compiler's: the runner is linked by zig cc for glibc %d.%d",
+                 board.name, board.glibc, *glibc)
+        cmd += [f"-DEDGELM_ZIG={zig_binary()}", f"-DEDGELM_ZIG_TARGET={board.triple}.{glibc[0]}.{glibc[1]}"]
     cmd += [f"-D{name}={value}" for name, value in (cmake_defs or {}).items()]
     _run(cmd, "cmake configure")
     _run(["cmake", "--build", str(build), "--parallel", "2"], "compile")

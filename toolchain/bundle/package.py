@@ -93,7 +93,8 @@ def assemble(board: Board, runner: Path, sdk: Sdk, pte: Path, dest: Path, firmwa
         needs[binary.name] = f"{major}.{minor}"
         if (major, minor) > board.glibc_tuple:
             raise CapacityError(f"{binary.name} needs GLIBC_{major}.{minor} but {board.name} has glibc {board.glibc}",
-                                hint="build on (or with a sysroot of) a system no newer than the board's OS")
+                                hint="`edgelm build` links the runner for an older glibc (zig cc); the runtime "
+                                     "libraries need the glibc they were built for")
     highest = max(needs.values(), key=lambda v: tuple(int(x) for x in v.split(".")))
     files = {name: pte_manifest.sha256_file(dest / name) for name in REQUIRED_FILES}
     if files[pte_manifest.PROGRAM_FILE] != manifest["program"]["sha256"]:

@@ -52,10 +52,10 @@ def main() -> None:
     rows = []
     for model in args.models.split(","):
         for spec in args.boards.split(","):
-            board, target = spec.split(":")
+            board, _, target = spec.partition(":")
             t = time.perf_counter()
             report = api.run_job(api.RunRequest(board=board, target=target, model=model, prompt=PROMPT,
-                                                tokens=args.tokens, ignore_eos=True, workdir=args.workdir))
+                                                tokens=args.tokens, ignore_eos=True, workdir=args.workdir)).to_dict()
             wall = time.perf_counter() - t
             peer = peer_decode(Path(report["pte"]), report["prompt_token_ids"], args.tokens)
             s = report["board_stats"]

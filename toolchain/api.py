@@ -486,16 +486,84 @@ def reference_logits(reference: Any, prompt: list[int], tokens: Sequence[int]) -
     return out
 
 
+@dataclass
+class RunReport:
+    """What the main job found: the board's stream, its timings and the verdict (``to_dict`` for JSON)."""
+
+    board: str
+    target: str
+    emulated: bool
+    model: str
+    quant: str
+    release: str
+    firmware_version: str
+    model_sha256: str
+    threads: int
+    prompt: str
+    prompt_token_ids: list[int]
+    generated_token_ids: list[int]
+    text: str
+    stop_reason: str
+    sampling: dict[str, Any]
+    board_stats: dict[str, Any]
+    validation: dict[str, Any]
+    attempts: int
+    reused: dict[str, bool]
+    bundle: str
+    pte: str
+
+    @property
+    def passed(self) -> bool:
+        return self.validation["verdict"] == "PASS"
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _tokenizer_path(req: RunRequest) -> Path | None:
+    """The checkpoint's tokenizer.json (None for a preset); a folder without one is refused unless
+    ``--byte-tokenizer``."""
+    from toolchain.model import checkpoint
+
+    if checkpoint.is_preset(req.model):
+        return None
+    tok_path = checkpoint.inspect_folder(Path(req.model)).tokenizer_path
+    if tok_path is None and not req.byte_tokenizer:
+        raise InputError(f"{req.model} has no tokenizer.json: the prompt cannot be tokenized as the model was "
+                         "trained", hint="add the checkpoint's tokenizer.json, or pass --byte-tokenizer to send "
+                                         "the prompt as UTF-8 bytes anyway")
+    return tok_path
+
+
+def _request_for(req: RunRequest, man: dict[str, Any], tok: Any) -> Any:
+    """The REQUEST frame for ``req`` on the program ``man`` describes; refused if it cannot fit."""
+    from toolchain.link import protocol
+
+    prompt_ids = [man["tokens"]["bos_token_id"], *tok.encode(req.prompt)]
+    max_seq = man["program"]["max_seq_len"]
+    if len(prompt_ids) + req.tokens > max_seq:
+        raise CapacityError(f"{len(prompt_ids)} prompt tokens + {req.tokens} new tokens exceed the program's max "
+                            f"sequence length {max_seq}", hint="ask for fewer --tokens or export with a larger "
+                                                               "--max-seq-len")
+    return protocol.Request(prompt=tuple(prompt_ids), max_new_tokens=req.tokens, temperature=req.temperature,
+                            top_k=req.top_k, top_p=req.top_p, seed=req.seed,
+                            stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos,
+                            report_logits=True)
+
+
 def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str], None] = lambda s: None,
             on_retry: Callable[[int, str], None] = lambda n, why: None,
-            open_transport: Callable[[str], Any] | None = None) -> dict[str, Any]:
-    """Export, build, bring the board up, stream and validate: the main job. Returns the report dict.
+            open_transport: Callable[[str], Any] | None = None) -> RunReport:
+    """The main job, stage by stage: check the request, export, build, bring the board up (the one
+    bring-up), stream and validate; a typed report.
 
     ``open_transport`` opens the host's end of the link (tests put a fault injector there)."""
     from toolchain import boards
     from toolchain.deploy import bringup
     from toolchain.link import protocol
-    from toolchain.model import checkpoint, tokenizer
+    from toolchain.model import tokenizer
     from toolchain.validate import compare
     from toolchain.validate.reference import ProgramRunner
 
@@ -506,29 +574,14 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         signing.load_private_key(req.sign_key)  # a bad key fails before the slow steps
     board = boards.get(req.board)
     quant = req.quant or board.default_quant
-    tok_path = None
-    if not checkpoint.is_preset(req.model):
-        tok_path = checkpoint.inspect_folder(Path(req.model)).tokenizer_path
-        if tok_path is None and not req.byte_tokenizer:
-            raise InputError(f"{req.model} has no tokenizer.json: the prompt cannot be tokenized as the model was "
-                             "trained", hint="add the checkpoint's tokenizer.json, or pass --byte-tokenizer to send "
-                                             "the prompt as UTF-8 bytes anyway")
+    tok_path = _tokenizer_path(req)
     tgt = target_for(req.board, req.target, req.workdir, req.target_options)  # an unknown target fails early
     exported, reused_export = cached_export(req.model, req.workdir, quant=quant, max_seq_len=req.max_seq_len,
                                             progress=progress)
     man = exported.manifest
     tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
-    prompt_ids = [man["tokens"]["bos_token_id"], *tok.encode(req.prompt)]
-    max_seq = man["program"]["max_seq_len"]
-    if len(prompt_ids) + req.tokens > max_seq:
-        raise CapacityError(f"{len(prompt_ids)} prompt tokens + {req.tokens} new tokens exceed the program's max "
-                            f"sequence length {max_seq}", hint="ask for fewer --tokens or export with a larger "
-                                                               "--max-seq-len")
+    request = _request_for(req, man, tok)
     bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress, sign_key=req.sign_key)
-    request = protocol.Request(prompt=tuple(prompt_ids), max_new_tokens=req.tokens, temperature=req.temperature,
-                               top_k=req.top_k, top_p=req.top_p, seed=req.seed,
-                               stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos,
-                               report_logits=True)
     tol = req.tolerance if req.tolerance is not None else compare.default_tolerance(quant)
     reference = ProgramRunner(exported.pte)
     assembler = tokenizer.TextAssembler(tok)
@@ -542,30 +595,24 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         on_retry(n, why)
 
     with bringup.bring_up(tgt, bundle, threads=req.threads, progress=progress, open_transport=open_transport) as up:
-        progress("stream", f"{len(prompt_ids)} prompt tokens, up to {req.tokens} new")
+        progress("stream", f"{len(request.prompt)} prompt tokens, up to {req.tokens} new")
         served = serve_and_validate(up, request, reference, tolerance=tol, retries=req.retries,
                                     near_tie_fraction=req.near_tie_budget, on_token=on_token, on_retry=retried)
-        hello = up.hello
     on_text(assembler.finish())
-    stats, verdict = served.collected.stats, served.verdict
+    stats, hello = served.collected.stats, up.hello
     stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens"}.get(
         stats.stop if stats else None, "unknown")
     board_stats = ({"load_ms": hello.load_ms, "ttft_ms": stats.ttft_ms, "prefill_tok_s": stats.prefill_tok_s,
                     "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb} if stats else
                    {"load_ms": hello.load_ms})
-    return {
-        "board": board.name, "target": tgt.spec, "emulated": tgt.emulated, "model": req.model,
-        "quant": quant, "firmware_version": hello.firmware, "model_sha256": hello.model_sha256,
-        "threads": hello.threads, "release": up.release.id,
-        "prompt": req.prompt, "prompt_token_ids": prompt_ids, "generated_token_ids": list(served.collected.tokens),
-        "text": assembler.text, "stop_reason": stop_reason,
-        "sampling": {"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "seed": req.seed},
-        "board_stats": board_stats,
-        "validation": verdict.to_dict(),
-        "attempts": served.attempts,
-        "reused": {"export": reused_export, "build": reused_build},
-        "bundle": str(bundle.root), "pte": str(exported.pte),
-    }
+    return RunReport(
+        board=board.name, target=tgt.spec, emulated=tgt.emulated, model=req.model, quant=quant, release=up.release.id,
+        firmware_version=hello.firmware, model_sha256=hello.model_sha256, threads=hello.threads, prompt=req.prompt,
+        prompt_token_ids=list(request.prompt), generated_token_ids=list(served.collected.tokens),
+        text=assembler.text, stop_reason=stop_reason,
+        sampling={"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "seed": req.seed},
+        board_stats=board_stats, validation=served.verdict.to_dict(), attempts=served.attempts,
+        reused={"export": reused_export, "build": reused_build}, bundle=str(bundle.root), pte=str(exported.pte))
 
 
 def monitor(*, port: str | None, board: str | None, target: str | None, baud: int, seconds: float,

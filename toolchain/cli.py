@@ -498,7 +498,7 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                 progress.pause()  # the text streams below the steps
                 console.print(f"[bold]{escape(printable(prompt))}[/]", end="")
 
-        result = api.run_job(req, progress=step, on_text=on_text, on_retry=on_retry)
+        result = api.run_job(req, progress=step, on_text=on_text, on_retry=on_retry).to_dict()
     if as_json:
         emit_json(result)
     else:

@@ -15,7 +15,7 @@ N_TOKENS = 64
 def greedy_report(hil_board, hil_workdir):
     req = api.RunRequest(board=hil_board.board, target=hil_board.target, model="tiny", prompt=PROMPT,
                          tokens=N_TOKENS, ignore_eos=True, workdir=hil_workdir)
-    return api.run_job(req)
+    return api.run_job(req).to_dict()
 
 
 def _free_running_reference(pte, prompt_ids, n):
@@ -67,6 +67,6 @@ def test_board_side_timings_are_reported(greedy_report):
 def test_a_second_run_reuses_export_and_build(greedy_report, hil_board, hil_workdir):
     req = api.RunRequest(board=hil_board.board, target=hil_board.target, model="tiny", prompt=PROMPT, tokens=8,
                          workdir=hil_workdir)
-    again = api.run_job(req)
+    again = api.run_job(req).to_dict()
     assert again["reused"] == {"export": True, "build": True}
     assert again["generated_token_ids"] == greedy_report["generated_token_ids"][:8]

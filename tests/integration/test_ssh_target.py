@@ -108,7 +108,7 @@ def test_flash_then_run_over_the_ssh_channel(board, work, host_bundle, hil_workd
     for name, digest in host_bundle.files.items():
         assert sha256_file(data / "releases" / host_bundle.release_id / name) == digest
     out = edgelm("run", "--board", BOARD, "--model", "tiny", "--tokens", "12", "--target", board.spec,
-                 "--ssh-config", str(board.config), "--workdir", str(hil_workdir), "--json")  # reuses host_bundle's build
+                 "--ssh-config", str(board.config), "--workdir", str(hil_workdir), "--json")  # host_bundle's build
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["validation"]["verdict"] == "PASS" and report["target"] == board.spec

@@ -13,8 +13,8 @@ from toolchain.errors import DeviceError, InputError, UsageError
 
 CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait "
            "quiet splash plymouth.ignore-serial-consoles cfg80211.ieee80211_regdom=GB\n")
-CONFIG = "# For more options and information see\n# http://rptl.io/configtxt\ndtparam=audio=on\n\n[cm4]\notg_mode=1\n\n" \
-         "[all]\narm_64bit=1\n"
+CONFIG = ("# For more options and information see\n# http://rptl.io/configtxt\ndtparam=audio=on\n\n"
+          "[cm4]\notg_mode=1\n\n[all]\narm_64bit=1\n")
 
 
 def make_card(tmp_path: Path, bookworm: bool = True) -> Path:

@@ -3,7 +3,6 @@
 import pytest
 
 from toolchain import api
-from toolchain.deploy.bringup import bring_up
 from toolchain.link import framing
 from toolchain.link import protocol as P
 from toolchain.link.session import Timeouts
@@ -13,12 +12,11 @@ pytestmark = [pytest.mark.hil, pytest.mark.slow]
 
 
 @pytest.fixture()
-def session(hil_board, hil_workdir):
+def session(hil_board, hil_workdir, hil_up):
     exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
     bundle, _ = api.cached_build(hil_board.board, exported.pte, hil_workdir)
-    target = api.target_for(hil_board.board, hil_board.target, hil_workdir)
-    with bring_up(target, bundle, timeouts=Timeouts(hello_s=60, first_token_s=60, token_s=30)) as up:
-        up.session.target = target
+    with hil_up(bundle, timeouts=Timeouts(hello_s=60, first_token_s=60, token_s=30)) as up:
+        up.session.target = up.target
         yield up.session
 
 

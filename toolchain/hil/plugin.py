@@ -4,14 +4,22 @@ Tests marked ``hil`` that take the ``hil_board`` fixture run once per selected b
 
     pytest --board rpi5:qemu --board host:local     # the default: both emulated/simulated boards
     pytest --board rpi4:qemu                        # another profile under emulation
+    pytest --board rpi5:ssh://pi@raspberrypi.local  # a real Pi 5 on the network (SSH channel link)
+    pytest --board rpi5:ssh://pi@rpi5 --hil-port usb:0403:6001   # ...with its UART on a USB-serial adapter
+
+``hil_up(bundle)`` brings the selected board up with a bundle, through the one bring-up routine
+(:func:`toolchain.deploy.bringup.bring_up`): tests never compose deploy, link and start themselves.
 
 ``hil_workdir`` is shared by the whole session, so exports and builds are reused across tests.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,7 +38,12 @@ class HilBoard:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("edgelm", "edgelm board-in-the-loop")
     group.addoption("--board", action="append", default=None, metavar="BOARD:TARGET",
-                    help=f"board and target for hil tests (repeatable; default {' '.join(DEFAULT_BOARDS)})")
+                    help=f"board and target spec for hil tests (repeatable; default {' '.join(DEFAULT_BOARDS)})")
+    group.addoption("--hil-port", default=None, metavar="PORT",
+                    help="the host's serial port wired to the board's UART (a path, URL or usb:VID:PID[:SERIAL])")
+    group.addoption("--hil-board-port", default=None, metavar="DEV", help="the board's serial device")
+    group.addoption("--hil-ssh-config", default=None, metavar="FILE", help="an ssh_config file for ssh:// targets")
+    group.addoption("--hil-accept-new-host-key", action="store_true", help="trust a host key seen for the first time")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,3 +69,28 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def hil_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("edgelm-hil")
+
+
+@pytest.fixture(scope="session")
+def hil_options(request: pytest.FixtureRequest) -> Any:
+    """The TargetOptions the command line gave for the boards in the loop."""
+    from toolchain.deploy.registry import TargetOptions
+
+    cfg = request.config.getoption("--hil-ssh-config")
+    return TargetOptions(port=request.config.getoption("--hil-port"),
+                         board_port=request.config.getoption("--hil-board-port"),
+                         ssh_config=Path(cfg) if cfg else None,
+                         accept_new_host_key=request.config.getoption("--hil-accept-new-host-key"))
+
+
+@pytest.fixture()
+def hil_up(hil_board: HilBoard, hil_workdir: Path, hil_options: Any) -> Callable[..., AbstractContextManager[Any]]:
+    """``with hil_up(bundle, **bring_up_options) as up:`` the selected board serving ``bundle``."""
+    from toolchain import api
+    from toolchain.deploy.bringup import bring_up
+
+    def up(bundle: Any, **kw: Any) -> AbstractContextManager[Any]:
+        target = api.target_for(hil_board.board, hil_board.target, hil_workdir, hil_options)
+        return bring_up(target, bundle, **kw)
+
+    return up

@@ -1,15 +1,22 @@
-"""Byte transports under the frame layer: a serial port (pyserial), with deadlines."""
+"""Byte transports under the frame layer, with deadlines: a serial port (pyserial), a pair of pipes
+(a runner serving on its stdin/stdout, locally or through ``ssh``), and an in-memory pair for tests."""
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import IO, Any, Protocol
 
 from toolchain.errors import DeviceError
 
 READ_CHUNK = 4096
 POLL_S = 0.05  # longest single blocking read, so deadlines are honoured
+PIPE_WRITE_TIMEOUT_S = 5.0  # a peer that reads nothing for this long is gone (SerialTransport's write_timeout)
+PIPE_EXIT_WAIT_S = 0.5  # after end of file: how long to wait for the process's exit status, to name it
+PIPE_CLOSE_WAIT_S = 3.0  # on close: how long the process may take to exit on end of file before it is killed
 
 
 @dataclass
@@ -80,6 +87,117 @@ class SerialTransport:
 
     def close(self) -> None:
         self._port.close()
+
+
+def _fd_of(end: int | IO[Any]) -> int:
+    return end if isinstance(end, int) else end.fileno()
+
+
+class PipeTransport:
+    """Frames over two pipes: what the other end writes arrives on ``reader``, what we write leaves on
+    ``writer``. The other end is typically a runner started with ``--serial -`` (its stdout and stdin),
+    directly or through ``ssh host 'exec runner --serial -'`` (:meth:`of`).
+
+    ``reader`` and ``writer`` are file descriptors or binary files (their ``fileno()`` is used, their
+    buffers are not: hand over files nobody has read from). The transport owns them and, when given,
+    ``process``: :meth:`close` closes the writer (the other end sees end of file), gives the process
+    ``PIPE_CLOSE_WAIT_S`` to exit, then terminates and finally kills it.
+    """
+
+    def __init__(self, name: str, reader: int | IO[Any], writer: int | IO[Any],
+                 process: subprocess.Popen[bytes] | None = None):
+        self.name = name
+        self.process = process
+        self._ends = (reader, writer)
+        self._rfd = _fd_of(reader)
+        self._wfd = _fd_of(writer)
+        os.set_blocking(self._rfd, False)
+        os.set_blocking(self._wfd, False)
+        self.closed = False
+
+    @classmethod
+    def of(cls, process: subprocess.Popen[bytes], name: str) -> PipeTransport:
+        """The link to a process started with ``stdin=PIPE, stdout=PIPE`` (and its stdout unread)."""
+        if process.stdin is None or process.stdout is None:
+            raise ValueError("the process needs stdin=PIPE and stdout=PIPE")
+        return cls(name, process.stdout, process.stdin, process)
+
+    def _gone(self, what: str) -> DeviceError:
+        status = ""
+        if self.process is not None:
+            try:
+                code = self.process.wait(PIPE_EXIT_WAIT_S)
+                status = f"; its process exited with status {code}"
+            except subprocess.TimeoutExpired:
+                pass
+        return DeviceError(f"{self.name}: {what}{status}")
+
+    def read(self, deadline: Deadline) -> bytes:
+        """What has arrived, waiting at most ``min(POLL_S, deadline.remaining)``; b"" if nothing did.
+        DeviceError once the other end has closed its side (end of file)."""
+        if self.closed:
+            raise DeviceError(f"{self.name} is closed")
+        ready, _, _ = select.select([self._rfd], [], [], min(POLL_S, deadline.remaining))
+        if not ready:
+            return b""
+        try:
+            data = os.read(self._rfd, READ_CHUNK)
+        except BlockingIOError:
+            return b""
+        except OSError as exc:
+            raise self._gone(f"read failed ({exc.strerror})") from None
+        if not data:
+            raise self._gone("the other end closed the link (end of file)")
+        return data
+
+    def write(self, data: bytes) -> None:
+        """All of ``data``; DeviceError if the other end has closed or reads nothing for
+        ``PIPE_WRITE_TIMEOUT_S``."""
+        if self.closed:
+            raise DeviceError(f"{self.name} is closed")
+        view = memoryview(data)
+        deadline = Deadline(PIPE_WRITE_TIMEOUT_S)
+        while view:
+            try:
+                n = os.write(self._wfd, view)
+            except BlockingIOError:
+                n = 0
+            except BrokenPipeError:
+                raise self._gone("the other end closed the link (broken pipe)") from None
+            except OSError as exc:
+                raise self._gone(f"write failed ({exc.strerror})") from None
+            view = view[n:]
+            if view:
+                if deadline.expired:
+                    raise DeviceError(f"{self.name}: the other end read nothing for {PIPE_WRITE_TIMEOUT_S:.0f} s",
+                                      hint="the runner may be stuck; stop it and start it again")
+                select.select([], [self._wfd], [], min(POLL_S, deadline.remaining))
+
+    def close(self) -> None:
+        """Close both pipes (writer first: the other end sees end of file) and end the process."""
+        if self.closed:
+            return
+        self.closed = True
+        for end in reversed(self._ends):
+            try:
+                if isinstance(end, int):
+                    os.close(end)
+                else:
+                    end.close()
+            except OSError:
+                pass  # a pipe whose reader has gone may fail to flush; it is closed all the same
+        proc = self.process
+        if proc is None:
+            return
+        try:
+            proc.wait(PIPE_CLOSE_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            try:
+                proc.wait(PIPE_CLOSE_WAIT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 class MemoryTransport:

@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev openssh-client openssh-server
 STAMP := $(VENV)/.edgelm-setup
 
 FUZZ_SECONDS ?= 60
@@ -14,7 +14,10 @@ FUZZ_MAX_LEN ?= 512
 setup: $(STAMP)
 
 # Debian packages: the aarch64 cross-compiler and user-mode QEMU (the emulated boards); clang and
-# libclang-rt-dev (libFuzzer's runtime) for `make fuzz` and tests/fuzz/test_libfuzzer.py.
+# libclang-rt-dev (libFuzzer's runtime) for `make fuzz` and tests/fuzz/test_libfuzzer.py; the OpenSSH
+# client (ssh targets) and server (tests/sshd.py runs its own throwaway sshd on 127.0.0.1). Note: on a
+# machine with systemd, Debian starts and enables the system's sshd when openssh-server is installed;
+# `systemctl disable --now ssh` if you do not want it.
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -1,12 +1,15 @@
 // runner.cpp - edgelm board runner: serves one ExecuTorch LLM program over a serial link
 // (docs/protocol.md).
 //
-//   runner --model PATH [--serial DEV] [--baud N] [--threads N] [--verbose]
+//   runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--verbose]
 //
-// Loads the .pte, opens the tty, sends HELLO, then answers REQUEST frames with TOKEN
+// Loads the .pte, opens the link, sends HELLO, then answers REQUEST frames with TOKEN
 // frames and a STATS frame until QUIT. Defaults come from board_config.h.
+// The link is a tty (raw, exclusive) or, with `--serial -`, stdin and stdout as they are
+// (pipes, an SSH channel): frames are read from fd 0 and written to fd 1, and fd 1 is then
+// pointed at stderr so that nothing else can write into the frame stream. Logs go to stderr.
 // Exit status: 0 QUIT, 2 usage, 3 model cannot be loaded, 4 serial device cannot be
-// opened, 6 link lost (end of file or I/O error on the tty).
+// opened, 6 link lost (end of file or I/O error on the tty or stdin/stdout).
 
 #include <executorch/extension/data_loader/mmap_data_loader.h>
 #include <executorch/extension/memory_allocator/malloc_memory_allocator.h>
@@ -32,7 +35,9 @@
 #include <memory>
 #include <vector>
 
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "board_config.h"
 #include "frame.h"
@@ -143,9 +148,12 @@ uint64_t peak_rss_kb() {
 // ----------------------------------------------------------------------------
 // Options
 
+// `--serial -`: the link is stdin (frames in) and stdout (frames out).
+constexpr const char* SERIAL_STDIO = "-";
+
 struct Options {
   const char* model = nullptr;                  // .pte path
-  const char* serial = EDGELM_SERIAL_DEVICE;    // tty path
+  const char* serial = EDGELM_SERIAL_DEVICE;    // tty path, or SERIAL_STDIO
   long baud = EDGELM_BAUD;                      // bits per second
   long threads = EDGELM_THREADS;                // 0 = ExecuTorch's default
   bool verbose = false;
@@ -153,10 +161,11 @@ struct Options {
 
 void print_usage(FILE* f) {
   std::fprintf(f,
-               "usage: runner --model PATH [--serial DEV] [--baud N] [--threads N] [--verbose]\n"
+               "usage: runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--verbose]\n"
                "  --model PATH   ExecuTorch program (.pte) to serve\n"
-               "  --serial DEV   serial device (default %s)\n"
-               "  --baud N       bits per second (default %ld)\n"
+               "  --serial DEV   serial device (default %s); '-' = frames on stdin/stdout\n"
+               "                 (pipes, an SSH channel; logs stay on stderr)\n"
+               "  --baud N       bits per second of the serial device (default %ld)\n"
                "  --threads N    threadpool size, 0 = ExecuTorch default (default %ld)\n"
                "  --verbose      also log ExecuTorch debug and info messages\n"
                "board %s, firmware %s, protocol %d\n"
@@ -406,11 +415,12 @@ Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, cons
 }
 
 // ----------------------------------------------------------------------------
-// Link: the tty, the frame reader and the transmit sequence counter.
+// Link: the tty (or stdin/stdout), the frame reader and the transmit sequence counter.
 
 struct Link {
-  int fd;
-  const char* path;
+  int in_fd;                         // frames from the host: the tty, or stdin
+  int out_fd;                        // frames to the host: the same tty, or a copy of stdout
+  const char* path;                  // for messages: the tty's path, or "stdin/stdout"
   uint32_t tx_seq;                   // next seq we send
   uint32_t rx_seq;                   // next seq we expect from the host
   int rx_started;                    // 0 until the first good frame
@@ -422,10 +432,11 @@ struct Link {
   uint8_t wire[FRAME_MAX_WIRE];      // outgoing frame scratch
 };
 
-Link* build_link(int fd, const char* path) {
+Link* build_link(int in_fd, int out_fd, const char* path) {
   Link* l = (Link*)std::calloc(1, sizeof(Link));
   if (!l) return nullptr;
-  l->fd = fd;
+  l->in_fd = in_fd;
+  l->out_fd = out_fd;
   l->path = path;
   frame_reader_init(&l->reader);
   return l;
@@ -433,8 +444,27 @@ Link* build_link(int fd, const char* path) {
 
 void free_link(Link* l) {
   if (!l) return;
-  serial_close(l->fd);
+  serial_close(l->in_fd);
+  if (l->out_fd != l->in_fd) serial_close(l->out_fd);
   std::free(l);
+}
+
+// `--serial -`: frames go out on a private copy of stdout, and fd 1 itself becomes a copy of
+// stderr, so that whatever else writes to stdout (a library's printf) lands in the log
+// instead of corrupting the frame stream. Returns the frame fd, or -1 with err set.
+int take_stdout(char* err, size_t err_cap) {
+  int out = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+  if (out < 0) {
+    std::snprintf(err, err_cap, "cannot use stdout as the link: %s", std::strerror(errno));
+    return -1;
+  }
+  std::fflush(stdout);
+  if (dup2(STDERR_FILENO, STDOUT_FILENO) < 0) {
+    std::snprintf(err, err_cap, "cannot point stdout at stderr: %s", std::strerror(errno));
+    close(out);
+    return -1;
+  }
+  return out;
 }
 
 [[noreturn]] void link_lost(const Link* l, const char* what) {
@@ -453,7 +483,7 @@ void link_send(Link* l, uint8_t type, long body_len) {
     log_line("internal error: frame_encode(0x%02x) failed: %s", type, frame_result_name((int)n));
     std::abort();
   }
-  if (serial_write_all(l->fd, l->wire, (size_t)n) != 0) {
+  if (serial_write_all(l->out_fd, l->wire, (size_t)n) != 0) {
     char what[128];
     std::snprintf(what, sizeof what, "write: %s", std::strerror(errno));
     link_lost(l, what);
@@ -659,12 +689,23 @@ int main(int argc, char** argv) {
   if (status >= 0) return status;
   g_verbose = opt.verbose;
   std::signal(SIGPIPE, SIG_IGN);  // a vanished peer shows up as a write error instead
+  const bool stdio = std::strcmp(opt.serial, SERIAL_STDIO) == 0;
+  const char* link_name = stdio ? "stdin/stdout" : opt.serial;
+
+  char err[512];
+  int stdio_out = -1;
+  if (stdio) {  // first: nothing (ExecuTorch, XNNPACK, cpuinfo) may write to stdout from here on
+    stdio_out = take_stdout(err, sizeof err);
+    if (stdio_out < 0) {
+      log_line("%s", err);
+      return EXIT_SERIAL;
+    }
+  }
 
   // Before runtime_init(), so nothing is logged through the default PAL.
   executorch::runtime::register_pal(executorch::runtime::PalImpl::create(pal_log, __FILE__));
   executorch::runtime::runtime_init();
 
-  char err[512];
   Model model;
   g_pal_hold = true;
   int loaded = build_model(&model, opt.model, opt.threads, err, sizeof err);
@@ -689,30 +730,40 @@ int main(int argc, char** argv) {
     return EXIT_MODEL;
   }
 
-  int fd = serial_open(opt.serial, opt.baud, err, sizeof err);
-  if (fd < 0) {
-    log_line("%s", err);
-    free_sampler(&server.sampler);
-    free_model(&model);
-    return EXIT_SERIAL;
+  int in_fd = STDIN_FILENO;
+  int out_fd = stdio_out;
+  if (!stdio) {
+    in_fd = out_fd = serial_open(opt.serial, opt.baud, err, sizeof err);
+    if (in_fd < 0) {
+      log_line("%s", err);
+      free_sampler(&server.sampler);
+      free_model(&model);
+      return EXIT_SERIAL;
+    }
   }
-  Link* link = build_link(fd, opt.serial);
+  Link* link = build_link(in_fd, out_fd, link_name);
   if (!link) {
     log_line("out of memory for the link buffers");
-    serial_close(fd);
+    serial_close(in_fd);
+    if (out_fd != in_fd) serial_close(out_fd);
     free_sampler(&server.sampler);
     free_model(&model);
     return EXIT_SERIAL;
   }
   server.link = link;
   send_hello(link, &model);
-  log_line("HELLO sent on %s at %ld baud (board %s, firmware %s); waiting for requests",
-           opt.serial, opt.baud, EDGELM_BOARD, EDGELM_FIRMWARE_VERSION);
+  if (stdio) {
+    log_line("HELLO sent on stdin/stdout (board %s, firmware %s); waiting for requests", EDGELM_BOARD,
+             EDGELM_FIRMWARE_VERSION);
+  } else {
+    log_line("HELLO sent on %s at %ld baud (board %s, firmware %s); waiting for requests", opt.serial,
+             opt.baud, EDGELM_BOARD, EDGELM_FIRMWARE_VERSION);
+  }
 
   uint8_t rx[4096];
   bool quit = false;
   while (!quit) {
-    ssize_t n = serial_read(link->fd, rx, sizeof rx);
+    ssize_t n = serial_read(link->in_fd, rx, sizeof rx);
     if (n == 0) link_lost(link, "end of file");
     if (n < 0) {
       char what[128];

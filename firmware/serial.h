@@ -19,11 +19,13 @@ int serial_baud_supported(long baud);
  * "cannot open serial device PATH: reason" in err. */
 int serial_open(const char *path, long baud, char *err, size_t err_cap);
 
-/* Blocks until at least one byte arrives; retries EINTR. Returns the byte count, 0 at
- * end of file, or -1 with errno set (EIO: the other end of a pseudo-terminal closed). */
+/* Blocks until at least one byte arrives; retries EINTR. Also reads stdin for `--serial -` (a
+ * pipe or an SSH channel). Returns the byte count, 0 at end of file, or -1 with errno set
+ * (EIO: the other end of a pseudo-terminal closed). */
 ssize_t serial_read(int fd, uint8_t *buf, size_t cap);
 
-/* Writes all n bytes; retries EINTR and short writes. Returns 0, or -1 with errno set. */
+/* Writes all n bytes (to the tty, or stdout for `--serial -`); retries EINTR and short writes.
+ * Returns 0, or -1 with errno set (EPIPE: nobody reads the pipe any more). */
 int serial_write_all(int fd, const uint8_t *buf, size_t n);
 
 void serial_close(int fd);

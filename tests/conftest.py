@@ -4,6 +4,9 @@
 real bundle in every respect a deploy checks (the required files, bundle.json with their hashes,
 a manifest whose digest holds, an optional signature); only the runner is a shell script and the
 libraries are a few bytes, so no compiler and no torch are needed.
+
+``host_bundle``: the tiny model's real bundle for this machine (runner, libraries, program), built
+once per session. ``sshd_server``: a real OpenSSH server on 127.0.0.1 (tests/sshd.py), one per session.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from fakebundle import FAKE_PTE, full_manifest, rewrite_info, snapshot, write_bundle
+from sshd import start_sshd
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
@@ -50,3 +54,25 @@ class Fakes:
 @pytest.fixture
 def fakes() -> type[Fakes]:
     return Fakes
+
+
+@pytest.fixture(scope="session")
+def host_bundle(hil_workdir):
+    """The tiny model (8da4w) exported and built for the host board: a real runner with its libraries."""
+    from toolchain import api
+
+    exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
+    bundle, _ = api.cached_build("host", exported.pte, hil_workdir)
+    return bundle
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory):
+    """A running sshd on 127.0.0.1 for the whole session (an unprivileged board user; see tests/sshd.py).
+    One that does not start fails the test with sshd's log: it is never skipped."""
+    try:
+        server = start_sshd(tmp_path_factory.mktemp("ssh-client"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.stop()

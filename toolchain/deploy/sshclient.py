@@ -164,43 +164,51 @@ class SshSpec:
 # ssh's own failures (exit status 255), one line each
 
 
+_SSH_CONNECT = re.compile(r"ssh: connect to host \S+ port \d+: (.*)")
+_SSH_DENIED = re.compile(r"\S*: ?Permission denied \(([^)]*)\)")
+_SSH_OTHER = ("ssh: ", "kex_exchange_identification:", "Connection closed by", "Connection reset by",
+              "banner exchange:", "Bad owner or permissions", "Can't open user config file", "Load key ")
+
+
 def ssh_failure(spec: SshSpec, stderr: str, connect_timeout_s: float) -> DeviceError | None:
-    """ssh's own failure to reach or log in to the board, told by its stderr; None when the stderr is
-    not one of ssh's (then the remote command itself exited 255)."""
+    """ssh's own failure to reach or log in to the board, told by its stderr (exit status 255), as one
+    line; None when no line is one of ssh's (then the remote command itself exited 255). Only whole
+    lines in ssh's own wording count, so a remote program's message cannot pass for one."""
     host, port = spec.host, spec.port or 22
-    text = stderr
-    if "REMOTE HOST IDENTIFICATION HAS CHANGED" in text:
+    lines = [x.strip() for x in stderr.splitlines()]
+    if any("REMOTE HOST IDENTIFICATION HAS CHANGED" in x for x in lines):
         return DeviceError(f"the host key of {host} (port {port}) has changed: REMOTE HOST IDENTIFICATION HAS "
                            "CHANGED; refusing to connect",
                            hint="if the board was reinstalled, check its new key and remove the old one "
                                 f"(ssh-keygen -R '[{host}]:{port}'); otherwise someone may be intercepting")
-    if "Host key verification failed" in text or "host key is known for" in text:
+    if "Host key verification failed." in lines or any(re.match(r"No \S+ host key is known for ", x) for x in lines):
         return DeviceError(f"the host key of {host} is not in known_hosts; check it "
                            f"(ssh-keyscan -p {port} {host} | ssh-keygen -lf -) and pass --accept-new-host-key",
                            hint="or add the key to ~/.ssh/known_hosts yourself")
-    if "Permission denied" in text:
-        who = f"{spec.user}@{host}" if spec.user else host
-        why = re.search(r"Permission denied \(([^)]*)\)", text)
-        return DeviceError(f"{who} refused our keys (Permission denied ({why.group(1) if why else 'publickey'}))",
-                           hint="install your public key on the board (ssh-copy-id), or name the right one "
-                                "(IdentityFile) in ~/.ssh/config; edgelm never asks for a password")
-    if "Connection refused" in text:
-        return DeviceError(f"{host} refused the connection on port {port}",
-                           hint="is sshd running on the board, and on this port?")
-    if "Could not resolve hostname" in text or "Name or service not known" in text \
-            or "Temporary failure in name resolution" in text:
-        return DeviceError(f"cannot resolve the host name {host}",
-                           hint="check the name, your DNS or mDNS (.local), or use the board's IP address")
-    if "timed out" in text or "Timeout, server" in text:
-        return DeviceError(f"{host} (port {port}) did not answer within {connect_timeout_s:g} s (connection timed out)",
-                           hint="is the board on and on this network? check the address and any firewall")
-    if "No route to host" in text or "Network is unreachable" in text:
-        return DeviceError(f"{host} is unreachable (no route to host)",
-                           hint="is the board on and on this network?")
-    for line in reversed(text.splitlines()):
-        if line.startswith(("ssh: ", "kex_exchange_identification:", "Connection closed by", "Connection reset by",
-                            "banner exchange:", "Bad owner or permissions", "Can't open user config file")):
-            return DeviceError(f"ssh to {spec} failed: {line.strip()}")
+    for line in lines:
+        denied = _SSH_DENIED.fullmatch(line.rstrip("."))
+        if denied:
+            who = f"{spec.user}@{host}" if spec.user else host
+            return DeviceError(f"{who} refused our keys (Permission denied ({denied.group(1)}))",
+                               hint="install your public key on the board (ssh-copy-id), or name the right one "
+                                    "(IdentityFile) in ~/.ssh/config; edgelm never asks for a password")
+        connect = _SSH_CONNECT.fullmatch(line)
+        why = connect.group(1) if connect else ""
+        if why == "Connection refused":
+            return DeviceError(f"{host} refused the connection on port {port}",
+                               hint="is sshd running on the board, and on this port?")
+        if line.startswith("ssh: Could not resolve hostname "):
+            return DeviceError(f"cannot resolve the host name {host}",
+                               hint="check the name, your DNS or mDNS (.local), or use the board's IP address")
+        if "timed out" in why or line.startswith(("Connection timed out during banner exchange", "Timeout, server ")):
+            return DeviceError(f"{host} (port {port}) did not answer within {connect_timeout_s:g} s "
+                               "(connection timed out)",
+                               hint="is the board on and on this network? check the address and any firewall")
+        if why in ("No route to host", "Network is unreachable"):
+            return DeviceError(f"{host} is unreachable ({why.lower()})", hint="is the board on and on this network?")
+    for line in reversed(lines):
+        if line.startswith(_SSH_OTHER):
+            return DeviceError(f"ssh to {spec} failed: {line}")
     return None
 
 
@@ -345,7 +353,7 @@ class Ssh:
             if err is not None:
                 raise err
 
-    def run(self, remote: Sequence[str], *, input: bytes | None = None,  # noqa: A002 - subprocess's name
+    def run(self, remote: Sequence[str], *, input: bytes | None = None,
             timeout_s: float = RUN_TIMEOUT_S) -> subprocess.CompletedProcess[bytes]:
         """Runs ``remote`` and returns its exit status, stdout and stderr (bytes). DeviceError when ssh
         itself fails (host key, login, network: one line each) or the command outlives ``timeout_s``."""
@@ -362,7 +370,7 @@ class Ssh:
         self._raise_for_ssh(proc.returncode, proc.stderr)
         return proc
 
-    def check(self, remote: Sequence[str], *, input: bytes | None = None,  # noqa: A002
+    def check(self, remote: Sequence[str], *, input: bytes | None = None,
               timeout_s: float = RUN_TIMEOUT_S, what: str | None = None) -> subprocess.CompletedProcess[bytes]:
         """:meth:`run`, and DeviceError with the remote stderr's last line unless it exited 0."""
         proc = self.run(remote, input=input, timeout_s=timeout_s)
@@ -371,7 +379,7 @@ class Ssh:
                               f"(exit status {proc.returncode}): {last_line(proc.stderr)}")
         return proc
 
-    def script(self, text: str, args: Sequence[str] = (), *, input: bytes | None = None,  # noqa: A002
+    def script(self, text: str, args: Sequence[str] = (), *, input: bytes | None = None,
                timeout_s: float = RUN_TIMEOUT_S, what: str | None = None) -> subprocess.CompletedProcess[bytes]:
         """:meth:`check` of ``sh -c TEXT sh ARGS...``: ``text`` is a constant of ours, ``args`` anything."""
         return self.check(sh(text, *args), input=input, timeout_s=timeout_s, what=what)
@@ -424,9 +432,8 @@ class Ssh:
 
             timer = threading.Timer(timeout_s, expire)  # a write blocked on a stalled link ends here too
             timer.start()
-            local_error: str | None = None
             try:
-                local_error = self._send_tar(proc, files, stats, tick)
+                stopped = self._send_tar(proc, files, stats, tick)
                 rc = proc.wait()
             except BaseException:
                 proc.kill()
@@ -440,16 +447,24 @@ class Ssh:
             raise DeviceError(f"upload to {remote_dir} on {self.spec} did not finish within {timeout_s:g} s "
                               f"({done} of {total} bytes sent)", hint="the folder there is incomplete; upload again")
         self._raise_for_ssh(rc, stderr)
-        if local_error is not None or rc != 0:
-            why = local_error or f"remote tar exited with status {rc}: {last_line(stderr)}"
+        if stopped is not None or rc != 0:
+            if stopped is not None and stopped[0] == "local":
+                why = stopped[1]  # the board merely saw the stream end early
+            elif rc > 0 and stderr.strip():
+                why = f"{last_line(stderr)} (exit status {rc})"
+            elif stopped is not None:
+                why = stopped[1]
+            else:
+                why = f"the upload channel ended with status {rc}"
             raise DeviceError(f"upload to {remote_dir} on {self.spec} failed after {done} of {total} bytes: {why}",
                               hint="the folder there is incomplete; upload again")
         return done
 
     @staticmethod
     def _send_tar(proc: subprocess.Popen[bytes], files: Mapping[str, Path], stats: Mapping[str, os.stat_result],
-                  tick: Callable[[int], None]) -> str | None:
-        """Writes the tar stream into ``proc``'s stdin and closes it. Returns why it stopped early, or None."""
+                  tick: Callable[[int], None]) -> tuple[str, str] | None:
+        """Writes the tar stream into ``proc``'s stdin and closes it. Returns None, or why it stopped early:
+        ("connection", text) when the other end went away, ("local", text) when a local file failed."""
         assert proc.stdin is not None
         try:
             with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
@@ -465,9 +480,9 @@ class Ssh:
                         tar.addfile(info, _Counted(f, tick))  # type: ignore[arg-type]
             return None
         except (BrokenPipeError, ConnectionResetError):
-            return "the connection closed during the upload"
+            return "connection", "the connection closed during the upload"
         except OSError as exc:  # the local file changed or vanished while it was being sent
-            return f"reading a local file failed: {exc}"
+            return "local", f"reading a local file failed: {exc}"
         finally:
             try:
                 proc.stdin.close()

@@ -683,6 +683,16 @@ bool handle_event(Server* s, int event, const Frame* f) {
 // ----------------------------------------------------------------------------
 // main
 
+// SIGTERM, SIGHUP, SIGINT: the tty's exclusive hold is released, then the process dies of the
+// signal as it would have (exit status 128 + signal to a shell).
+volatile sig_atomic_t g_tty_fd = -1;
+
+extern "C" void on_terminate(int sig) {
+  serial_release((int)g_tty_fd);
+  std::signal(sig, SIG_DFL);
+  std::raise(sig);
+}
+
 int main(int argc, char** argv) {
   Options opt;
   int status = parse_options(argc, argv, &opt);
@@ -740,6 +750,8 @@ int main(int argc, char** argv) {
       free_model(&model);
       return EXIT_SERIAL;
     }
+    g_tty_fd = in_fd;
+    for (int sig : {SIGTERM, SIGHUP, SIGINT}) std::signal(sig, on_terminate);
   }
   Link* link = build_link(in_fd, out_fd, link_name);
   if (!link) {

@@ -95,8 +95,20 @@ int serial_open(const char *path, long baud, char *err, size_t err_cap) {
     return fd;
 }
 
+void serial_release(int fd) {
+#ifdef TIOCNXCL
+    /* The exclusive hold ends with us even if another process (a pty's other end) keeps the tty
+     * open; otherwise the next runner, not root, would find it busy. */
+    if (fd >= 0) (void)ioctl(fd, TIOCNXCL);
+#else
+    (void)fd;
+#endif
+}
+
 void serial_close(int fd) {
-    if (fd >= 0) close(fd);
+    if (fd < 0) return;
+    serial_release(fd);
+    close(fd);
 }
 
 /* ----------------------------------------------------------------------------

@@ -28,6 +28,11 @@ ssize_t serial_read(int fd, uint8_t *buf, size_t cap);
  * Returns 0, or -1 with errno set (EPIPE: nobody reads the pipe any more). */
 int serial_write_all(int fd, const uint8_t *buf, size_t n);
 
+/* Ends the exclusive hold serial_open took (TIOCNXCL). Async-signal-safe: a handler for
+ * SIGTERM may call it before the process dies. */
+void serial_release(int fd);
+
+/* serial_release, then close. */
 void serial_close(int fd);
 
 #ifdef __cplusplus

@@ -48,6 +48,7 @@ MaxSessions 64
 MaxStartups 64
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
+SetEnv XDG_DATA_HOME={data}
 """
 
 CLIENT_CONFIG = """\
@@ -77,6 +78,7 @@ class SshServer:
     uid: int
     home: Path
     scratch: Path
+    data: Path  # the board user's XDG_DATA_HOME (set by sshd): edgelm's data folder lives under it
     config: Path
     known_hosts: Path
     client_key: Path
@@ -182,7 +184,7 @@ def start_sshd(client_folder: Path) -> SshServer:
     for _ in range(PORT_ATTEMPTS):
         port = _free_port()
         cfg = server / "sshd_config"
-        cfg.write_text(SSHD_CONFIG.format(port=port, server=server, user=pw.pw_name))
+        cfg.write_text(SSHD_CONFIG.format(port=port, server=server, user=pw.pw_name, data=scratch / "data"))
         os.chown(cfg, pw.pw_uid, pw.pw_gid)
         log = server / f"sshd-{port}.log"
         with open(log, "wb") as logf:
@@ -192,7 +194,8 @@ def start_sshd(client_folder: Path) -> SshServer:
         if why_not is None:
             known_line = f"[127.0.0.1]:{port} {' '.join(host_pub.split()[:2])}"
             srv = SshServer(spec=f"ssh://{pw.pw_name}@127.0.0.1:{port}", port=port, user=pw.pw_name,
-                            uid=pw.pw_uid, home=Path(pw.pw_dir), scratch=scratch, config=client_folder / "ssh_config",
+                            uid=pw.pw_uid, home=Path(pw.pw_dir), scratch=scratch, data=scratch / "data",
+                            config=client_folder / "ssh_config",
                             known_hosts=client_folder / "known_hosts", client_key=client_folder / "client_ed25519",
                             host_key_line=known_line, log=log, process=proc, _server_dir=server)
             srv.client_config(client_folder, known_line + "\n")

@@ -151,6 +151,8 @@ def test_an_upload_killed_halfway_leaves_the_first_release_serving(board, work, 
     host_end, board_end = null_modem
     o = opts(board, port=host_end, board_port=board_end)
     api.flash(one.root, board.spec, work, options=o)
+    releases = board.data / "edgelm" / BOARD / "releases"
+    subprocess.run(["rm", "-rf", str(releases / two.release_id)], check=True)  # so that it is uploaded again
     slow = tmp_path / "bin"
     slow.mkdir()
     (slow / "ssh").write_text(SLOW_SSH.format(python=sys.executable))
@@ -159,7 +161,7 @@ def test_an_upload_killed_halfway_leaves_the_first_release_serving(board, work, 
     flash = subprocess.Popen([sys.executable, "-m", "toolchain.cli", "flash", str(two.root), "--target", board.spec,
                               "--ssh-config", str(board.config), "--port", host_end, "--board-port", board_end,
                               "--workdir", str(work)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    incoming = board.data / "edgelm" / BOARD / "releases" / f".incoming-{two.release_id}"
+    incoming = releases / f".incoming-{two.release_id}"
     deadline = time.monotonic() + 60
     while not (incoming.is_dir() and any(incoming.iterdir())):
         assert flash.poll() is None, flash.stderr.read().decode()
@@ -170,7 +172,7 @@ def test_an_upload_killed_halfway_leaves_the_first_release_serving(board, work, 
     flash.wait()
     _, links = on_board(board)
     assert links["current"] == f"releases/{one.release_id}"
-    assert not (board.data / "edgelm" / BOARD / "releases" / two.release_id).exists()
+    assert not (releases / two.release_id).exists() and incoming.is_dir()  # half a copy, never renamed
     target = api.target_for(BOARD, board.spec, work, o)
     assert target.runner.running()["release"] == one.release_id  # still serving the first release
     again = api.flash(two.root, board.spec, work, options=o)  # and the next flash goes through

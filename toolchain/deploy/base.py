@@ -112,6 +112,19 @@ class LinkProvider(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class TargetOptions:
+    """What a user says about how a board is wired, beyond the spec string."""
+
+    port: str | None = None  # the host's serial port wired to the board's UART (path, URL or usb:VID:PID)
+    board_port: str | None = None  # the board's serial device (default: the profile's serial_device)
+    ssh_config: Path | None = None  # an ssh_config file instead of ~/.ssh/config
+    accept_new_host_key: bool = False  # trust a host key seen for the first time (else refuse it)
+    boot: Path | None = None  # dir: the card's boot partition, when mounted apart from the root filesystem
+    service: bool = False  # serve from boot: a systemd unit (ssh://; a dir: card always gets one)
+
+
+
 Preflight = Callable[[Bundle], list[Any]]  # bundle -> preflight.Check list (the board's facts vs its needs)
 
 

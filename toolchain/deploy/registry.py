@@ -16,21 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.boards import Board
-from toolchain.deploy.base import Target
+from toolchain.deploy.base import Target, TargetOptions
 from toolchain.errors import UsageError
-
-
-@dataclass(frozen=True)
-class TargetOptions:
-    """What a user says about how a board is wired, beyond the spec string."""
-
-    port: str | None = None  # the host's serial port wired to the board's UART (path, URL or usb:VID:PID)
-    board_port: str | None = None  # the board's serial device (default: the profile's serial_device)
-    ssh_config: Path | None = None  # an ssh_config file instead of ~/.ssh/config
-    accept_new_host_key: bool = False  # trust a host key seen for the first time (else refuse it)
-    boot: Path | None = None  # dir: the card's boot partition, when mounted apart from the root filesystem
-    service: bool = False  # serve from boot: a systemd unit (ssh://; a dir: card always gets one)
-
 
 Factory = Callable[[str, Board, Path, TargetOptions], Target]
 
@@ -90,3 +77,5 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+__all__ = ["Kind", "TargetOptions", "create", "default_for", "kind_of", "kinds", "register"]

@@ -20,8 +20,7 @@ from pathlib import Path, PurePosixPath
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
 from toolchain.deploy import bootfs, service
-from toolchain.deploy.base import Progress, Release, Target, no_progress
-from toolchain.deploy.registry import TargetOptions
+from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
 from toolchain.deploy.store import LocalStore, TrustStore
 from toolchain.errors import DeviceError, UsageError
 

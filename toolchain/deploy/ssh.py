@@ -26,8 +26,7 @@ from typing import Any
 
 from toolchain.boards import Board
 from toolchain.bundle.package import BUNDLE_FILE, RUNNER, Bundle, parse_info, release_id
-from toolchain.deploy.base import Progress, Release, Target, no_progress
-from toolchain.deploy.registry import TargetOptions
+from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
 from toolchain.deploy.sshclient import Ssh, SshSpec
 from toolchain.deploy.store import CURRENT, INCOMING_PREFIX, PREVIOUS, RELEASES, TrustStore, source_bundle
 from toolchain.errors import DeviceError, InputError, UsageError

@@ -30,18 +30,18 @@ def board(name="pizero2w", ram_mb=512, **kw) -> Board:
 
 
 # Real figures: the runtime is what an aarch64 bundle of executorch 1.5.1 holds besides its program
-# (runner + 5 libraries + manifest, 12,506,688 - 330,764 bytes); the states are manifest.state_bytes
-# at max_seq_len 512 (lfm2-350m: 6 attention layers x 2 x 8 kv heads x 512 x 64 x 4 bytes + 10 conv
-# layers x 1024 x 2 x 4 bytes); an 8da4w lfm2-350m program is about 296 MB (int4 linears in groups
-# of 32 with their scales, the int8 embedding, the untied int4 lm_head).
-RUNTIME = 12_175_924
+# (runner + 5 libraries + manifest); the states are manifest.state_bytes at max_seq_len 512 (lfm2-350m:
+# 6 attention layers x 2 x 8 kv heads x 512 x 64 x 4 bytes + 10 conv layers x 1024 x 2 x 4 bytes). The
+# lfm2-350m figures were measured on 2026-11-29: `edgelm run --board pizero2w --model lfm2-350m` exported
+# an 8da4w program of 268,464,256 bytes, built a pizero2w bundle around it and was refused with this line.
+RUNTIME = 12_175_924  # an aarch64 bundle's runner, libraries and manifest (12,506,688 - 330,764 bytes)
 TINY = {"name": "tiny", "program": 330_764, "state": 263_168}
-LFM2_350M = {"name": "lfm2-350m", "program": 296_000_000, "state": 12_664_832}
+LFM2_350M = {"name": "lfm2-350m", "program": 268_464_256, "state": 12_664_832, "runtime": 12_203_438}
 
 
 def bundle_info(model, **kw):
     return {"format": "edgelm-bundle/1", "board": "pizero2w", "arch": "aarch64", "glibc_required": "2.34",
-            "model_sha256": "ab" * 32, "size_bytes": model["program"] + RUNTIME, "max_seq_len": 512} | kw
+            "model_sha256": "ab" * 32, "size_bytes": model["program"] + model.get("runtime", RUNTIME), "max_seq_len": 512} | kw
 
 
 def manifest(model):
@@ -79,18 +79,18 @@ def by_name(checks):
 
 def test_the_ram_need_is_program_state_runtime_and_margin():
     n = needs(LFM2_350M)
-    assert n.runtime_bytes == RUNTIME
-    assert n.margin_bytes == 64 * MIB + (296_000_000 + 12_664_832) // 10
-    assert n.ram_bytes == 296_000_000 + 12_664_832 + RUNTIME + n.margin_bytes == 418_816_103
-    assert n.disk_bytes == 296_000_000 + RUNTIME + preflight.DISK_MARGIN_BYTES
+    assert n.runtime_bytes == 12_203_438
+    assert n.margin_bytes == 64 * MIB + (268_464_256 + 12_664_832) // 10
+    assert n.ram_bytes == 268_464_256 + 12_664_832 + 12_203_438 + n.margin_bytes == 388_554_298
+    assert n.disk_bytes == 268_464_256 + 12_203_438 + preflight.DISK_MARGIN_BYTES
 
 
 def test_a_512_mb_pi_zero_2_w_is_refused_lfm2_350m_with_the_byte_counts():
     check = preflight.fit(board(), needs(LFM2_350M))
     assert not check.ok and check.kind == "capacity"
     assert check.line == (
-        "RAM: lfm2-350m needs 418,816,103 bytes of RAM (program 296,000,000 + state 12,664,832 + runtime "
-        "12,175,924 + margin 97,975,347); pizero2w's 512 MB leave 369,098,752 bytes for it "
+        "RAM: lfm2-350m needs 388,554,298 bytes of RAM (program 268,464,256 + state 12,664,832 + runtime "
+        "12,203,438 + margin 95,221,772); pizero2w's 512 MB leave 369,098,752 bytes for it "
         "(536,870,912 less 167,772,160 for the OS)")
     assert "--model tiny" in check.hint
     with pytest.raises(preflight.DoesNotFit) as err:
@@ -247,8 +247,8 @@ def test_glibc_older_than_the_bundle_needs():
 def test_ram_short_on_the_board_itself():
     c = by_name(preflight.judge(facts(mem_available_bytes=300 * MIB), needs(LFM2_350M), board()))["ram"]
     assert not c.ok and c.line == (
-        "RAM: lfm2-350m needs 418,816,103 bytes of RAM (program 296,000,000 + state 12,664,832 + runtime 12,175,924 "
-        "+ margin 97,975,347); the board has 314,572,800 available of 437,248,000")
+        "RAM: lfm2-350m needs 388,554,298 bytes of RAM (program 268,464,256 + state 12,664,832 + runtime 12,203,438 "
+        "+ margin 95,221,772); the board has 314,572,800 available of 437,248,000")
     c = by_name(preflight.judge(facts(mem_available_bytes=None), needs(), board()))["ram"]
     assert not c.ok and "no MemAvailable" in c.line
 

@@ -41,7 +41,8 @@ LFM2_350M = {"name": "lfm2-350m", "program": 268_464_256, "state": 12_664_832, "
 
 def bundle_info(model, **kw):
     return {"format": "edgelm-bundle/1", "board": "pizero2w", "arch": "aarch64", "glibc_required": "2.34",
-            "model_sha256": "ab" * 32, "size_bytes": model["program"] + model.get("runtime", RUNTIME), "max_seq_len": 512} | kw
+            "model_sha256": "ab" * 32, "size_bytes": model["program"] + model.get("runtime", RUNTIME),
+            "max_seq_len": 512} | kw
 
 
 def manifest(model):

@@ -1,6 +1,9 @@
 """dir:PATH, a Raspberry Pi OS card mounted here: the release layout, the enabled unit and the UART
 settings; verified before the switch; nothing current changes on a refusal or a failure."""
 
+import builtins
+import errno
+import io
 import os
 import shutil
 from pathlib import Path
@@ -123,6 +126,81 @@ def test_links_on_the_card_are_not_followed_out_of_it(tmp_path, fakes):
     assert not (root / "opt/edgelm/rpi5/current").exists()
 
 
+@pytest.mark.parametrize("link", ["opt/edgelm/rpi5", "opt/edgelm/rpi5/releases"])
+def test_the_release_store_on_the_card_is_not_followed_out_of_it(tmp_path, fakes, link):
+    root = make_card(tmp_path)
+    outside = tmp_path / "host-folder"
+    outside.mkdir()
+    (root / link).parent.mkdir(parents=True, exist_ok=True)
+    (root / link).symlink_to(outside)  # an absolute link: on this machine it points elsewhere
+    bundle = fakes.write_bundle(tmp_path / "b", board="rpi5", info={"arch": "aarch64"})
+    with pytest.raises(DeviceError, match="is a symbolic link"):
+        api.flash(bundle.root, spec(root), tmp_path / "work")
+    assert list(outside.iterdir()) == []
+
+
+@pytest.fixture
+def read_only(monkeypatch):
+    """``read_only(folder)``: every write under ``folder`` fails with EROFS, as on a card mounted read-only
+    (or one the kernel remounted read-only after an I/O error)."""
+    def under(path, dir_fd=None) -> bool:
+        return dir_fd is not None or (isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(top[0]))
+
+    def refuse(path):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+
+    def guard(name):
+        real = getattr(os, name)
+
+        def call(path, *args, **kw):
+            if under(path, kw.get("dir_fd")):
+                refuse(path)
+            return real(path, *args, **kw)
+        monkeypatch.setattr(os, name, call)
+
+    def opening(real, write):
+        def call(path, mode="r", *args, **kw):
+            if under(path) and write(mode):
+                refuse(path)
+            return real(path, mode, *args, **kw)
+        return call
+
+    top = [""]
+
+    def apply(folder: Path) -> None:
+        top[0] = str(folder)
+        for name in ("mkdir", "symlink", "replace", "rename", "unlink", "rmdir", "chmod"):
+            guard(name)
+        writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+        monkeypatch.setattr(os, "open", opening(os.open, lambda flags: bool(flags & writes)))
+        monkeypatch.setattr(builtins, "open", opening(builtins.open, lambda mode: any(c in mode for c in "wax+")))
+        monkeypatch.setattr(io, "open", builtins.open)
+    return apply
+
+
+@pytest.mark.parametrize("case", ["empty card", "same release", "other release", "left-over upload", "rollback"])
+def test_a_card_mounted_read_only_is_one_line_and_keeps_what_it_had(tmp_path, fakes, read_only, case):
+    root = make_card(tmp_path)
+    one = fakes.write_bundle(tmp_path / "one", board="rpi5", info={"arch": "aarch64"})
+    two = fakes.write_bundle(tmp_path / "two", board="rpi5", info={"arch": "aarch64"}, runner=b"#!/bin/sh\nexit 1\n")
+    data = root / "opt/edgelm/rpi5"
+    if case != "empty card":
+        api.flash(one.root, spec(root), tmp_path / "work")
+    if case == "rollback":
+        api.flash(two.root, spec(root), tmp_path / "work")
+    if case == "left-over upload":
+        (data / "releases" / f".incoming-{two.release_id}").mkdir()
+    before = fakes.snapshot(root)
+    read_only(root)
+    with pytest.raises(DeviceError, match="Read-only file system") as err:
+        if case == "rollback":
+            api.flash(None, spec(root), tmp_path / "work", board="rpi5", rollback=True)
+        else:
+            api.flash((one if case == "same release" else two).root, spec(root), tmp_path / "work")
+    assert "\n" not in str(err.value) and "read-only" in (err.value.hint or "")
+    assert fakes.snapshot(root) == before
+
+
 def test_a_boot_partition_mounted_apart(tmp_path, fakes):
     root = make_card(tmp_path)
     bootfs = tmp_path / "bootfs"
@@ -135,7 +213,7 @@ def test_a_boot_partition_mounted_apart(tmp_path, fakes):
     assert "enable_uart=1" in (bootfs / "config.txt").read_text()
 
 
-@pytest.mark.parametrize("bad", ["dir:", "dir:/", "dir:/nonexistent-card"])
+@pytest.mark.parametrize("bad", ["dir:", "dir:/", "dir:/nonexistent-card", "dir:~no-such-user-here/rootfs"])
 def test_bad_card_specs(tmp_path, bad):
     with pytest.raises(UsageError):
         api.target_for("rpi5", bad, tmp_path)

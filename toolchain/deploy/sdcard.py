@@ -21,7 +21,7 @@ from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
 from toolchain.deploy import bootfs, service
 from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
-from toolchain.deploy.store import LocalStore, TrustStore
+from toolchain.deploy.store import INCOMING_PREFIX, RELEASES, LocalStore, TrustStore, write_hint
 from toolchain.errors import DeviceError, UsageError
 
 PREFIX = "dir:"
@@ -34,7 +34,10 @@ def _card_root(text: str) -> Path:
     raw = text[len(PREFIX):]
     if not raw or "\0" in raw:
         raise UsageError(f"bad target {text!r}: give the mounted root filesystem, e.g. dir:/media/$USER/rootfs")
-    root = Path(raw).expanduser()
+    try:
+        root = Path(raw).expanduser()
+    except RuntimeError:  # ~user of no user
+        raise UsageError(f"bad target {text!r}: no home folder for {raw.split('/')[0]!r}") from None
     if not root.is_dir():
         raise UsageError(f"{root} is not a folder", hint="mount the card's root filesystem and give its mount point")
     resolved = root.resolve()
@@ -83,7 +86,8 @@ class CardStore(LocalStore):
         self.boot = boot
         self.device = device
         rel = PurePosixPath(*RELEASE_ROOT.parts[1:]) / board.name
-        super().__init__(_no_links_inside(card, rel), board, where, trust)
+        _no_links_inside(card, rel / RELEASES / INCOMING_PREFIX)  # the store and its releases/ are real folders
+        super().__init__(card.joinpath(*rel.parts), board, where, trust)
         self.notes: list[str] = []
 
     def on_board(self, path: Path) -> PurePosixPath:
@@ -109,7 +113,11 @@ class CardStore(LocalStore):
 
     def activate(self, release: Release) -> None:
         self.verify(release)
-        self.prepare()  # the unit and the boot settings first: `current` switches last
+        try:
+            self.prepare()  # the unit and the boot settings first: `current` switches last
+        except OSError as exc:
+            raise DeviceError(f"writing the service unit to {self.where} failed: {exc.strerror or exc} "
+                              f"({exc.filename}); {release.id} was not made current", hint=write_hint(exc)) from None
         super().activate(release)
 
 

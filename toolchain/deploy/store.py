@@ -64,6 +64,22 @@ def _fs_of(path: Path) -> str:
     return f"the filesystem of {_existing(path)}"
 
 
+def write_hint(exc: OSError) -> str | None:
+    """What to do about a failed write, when the error says."""
+    if exc.errno == errno.EROFS:
+        return ("the file system is mounted read-only: remount it read-write (a card adapter's lock switch, or "
+                "the kernel after an I/O error, makes it read-only)")
+    return None
+
+
+def _discard(path: Path) -> None:
+    """Remove what a failed deploy left, if it can be: the error that stopped it is the one to report."""
+    try:
+        remove(path)
+    except OSError as exc:
+        log.warning("could not remove %s: %s", path, exc.strerror or exc)
+
+
 def switch_link(folder: Path, name: str, target: str) -> None:
     """Point ``folder/name`` at ``target`` (relative) in one rename: a reader sees the old or the new."""
     tmp = folder / f".{name}.tmp"
@@ -167,9 +183,17 @@ class LocalStore:
     def activate(self, release: Release) -> None:
         self.verify(release)
         old = self.current()
-        switch_link(self.root, CURRENT, f"{RELEASES}/{release.id}")
-        if old is not None and old.id != release.id:
-            switch_link(self.root, PREVIOUS, f"{RELEASES}/{old.id}")
+        switched = False
+        try:
+            switch_link(self.root, CURRENT, f"{RELEASES}/{release.id}")
+            switched = True
+            if old is not None and old.id != release.id:
+                switch_link(self.root, PREVIOUS, f"{RELEASES}/{old.id}")
+        except OSError as exc:
+            state = (f"{release.id} is current but not what was before it" if switched else
+                     f"release {old.id} is still current" if old is not None else "nothing is current")
+            raise DeviceError(f"switching {self.where} to {release.id} failed: {exc.strerror or exc} "
+                              f"({exc.filename}); {state}", hint=write_hint(exc)) from None
         log.info("%s: current release is now %s", self.where, release.id)
 
     def trust(self, public_key_pem: bytes) -> str:
@@ -193,9 +217,9 @@ class LocalStore:
             raise DeviceError(f"deploy to {self.where} needs {need:,} bytes but {_fs_of(releases)} has {free:,} "
                               f"free; {now}", hint="free some space there")
         incoming = releases / f"{INCOMING_PREFIX}{release_id}"
-        remove(incoming)
         progress("upload", f"{need:,} bytes to {incoming}")
         try:
+            remove(incoming)
             incoming.mkdir(parents=True)
             for name in names:  # the listed files only; a link is copied as a link and refused below
                 shutil.copy2(source.root / name, incoming / name, follow_symlinks=False)
@@ -203,15 +227,15 @@ class LocalStore:
             if arrived.files != source.files:
                 raise InputError(f"the copy lists other files than {source.root}")
         except OSError as exc:
-            remove(incoming)
+            _discard(incoming)
             if exc.errno == errno.ENOSPC:
                 raise DeviceError(f"deploy to {self.where} ran out of space: it needs {need:,} bytes and "
                                   f"{_fs_of(releases)} has {free_bytes(releases):,} free; {now}",
                                   hint="free some space there") from None
             raise DeviceError(f"deploy to {self.where} failed: {exc.strerror or exc} "
-                              f"({exc.filename or incoming}); {now}") from None
+                              f"({exc.filename or incoming}); {now}", hint=write_hint(exc)) from None
         except InputError as exc:
-            remove(incoming)
+            _discard(incoming)
             raise DeviceError(f"deploy to {self.where} failed: the copy does not verify ({exc}); {now}") from None
         if final.exists() or final.is_symlink():  # an earlier copy of this release: replaced by the verified one
             old = releases / f".old-{release_id}"

@@ -191,7 +191,7 @@ def parse_info(data: bytes, name: str) -> dict[str, Any]:
     if extra:
         raise InputError(f"{name} lists {extra[0][:80]!r}, which is not part of a bundle "
                          f"(exactly: {', '.join(REQUIRED_FILES)})")
-    if info.get("model_sha256", files[pte_manifest.PROGRAM_FILE]) != files[pte_manifest.PROGRAM_FILE]:
+    if info.setdefault("model_sha256", files[pte_manifest.PROGRAM_FILE]) != files[pte_manifest.PROGRAM_FILE]:
         raise InputError(f"{name}: model_sha256 is not the sha256 it lists for {pte_manifest.PROGRAM_FILE}")
     return info
 

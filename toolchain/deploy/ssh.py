@@ -52,11 +52,16 @@ LINKS_SCRIPT = ('cd -- "$1" 2>/dev/null || exit 0; for n in current previous; do
                 't=$(readlink -- "$n" 2>/dev/null) || continue; printf "%s %s\\n" "$n" "$t"; done')
 CLEAN_SCRIPT = 'mkdir -p -- "$1/releases" && rm -rf -- "$1/releases/.incoming-"*'
 COMMIT_SCRIPT = ('set -e; cd -- "$1/releases"; rm -rf -- ".old-$2"; '
-                 'if [ -e "$2" ]; then mv -- "$2" ".old-$2"; fi; mv -- ".incoming-$2" "$2"; rm -rf -- ".old-$2"')
+                 'if [ -e "$2" ] || [ -L "$2" ]; then mv -- "$2" ".old-$2"; fi; mv -- ".incoming-$2" "$2"; '
+                 'rm -rf -- ".old-$2"')
+# A link is replaced by renaming a new one over it (mv -T: one step). Where mv has no -T, or takes the
+# link for the folder it names (BusyBox), the old link is removed and the new one made (a link or
+# nothing is there; a real folder in its place is an error).
 SWITCH_SCRIPT = ('set -e; cd -- "$1"; old=$(readlink -- current 2>/dev/null || true); '
-                 'ln -sfn -- "releases/$2" .current.tmp; mv -Tf -- .current.tmp current; '
-                 'if [ -n "$old" ] && [ "$old" != "releases/$2" ]; then '
-                 'ln -sfn -- "$old" .previous.tmp; mv -Tf -- .previous.tmp previous; fi')
+                 'put_link() { ln -sfn -- "$2" ".$1.tmp"; mv -Tf -- ".$1.tmp" "$1" 2>/dev/null || '
+                 '{ rm -f -- ".$1.tmp" "$1"; ln -s -- "$2" "$1"; }; }; '
+                 'put_link current "releases/$2"; '
+                 'if [ -n "$old" ] && [ "$old" != "releases/$2" ]; then put_link previous "$old"; fi')
 # $1 data folder, $2 release id, then the runner's argv. The pid and the process's start time (field
 # 22 of /proc/PID/stat) are recorded, so `stop` never signals a pid that now names another process.
 START_SCRIPT = ('set -e; d=$1; id=$2; shift 2; cd -- "$d/releases/$id"; '
@@ -67,12 +72,14 @@ START_SCRIPT = ('set -e; d=$1; id=$2; shift 2; cd -- "$d/releases/$id"; '
                 'echo "$pid"')
 # $1 data folder: prints "running PID ID" or "stopped ID: last log line" or "none"
 STATUS_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || { echo none; exit 0; }; read pid st id <"$f" || true; '
+                 'case $pid in ""|*[!0-9]*) pid=none ;; esac; '
                  'now=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20); '
                  'state=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f1); '
                  'if [ -n "$now" ] && [ "$now" = "$st" ] && [ "$state" != Z ]; then echo "running $pid $id"; '
                  'else echo "stopped $id: $(tail -n 1 "$1/runner.log" 2>/dev/null)"; fi')
 # $1 data folder, $2 seconds: TERM, then KILL, only if the pid is still the recorded process
 STOP_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || exit 0; read pid st id <"$f" || true; '
+               'case $pid in ""|*[!0-9]*) pid=none ;; esac; '
                'same() { now=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20); '
                '[ -n "$now" ] && [ "$now" = "$st" ]; }; '
                'if same; then kill -TERM "$pid" 2>/dev/null || true; i=0; '
@@ -298,6 +305,7 @@ class SshChannel:
         return what + (f": {tail}" if tail else "")
 
     def stop(self) -> str | None:
+        started = self._proc is not None
         if self._transport is not None:
             self._transport.close()  # the runner sees end of file and exits; ssh is ended after a grace
         if self._proc is not None and self._proc.poll() is None:
@@ -308,7 +316,10 @@ class SshChannel:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
-        return None
+        if started:
+            return None
+        return (f"{self.where}: nothing to stop on the SSH channel (a runner there ends with its connection); "
+                "give --port to stop one serving on a serial line")
 
     def running(self) -> dict[str, Any] | None:
         return None
@@ -357,8 +368,9 @@ class SshDaemon:
         word, rest = self._status()
         if word != "running":
             return None
-        pid, _, rid = rest.partition(" ")
-        return {"pid": pid, "release": rid, "port": self.port, "board_device": self.board_device}
+        pid, _, rid = rest.partition(" ")  # the board's pid file: a release id only if it is one
+        return {"pid": pid, "release": rid if _RELEASE_ID.match(rid) else None, "port": self.port,
+                "board_device": self.board_device}
 
 
 SYSTEMD_SCRIPT = 'if [ -d /run/systemd/system ]; then echo yes; else echo no; fi'
@@ -379,7 +391,8 @@ class SshService(SshDaemon):
     @property
     def systemd(self) -> bool:
         if self._systemd is None:
-            out = self.ssh.script(SYSTEMD_SCRIPT, [], what="looking for systemd").stdout.decode().strip()
+            out = self.ssh.script(SYSTEMD_SCRIPT, [], what="looking for systemd").stdout.decode(errors="replace")
+            out = out.strip()
             self._systemd = out == "yes"
         return self._systemd
 

@@ -1,0 +1,138 @@
+"""ssh:// against a board that lies: its remote scripts run by sh on this machine (a stand-in for ssh that
+runs the remote command line here), the board's files edited behind edgelm's back. Whatever the board
+says or leaves, the host changes nothing outside its folders and ends in one line, never a traceback."""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from toolchain import api, boards
+from toolchain.bundle import package
+from toolchain.deploy import ssh
+from toolchain.deploy.sshclient import Ssh, SshSpec
+from toolchain.deploy.store import TrustStore
+from toolchain.errors import DeviceError
+
+BOARD = "host"
+LOCAL_SSH = """#!/bin/sh
+# A board on this machine: ssh's options are ignored, the last argument is the remote command line
+# (run by sh, as sshd runs it by the login shell), after what the login shell prints first.
+for last; do :; done
+printf '%s' "$EDGELM_TEST_BANNER"
+exec sh -c "$last"
+"""
+MV_WITHOUT_T = """#!/bin/sh
+# mv as BusyBox has it: -T refused (older versions), or a link to a folder taken for the folder (newer)
+case "$1" in -*T*) echo "mv: invalid option -- 'T'" >&2; exit 1 ;; esac
+exec /bin/mv "$@"
+"""
+
+
+def _script(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+@pytest.fixture
+def board(tmp_path, monkeypatch):
+    """(Ssh to the stand-in board, its data folder for the host board); XDG_DATA_HOME is the board user's."""
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "board-data"))
+    monkeypatch.delenv("EDGELM_TEST_BANNER", raising=False)
+    program = _script(tmp_path / "bin" / "ssh", LOCAL_SSH)
+    return Ssh(SshSpec("board"), multiplex=False, program=str(program)), tmp_path / "board-data" / "edgelm" / BOARD
+
+
+def store_on(board_ssh: Ssh, tmp_path: Path) -> ssh.SshStore:
+    return ssh.SshStore(board_ssh, boards.get(BOARD), "board:host", TrustStore(tmp_path / "trust"))
+
+
+def two_bundles(tmp_path, fakes):
+    return (fakes.write_bundle(tmp_path / "one"),
+            fakes.write_bundle(tmp_path / "two", runner=b"#!/bin/sh\nexit 1\n"))
+
+
+def test_a_bundle_json_edited_on_the_board_is_read_not_crashed_on(tmp_path, fakes, board):
+    one, two = two_bundles(tmp_path, fakes)
+    store = store_on(board[0], tmp_path)
+    store.deploy(one)
+    store.deploy(two)
+    info_path = board[1] / "releases" / one.release_id / package.BUNDLE_FILE
+    info = json.loads(info_path.read_text())
+    del info["model_sha256"]  # optional in bundle.json: the program's hash is in the file map
+    info_path.write_text(json.dumps(info))
+    previous = store.previous()
+    assert previous.id == one.release_id and previous.model_sha256 == one.files["model.pte"]
+    store.activate(previous)  # its files still verify: the id is the hash of the file map
+    assert store.current().id == one.release_id
+
+
+def test_the_switch_works_where_mv_has_no_T(tmp_path, fakes, board, monkeypatch):
+    one, two = two_bundles(tmp_path, fakes)
+    bin_dir = _script(tmp_path / "busybox" / "mv", MV_WITHOUT_T).parent
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    store = store_on(board[0], tmp_path)
+    store.deploy(one)
+    store.deploy(two)
+    data = board[1]
+    assert os.readlink(data / "current") == f"releases/{two.release_id}"
+    assert os.readlink(data / "previous") == f"releases/{one.release_id}"
+    assert not (data / "releases" / one.release_id / ".current.tmp").exists()  # not moved into the old release
+
+
+def test_a_release_folder_left_as_a_dangling_link_is_replaced(tmp_path, fakes, board):
+    one, _ = two_bundles(tmp_path, fakes)
+    store = store_on(board[0], tmp_path)
+    (board[1] / "releases").mkdir(parents=True)
+    (board[1] / "releases" / one.release_id).symlink_to(tmp_path / "gone")
+    release = store.deploy(one)
+    assert (board[1] / "releases" / one.release_id).is_dir() and not (board[1] / "releases" / one.release_id)\
+        .is_symlink()
+    assert store.current() == release
+
+
+def test_a_login_shell_that_prints_junk_is_one_line(tmp_path, board, monkeypatch):
+    monkeypatch.setenv("EDGELM_TEST_BANNER", "\udcff\udcfe welcome\n")  # bytes ff fe: a .bashrc echoing a banner
+    board_ssh, _ = board
+    service = ssh.SshService(board_ssh, store_on(board_ssh, tmp_path), boards.get(BOARD), "/dev/null",
+                             "/dev/ttyS0", [])
+    assert service.systemd is False  # "yes" it did not say
+    with pytest.raises(DeviceError, match="not a plain absolute path"):
+        service.store.data
+
+
+def _own_process() -> subprocess.Popen:
+    return subprocess.Popen(["sleep", "60"])
+
+
+def _start_time(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+
+
+@pytest.mark.parametrize("record", [
+    "{pid} {st} [/]\x1b[2Jr-0123456789abcdef",  # a release id that is not one, with markup and an escape
+    "1/task/1 {init} r-0123456789abcdef",  # a pid that is a path under /proc
+])
+def test_a_runner_pid_file_written_by_the_board_is_not_taken_at_its_word(tmp_path, board, record):
+    board_ssh, data = board
+    data.mkdir(parents=True)
+    proc = _own_process()
+    try:
+        (data / ssh.RUNNER_PID).write_text(record.format(pid=proc.pid, st=_start_time(proc.pid),
+                                                         init=_start_time(1)) + "\n")
+        daemon = ssh.SshDaemon(board_ssh, store_on(board_ssh, tmp_path), boards.get(BOARD), "/dev/null",
+                               "/dev/ttyS0")
+        info = daemon.running()
+        assert info is None or (info["release"] is None and info["pid"].isdigit())
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_stop_on_the_ssh_channel_says_it_had_nothing_to_stop(tmp_path):
+    note = api.stop(BOARD, "ssh://127.0.0.1:1", tmp_path)  # nothing is reached: the channel's runner ends with it
+    assert note is not None and "--port" in note

@@ -155,8 +155,8 @@ class StepProgress:
         self._progress.stop()
 
     def __call__(self, step: str, detail: str) -> None:
-        self._finish()
-        self._task = self._progress.add_task(detail, step=step, total=None)
+        self._finish()  # the detail may hold a board's or a path's text: shown as it is, never as markup
+        self._task = self._progress.add_task(escape(printable(detail)), step=step, total=None)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

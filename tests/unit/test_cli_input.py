@@ -46,3 +46,20 @@ def test_ids_the_tokenizer_has_no_text_for_are_shown():
     asm = TextAssembler(tok)
     text = "".join(asm.push(t) for t in [3 + ord("a"), 31670, 2, 3 + ord("b")]) + asm.finish()
     assert text == "a<id 31670>b"  # the unknown id is visible; EOS (2) is control, not text
+
+
+def test_board_text_in_a_progress_line_is_shown_as_it_is(monkeypatch):
+    """A release id read from the board's pid file, or a card's path, is text, not rich markup."""
+    import io
+
+    from rich.console import Console
+
+    from toolchain import cli
+
+    screen = Console(file=io.StringIO(), force_terminal=True, width=200)
+    monkeypatch.setattr(cli, "err", screen)
+    with cli.StepProgress() as progress:
+        progress("stop", "the runner of [/]\x1b[2Jr-0 on ssh://pi@rpi5:rpi5")
+        progress("flash", "dir:/media/[bold]card:rpi5")
+    shown = screen.file.getvalue()
+    assert "[/]\\x1b[2Jr-0" in shown and "dir:/media/[bold]card" in shown

@@ -87,3 +87,16 @@ def test_the_refusal_is_a_device_error_and_a_holder_may_take_its_lock_again(tmp_
         holder.wait()
     with lock.hold(tmp_path, "run"), lock.hold(tmp_path, "stop"):  # nested jobs in one process
         pass
+
+
+@pytest.mark.parametrize("where", ["a file", "a name too long"])
+def test_a_state_folder_that_cannot_be_made_is_one_line(tmp_path, where):
+    if where == "a file":
+        (tmp_path / "workdir").write_text("not a folder")  # --workdir given a file, or a read-only place
+        state = tmp_path / "workdir" / "targets" / "local-host"
+    else:
+        state = tmp_path / "targets" / ("ssh-" + "u" * 300 + "@rpi5-22-rpi5")  # a long user name in the spec
+    with pytest.raises(DeviceError, match="cannot keep the target's state in") as err:
+        with lock.hold(state, "flash", "x"):
+            pass
+    assert "\n" not in str(err.value)

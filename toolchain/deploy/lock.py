@@ -55,7 +55,11 @@ def hold(state_dir: Path, what: str, name: str | None = None) -> Iterator[None]:
     ``what`` says what the holder does (``flash``, ``run``), ``name`` names the target in the
     refusal. A process that holds the lock already may take it again (nested jobs).
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DeviceError(f"cannot keep the target's state in {state_dir}: {exc.strerror or exc}",
+                          hint="give a --workdir this user can write") from None
     path = (state_dir / LOCK_FILE).resolve()
     if path in _held:
         _held[path] += 1
@@ -64,7 +68,11 @@ def hold(state_dir: Path, what: str, name: str | None = None) -> Iterator[None]:
         finally:
             _held[path] -= 1
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise DeviceError(f"cannot keep the target's state in {state_dir}: {exc.strerror or exc}",
+                          hint="give a --workdir this user can write") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

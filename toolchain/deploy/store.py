@@ -77,7 +77,7 @@ def _discard(path: Path) -> None:
     try:
         remove(path)
     except OSError as exc:
-        log.warning("could not remove %s: %s", path, exc.strerror or exc)
+        log.info("could not remove %s (the next deploy does): %s", path, exc.strerror or exc)
 
 
 def switch_link(folder: Path, name: str, target: str) -> None:

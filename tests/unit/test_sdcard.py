@@ -139,6 +139,18 @@ def test_the_release_store_on_the_card_is_not_followed_out_of_it(tmp_path, fakes
     assert list(outside.iterdir()) == []
 
 
+@pytest.mark.parametrize("target", ["current", "releases/../current", "/opt/edgelm/rpi5/releases/r-0"])
+def test_a_current_link_that_is_not_a_release_is_one_line(tmp_path, fakes, target):
+    root = make_card(tmp_path)
+    data = root / "opt/edgelm/rpi5"
+    (data / "releases").mkdir(parents=True)
+    (data / "current").symlink_to(target)  # a loop, or an absolute link that points elsewhere on this machine
+    bundle = fakes.write_bundle(tmp_path / "b", board="rpi5", info={"arch": "aarch64"})
+    with pytest.raises(InputError, match="not a release in"):
+        api.flash(bundle.root, spec(root), tmp_path / "work")
+    assert os.readlink(data / "current") == target
+
+
 @pytest.fixture
 def read_only(monkeypatch):
     """``read_only(folder)``: every write under ``folder`` fails with EROFS, as on a card mounted read-only

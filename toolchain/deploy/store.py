@@ -152,7 +152,10 @@ class LocalStore:
         link = self.root / name
         if not link.is_symlink():
             return None
-        path = link.resolve()
+        try:
+            path = link.resolve()
+        except (OSError, RuntimeError):  # a loop of links
+            path = link
         if path.parent != (self.root / RELEASES).resolve() or not path.is_dir():
             raise InputError(f"{link} points at {os.readlink(link)!r}, not a release in {self.root / RELEASES}")
         try:

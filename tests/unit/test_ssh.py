@@ -133,6 +133,37 @@ def test_a_runner_pid_file_written_by_the_board_is_not_taken_at_its_word(tmp_pat
         proc.wait()
 
 
-def test_stop_on_the_ssh_channel_says_it_had_nothing_to_stop(tmp_path):
-    note = api.stop(BOARD, "ssh://127.0.0.1:1", tmp_path)  # nothing is reached: the channel's runner ends with it
-    assert note is not None and "--port" in note
+def test_the_ssh_channel_stops_a_runner_an_earlier_flash_left_in_the_background(tmp_path, board, monkeypatch):
+    _, data = board
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")  # `ssh` is the stand-in board
+    note = api.stop(BOARD, "ssh://board", tmp_path / "work")
+    assert note is not None and "nothing runs there" in note
+    data.mkdir(parents=True)
+    proc = _own_process()
+    try:
+        (data / ssh.RUNNER_PID).write_text(f"{proc.pid} {_start_time(proc.pid)} r-0123456789abcdef\n")
+        target = api.target_for(BOARD, "ssh://board", tmp_path / "work")
+        assert target.runner.running()["release"] == "r-0123456789abcdef"  # bring_up sees it, and says it stops it
+        assert api.stop(BOARD, "ssh://board", tmp_path / "work") is None
+        assert proc.wait(timeout=10) is not None and target.runner.running() is None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_rollback_to_a_release_no_trusted_key_signed_is_refused(tmp_path, fakes, board):
+    from toolchain.bundle import signing
+
+    board_ssh, data = board
+    store = store_on(board_ssh, tmp_path)
+    one, two = two_bundles(tmp_path, fakes)
+    first = store.deploy(one)  # before any key was trusted: unsigned
+    private, public, _ = signing.generate(tmp_path / "key")
+    package.sign_bundle(two, signing.load_private_key(private))
+    store.trust(Path(public).read_bytes())
+    second = store.deploy(two)
+    assert store.previous().id == first.id
+    with pytest.raises(Exception, match="accepts only signed releases"):
+        store.activate(first)
+    assert store.current().id == second.id
+    store.activate(second)  # its own signature verifies on the board

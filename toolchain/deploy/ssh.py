@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.boards import Board
-from toolchain.bundle.package import BUNDLE_FILE, RUNNER, Bundle, parse_info, release_id
+from toolchain.bundle import signing
+from toolchain.bundle.package import BUNDLE_FILE, RUNNER, SIGNATURE_FILE, Bundle, parse_info, release_id
 from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
 from toolchain.deploy.sshclient import Ssh, SshSpec
 from toolchain.deploy.store import CURRENT, INCOMING_PREFIX, PREVIOUS, RELEASES, TrustStore, source_bundle
@@ -117,13 +118,18 @@ class SshStore:
 
     # reading ------------------------------------------------------------------------------------
 
+    def _read(self, rid: str, name: str) -> bytes | None:
+        """A small file of release ``rid`` on the board (at most BUNDLE_JSON_MAX bytes); None if unreadable."""
+        path = f"{_remote_release_path(self.data, rid)}/{name}"
+        proc = self.ssh.run(["head", "-c", str(BUNDLE_JSON_MAX), "--", path])
+        return proc.stdout if proc.returncode == 0 else None
+
     def _info(self, rid: str) -> dict[str, Any] | None:
-        proc = self.ssh.run(["head", "-c", str(BUNDLE_JSON_MAX), "--", f"{_remote_release_path(self.data, rid)}/"
-                             f"{BUNDLE_FILE}"])
-        if proc.returncode != 0:
+        data = self._read(rid, BUNDLE_FILE)
+        if data is None:
             return None
         try:
-            return parse_info(proc.stdout, f"{self.where} {rid}/{BUNDLE_FILE}")
+            return parse_info(data, f"{self.where} {rid}/{BUNDLE_FILE}")
         except InputError as exc:
             log.warning("%s", exc)
             return None
@@ -176,6 +182,13 @@ class SshStore:
             raise InputError(f"release {release.id} on {self.where} does not verify: {bad[0]} does not match its "
                              f"sha256" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
                              hint="flash the bundle again")
+        trusted = self.trust_store.keys()
+        if trusted:  # a rollback to a release signed by no trusted key is refused, as a deploy of it would be
+            data, sig = self._read(release.id, BUNDLE_FILE), self._read(release.id, SIGNATURE_FILE)
+            if data is None or sig is None:
+                raise InputError(f"{self.where} accepts only signed releases, and {release.id} has no {SIGNATURE_FILE}",
+                                 hint="flash a bundle signed by a key it trusts (`edgelm build --sign-key`)")
+            signing.verify(data, sig, trusted, f"{self.where} {release.id}/{SIGNATURE_FILE}")
 
     def activate(self, release: Release) -> None:
         self.verify(release)
@@ -258,15 +271,18 @@ class ChannelTransport:
 
 class SshChannel:
     """Runner control and link in one: the runner started through ssh, serving on its stdin and
-    stdout, which are the SSH channel. It cannot go on serving once we disconnect."""
+    stdout, which are the SSH channel. It cannot go on serving once we disconnect. A runner an
+    earlier ``flash --port`` left serving in the background on the board is seen (``running``)
+    and stopped with it: two runners would compete for the board's memory."""
 
     keeps_serving = False
     board_device = "-"
 
-    def __init__(self, ssh: Ssh, state: Path, where: str):
+    def __init__(self, ssh: Ssh, state: Path, where: str, left: SshDaemon | None = None):
         self.ssh = ssh
         self.state = state
         self.where = where
+        self.left = left  # the background runner's control (runner.pid on the board)
         self._transport: ChannelTransport | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = state / RUNNER_LOG
@@ -316,13 +332,16 @@ class SshChannel:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+        if self.left is not None and self.left.running() is not None:
+            self.left.stop()
+            return None
         if started:
             return None
-        return (f"{self.where}: nothing to stop on the SSH channel (a runner there ends with its connection); "
-                "give --port to stop one serving on a serial line")
+        return (f"{self.where}: nothing runs there (a runner on the SSH channel ends with its connection, and none "
+                "was left serving in the background)")
 
     def running(self) -> dict[str, Any] | None:
-        return None
+        return self.left.running() if self.left is not None else None
 
 
 class SshDaemon:
@@ -476,7 +495,7 @@ def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> 
         if options.board_port is not None:
             raise UsageError("--board-port needs --port (the host's end of that serial line)",
                              hint="without --port the link is the SSH channel")
-        runner = SshChannel(ssh, state, where)
+        runner = SshChannel(ssh, state, where, left=SshDaemon(ssh, store, board, "", board.serial_device))
     target = Target(kind="ssh", spec=str(spec), board=board, state=state, store=store, runner=runner, link=runner,
                     timeouts=Timeouts(), notes=notes)
     target.preflight = lambda bundle: probe_checks(ssh, store, runner, bundle, board)

@@ -406,7 +406,7 @@ def targets(as_json: bool) -> None:
         return
     table = Table("target", "what it is")
     for t in items:
-        table.add_row(t["spec"], t["description"])
+        table.add_row(escape(t["spec"]), escape(t["description"]))
     console.print(table)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -28,3 +30,13 @@ def workdir(tmp_path):
 def standin_bundle(tmp_path):
     """make(name, serving=True) -> a host bundle folder whose runner is a Python script."""
     return lambda name, serving=True: make_bundle(tmp_path / "bundles", name, serving)
+
+
+@pytest.fixture
+def sleeper():
+    """A process of our own that lives a minute (a pid that means something)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    time.sleep(0.05)
+    yield proc
+    proc.kill()
+    proc.wait()

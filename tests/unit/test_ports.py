@@ -3,9 +3,7 @@ after a reset renames the adapter, the permission message, and `edgelm ports` li
 
 import json
 import os
-import subprocess
 import threading
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -359,14 +357,6 @@ def _has_group(name):
 
 # edgelm ports ----------------------------------------------------------------------------------------
 
-
-@pytest.fixture
-def sleeper():
-    proc = subprocess.Popen(["sleep", "60"])
-    time.sleep(0.05)
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def _runner_left_running(workdir, record, host_end):

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 from standin import STATE, identity, one_error_line, proc_stat, run_edgelm, runs, wait_gone
@@ -32,14 +31,6 @@ def test_a_real_process_named_with_parentheses(tmp_path):
         child.wait()
     assert rec.changed() == "has exited"
 
-
-@pytest.fixture
-def sleeper():
-    proc = subprocess.Popen(["sleep", "60"])
-    time.sleep(0.05)
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def _write_running(workdir, record):

@@ -94,16 +94,18 @@ class CardStore(LocalStore):
         return PurePosixPath("/") / path.relative_to(self.card).as_posix()
 
     def prepare(self) -> None:
-        """Write the unit (enabled) and the boot settings; each file atomically; refuse links."""
+        """Write the boot settings, then the unit (enabled); each file atomically; refuse links. In
+        that order: a failure in between leaves a freed UART and no unit, which is harmless, never an
+        enabled unit whose runner is not there."""
         data = self.on_board(self.root)
         unit = service.render_unit(board=self.board, release_dir=data / "current", data_dir=data, device=self.device,
-                                   user=None, group=SERIAL_GROUP)
-        for entry in service.rootfs_files(unit):
-            _write_atomic(_no_links_inside(self.card, entry.path), entry.text, entry.link, entry.mode)
-        self.notes.append(f"enabled {service.UNIT_NAME} on the card: the board serves on {self.device} from boot")
+                                   user=None, group=SERIAL_GROUP)  # a refusal here, before anything is written
         if self.boot is not None:
             changed = bootfs.apply(self.boot)
             self.notes += changed or [f"{self.boot}: the UART was already free (enable_uart=1, no serial console)"]
+        for entry in service.rootfs_files(unit):
+            _write_atomic(_no_links_inside(self.card, entry.path), entry.text, entry.link, entry.mode)
+        self.notes.append(f"enabled {service.UNIT_NAME} on the card: the board serves on {self.device} from boot")
 
     def deploy(self, bundle: Bundle, *, activate: bool = True, progress: Progress = no_progress) -> Release:
         release = super().deploy(bundle, activate=False, progress=progress)

@@ -167,3 +167,43 @@ def test_a_rollback_to_a_release_no_trusted_key_signed_is_refused(tmp_path, fake
         store.activate(first)
     assert store.current().id == second.id
     store.activate(second)  # its own signature verifies on the board
+
+
+FAKE_SYSTEMCTL = """#!/bin/sh
+# systemctl as a board with the unit installed has it: active while $UNIT_STATE exists
+case "$1" in
+  is-active) [ -e "$UNIT_STATE" ] ;;
+  stop) rm -f "$UNIT_STATE" ;;
+  *) exit 1 ;;
+esac
+"""
+FAKE_SUDO = """#!/bin/sh
+[ "$1" = -n ] && shift
+[ -e "$SUDO_REFUSES" ] && { echo "sudo: a password is required" >&2; exit 1; }
+exec "$@"
+"""
+
+
+def test_a_service_an_earlier_flash_installed_is_seen_and_stopped(tmp_path, fakes, board, monkeypatch):
+    from toolchain.deploy import service
+
+    board_ssh, _ = board
+    bin_dir = tmp_path / "bin"
+    _script(bin_dir / "systemctl", FAKE_SYSTEMCTL)
+    _script(bin_dir / "sudo", FAKE_SUDO)
+    state = tmp_path / "unit-active"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("UNIT_STATE", str(state))
+    monkeypatch.setenv("SUDO_REFUSES", str(tmp_path / "sudo-refuses"))
+    store = store_on(board_ssh, tmp_path)
+    release = store.deploy(two_bundles(tmp_path, fakes)[0])
+    daemon = ssh.SshDaemon(board_ssh, store, boards.get(BOARD), "/dev/null", "/dev/ttyS0")
+    assert daemon.running() is None
+    state.touch()  # the unit serves the current release
+    info = daemon.running()
+    assert info["service"] == service.UNIT_NAME and info["release"] == release.id
+    (tmp_path / "sudo-refuses").touch()
+    with pytest.raises(DeviceError, match="stopping it failed: sudo: a password is required"):
+        daemon.stop()
+    (tmp_path / "sudo-refuses").unlink()
+    assert daemon.stop() is None and not state.exists() and daemon.running() is None

@@ -378,21 +378,51 @@ class SshDaemon:
             return None
         return f"runner {rest}" if word == "stopped" else "not started"
 
+    def _unit_active(self) -> bool:
+        """Whether the unit an earlier ``flash --service`` installed serves now (no sudo needed to ask)."""
+        from toolchain.deploy import service
+
+        out = self.ssh.script(UNIT_ACTIVE_SCRIPT, [service.UNIT_NAME], what="asking whether the service runs").stdout
+        return out.decode(errors="replace").strip() == "active"
+
+    def _stop_unit(self) -> None:
+        from toolchain.deploy import service
+
+        proc = self.ssh.run(["sudo", "-n", "systemctl", "stop", service.UNIT_NAME], timeout_s=60)
+        if proc.returncode != 0:
+            why = proc.stderr.decode(errors="replace").strip().splitlines()
+            raise DeviceError(f"the board serves with {service.UNIT_NAME}, and stopping it failed: "
+                              f"{why[-1] if why else 'exit ' + str(proc.returncode)}",
+                              hint=f"stop it on the board (sudo systemctl disable --now {service.UNIT_NAME}), "
+                                   "or flash with --service again")
+
     def stop(self) -> str | None:
+        """Stop the background runner, and the service an earlier ``flash --service`` left (both would
+        hold the serial device)."""
         self.ssh.script(STOP_SCRIPT, [self.store.data, str(int(STOP_TIMEOUT_S))], timeout_s=STOP_TIMEOUT_S + 30,
                         what="stopping the runner")
+        if self._unit_active():
+            self._stop_unit()
         return None
 
     def running(self) -> dict[str, Any] | None:
         word, rest = self._status()
         if word != "running":
-            return None
+            if not self._unit_active():
+                return None
+            from toolchain.deploy import service
+
+            current = self.store.current()
+            return {"pid": None, "release": current.id if current else None, "port": self.port,
+                    "board_device": self.board_device, "service": service.UNIT_NAME}
         pid, _, rid = rest.partition(" ")  # the board's pid file: a release id only if it is one
         return {"pid": pid, "release": rid if _RELEASE_ID.match(rid) else None, "port": self.port,
                 "board_device": self.board_device}
 
 
 SYSTEMD_SCRIPT = 'if [ -d /run/systemd/system ]; then echo yes; else echo no; fi'
+UNIT_ACTIVE_SCRIPT = ('if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet -- "$1" 2>/dev/null; '
+                      'then echo active; else echo inactive; fi')
 # $1 the device: prints the login user and the device's group
 OWNER_SCRIPT = 'id -un; stat -c %G -- "$1"'
 
@@ -448,23 +478,6 @@ class SshService(SshDaemon):
         proc = self.ssh.run(["systemctl", "is-active", service.UNIT_NAME])
         state = proc.stdout.decode(errors="replace").strip()
         return None if state in ("active", "activating") else f"{service.UNIT_NAME} is {state or 'not running'}"
-
-    def stop(self) -> str | None:
-        if not self.systemd:
-            return super().stop()
-        from toolchain.deploy import service
-
-        self.ssh.run(["sudo", "-n", "systemctl", "stop", service.UNIT_NAME], timeout_s=60)
-        return None
-
-    def running(self) -> dict[str, Any] | None:
-        if not self.systemd:
-            return super().running()
-        if self.alive() is not None:
-            return None
-        current = self.store.current()
-        return {"release": current.id if current else None, "port": self.port, "board_device": self.board_device,
-                "service": "systemd"}
 
 
 def _state_name(spec: SshSpec, board: Board) -> str:

@@ -135,6 +135,18 @@ def test_the_link_on_a_serial_line_and_rollback(board, work, two_releases, null_
     assert target.runner.running() is None
 
 
+def test_run_with_the_link_on_a_serial_line(board, host_bundle, hil_workdir, null_modem):
+    host_end, board_end = null_modem
+    out = edgelm("run", "--board", BOARD, "--model", "tiny", "--tokens", "12", "--target", board.spec,
+                 "--ssh-config", str(board.config), "--port", host_end, "--board-port", board_end,
+                 "--workdir", str(hil_workdir), "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["validation"]["verdict"] == "PASS" and len(report["generated_token_ids"]) >= 1
+    target = api.target_for(BOARD, board.spec, hil_workdir, opts(board, port=host_end, board_port=board_end))
+    assert target.runner.running() is None  # `run` leaves nothing serving
+
+
 def test_service_on_a_board_without_systemd_runs_in_the_background_and_says_so(board, work, host_bundle,
                                                                                   null_modem):
     host_end, board_end = null_modem

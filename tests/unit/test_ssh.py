@@ -207,3 +207,15 @@ def test_a_service_an_earlier_flash_installed_is_seen_and_stopped(tmp_path, fake
         daemon.stop()
     (tmp_path / "sudo-refuses").unlink()
     assert daemon.stop() is None and not state.exists() and daemon.running() is None
+
+
+def test_a_board_that_floods_its_answer_is_cut_off_in_one_line(board, monkeypatch):
+    from toolchain.deploy import sshclient
+
+    board_ssh, _ = board
+    monkeypatch.setattr(sshclient, "MAX_OUTPUT_BYTES", 1 << 20)
+    with pytest.raises(DeviceError, match=r"sent more than 1,048,576 bytes; stopped it"):
+        board_ssh.run(["sh", "-c", "yes flood"])  # never ends by itself
+    assert board_ssh.check(["printf", "%s", "fine"]).stdout == b"fine"
+    with pytest.raises(DeviceError, match="did not finish within 0.3 s"):
+        board_ssh.run(["sleep", "5"], timeout_s=0.3)

@@ -14,6 +14,7 @@ in any case ``CONTROL_PERSIST_S`` after its last channel closed, so none outlive
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -24,6 +25,7 @@ import subprocess
 import tarfile
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +40,8 @@ SERVER_ALIVE_INTERVAL_S = 5  # a silent connection is probed this often...
 SERVER_ALIVE_COUNT = 3  # ...and given up after this many unanswered probes (15 s)
 CONTROL_PERSIST_S = 30  # an idle master connection ends this long after its last channel closed
 RUN_TIMEOUT_S = 30.0  # a small remote command (mkdir, sha256sum of a bundle, readlink)
+MAX_OUTPUT_BYTES = 16 << 20  # what a small remote command may print (a bundle's sha256sum: under 1 KiB)
+OUTPUT_POLL_S = 0.005  # how often a running command's output size and deadline are looked at
 PUT_TIMEOUT_S = 900.0  # a whole upload (a 350M program over a slow Wi-Fi link)
 CLOSE_TIMEOUT_S = 5.0  # `ssh -O exit`
 PUT_CHUNK = 1 << 20  # bytes read from a local file at a time
@@ -358,17 +362,48 @@ class Ssh:
         """Runs ``remote`` and returns its exit status, stdout and stderr (bytes). DeviceError when ssh
         itself fails (host key, login, network: one line each) or the command outlives ``timeout_s``."""
         argv = self.argv(remote)
-        try:
-            proc = subprocess.run(argv, input=input, stdin=None if input is not None else subprocess.DEVNULL,
-                                  capture_output=True, timeout=timeout_s, check=False)
-        except subprocess.TimeoutExpired:
-            raise DeviceError(f"`{self._what(remote)}` on {self.spec} did not finish within {timeout_s:g} s",
-                              hint="is the board overloaded, or the network down?") from None
-        except FileNotFoundError:
-            raise DeviceError(f"cannot run {self.program}: not found",
-                              hint="install the OpenSSH client (apt install openssh-client)") from None
-        self._raise_for_ssh(proc.returncode, proc.stderr)
-        return proc
+        deadline = time.monotonic() + timeout_s
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                                        stdout=out, stderr=err)
+            except FileNotFoundError:
+                raise DeviceError(f"cannot run {self.program}: not found",
+                                  hint="install the OpenSSH client (apt install openssh-client)") from None
+            try:
+                if input is not None and proc.stdin is not None:
+                    try:
+                        proc.stdin.write(input)
+                    except BrokenPipeError:
+                        pass  # it did not read it all: its status and stderr say why
+                    finally:
+                        with contextlib.suppress(OSError):
+                            proc.stdin.close()
+                while True:  # a board may answer with more than any command of ours prints: it is cut off
+                    try:
+                        proc.wait(timeout=OUTPUT_POLL_S)
+                        break
+                    except subprocess.TimeoutExpired:
+                        pass
+                    sent = os.fstat(out.fileno()).st_size + os.fstat(err.fileno()).st_size
+                    if sent > MAX_OUTPUT_BYTES:
+                        raise DeviceError(f"`{self._what(remote)}` on {self.spec} sent more than "
+                                          f"{MAX_OUTPUT_BYTES:,} bytes; stopped it",
+                                          hint="a board that answers like this is not running what edgelm expects")
+                    if time.monotonic() > deadline:
+                        raise DeviceError(f"`{self._what(remote)}` on {self.spec} did not finish within "
+                                          f"{timeout_s:g} s", hint="is the board overloaded, or the network down?")
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(MAX_OUTPUT_BYTES + 1), err.read(MAX_OUTPUT_BYTES + 1)
+        if len(stdout) + len(stderr) > MAX_OUTPUT_BYTES:
+            raise DeviceError(f"`{self._what(remote)}` on {self.spec} sent more than {MAX_OUTPUT_BYTES:,} bytes")
+        self._raise_for_ssh(proc.returncode, stderr)
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     def check(self, remote: Sequence[str], *, input: bytes | None = None,
               timeout_s: float = RUN_TIMEOUT_S, what: str | None = None) -> subprocess.CompletedProcess[bytes]:

@@ -326,7 +326,7 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
         return base | {"release": release.id, "path": release.path, "verified": True, "started": False,
                        "notes": list(tgt.notes)}
     runner = need_runner(tgt)
-    keep = bool(getattr(runner, "keeps_serving", True))
+    keep = runner.keeps_serving
     with bringup.bring_up(tgt, bundle, rollback=rollback, keep_running=keep, progress=progress,
                           what="flash") as up:
         result = base | {"release": up.release.id, "path": up.release.path, "verified": True,

@@ -83,6 +83,8 @@ class ReleaseStore(Protocol):
 
 
 class RunnerControl(Protocol):
+    keeps_serving: bool  # whether the runner goes on serving after we disconnect (flash leaves it so)
+
     def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
         """Start ``release``'s runner serving on the board's ``device`` (``-``: stdin/stdout)."""
         ...
@@ -173,11 +175,6 @@ class Target:
 
     def alive(self) -> str | None:
         return self.runner.alive() if self.runner is not None else "this target runs nothing"
-
-
-def require(target: Target, capability: Capability, why: str) -> None:
-    if capability not in target.capabilities:
-        raise UsageError(f"target {target.spec!r} cannot {capability.value} ({why})")
 
 
 def need_store(target: Target) -> ReleaseStore:

@@ -158,6 +158,8 @@ class ProcessRunner:
     starts is recorded in ``state/running.json`` (pid, start time, command line), so a later edgelm
     (``edgelm stop``, the next ``flash``) can stop exactly those processes and nothing else."""
 
+    keeps_serving = True
+
     def __init__(self, state: Path, board: Board, prefix: Callable[[], list[str]] = list):
         self.state = state
         self.board = board

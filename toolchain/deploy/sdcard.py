@@ -18,9 +18,8 @@ import os
 from pathlib import Path, PurePosixPath
 
 from toolchain.boards import Board
-from toolchain.bundle.package import Bundle
 from toolchain.deploy import bootfs, service
-from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
+from toolchain.deploy.base import Release, Target, TargetOptions
 from toolchain.deploy.store import INCOMING_PREFIX, RELEASES, LocalStore, TrustStore, write_hint
 from toolchain.errors import DeviceError, UsageError
 
@@ -106,12 +105,6 @@ class CardStore(LocalStore):
         for entry in service.rootfs_files(unit):
             _write_atomic(_no_links_inside(self.card, entry.path), entry.text, entry.link, entry.mode)
         self.notes.append(f"enabled {service.UNIT_NAME} on the card: the board serves on {self.device} from boot")
-
-    def deploy(self, bundle: Bundle, *, activate: bool = True, progress: Progress = no_progress) -> Release:
-        release = super().deploy(bundle, activate=False, progress=progress)
-        if activate:
-            self.activate(release)
-        return release
 
     def activate(self, release: Release) -> None:
         self.verify(release)

@@ -27,6 +27,7 @@ from typing import Any
 from toolchain.boards import Board
 from toolchain.bundle import signing
 from toolchain.bundle.package import BUNDLE_FILE, RUNNER, SIGNATURE_FILE, Bundle, parse_info, release_id
+from toolchain.deploy import preflight, service
 from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
 from toolchain.deploy.sshclient import Ssh, SshSpec
 from toolchain.deploy.store import CURRENT, INCOMING_PREFIX, PREVIOUS, RELEASES, TrustStore, source_bundle
@@ -78,12 +79,12 @@ STATUS_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || { echo none; exit 0; }; read
                  'state=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f1); '
                  'if [ -n "$now" ] && [ "$now" = "$st" ] && [ "$state" != Z ]; then echo "running $pid $id"; '
                  'else echo "stopped $id: $(tail -n 1 "$1/runner.log" 2>/dev/null)"; fi')
-# $1 data folder, $2 seconds: TERM, then KILL, only if the pid is still the recorded process
+# $1 data folder, $2 seconds: TERM, then KILL, only if the pid is still the recorded process ("stopped")
 STOP_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || exit 0; read pid st id <"$f" || true; '
                'case $pid in ""|*[!0-9]*) pid=none ;; esac; '
                'same() { now=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20); '
                '[ -n "$now" ] && [ "$now" = "$st" ]; }; '
-               'if same; then kill -TERM "$pid" 2>/dev/null || true; i=0; '
+               'if same; then echo stopped; kill -TERM "$pid" 2>/dev/null || true; i=0; '
                'while same && [ $i -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done; '
                'if same; then kill -KILL "$pid" 2>/dev/null || true; fi; fi; rm -f -- "$f"')
 # The runner on the SSH channel: $1 release folder, then its argv.
@@ -332,10 +333,8 @@ class SshChannel:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
-        if self.left is not None and self.left.running() is not None:
-            self.left.stop()
-            return None
-        if started:
+        stopped_left = self.left.stop_left() if self.left is not None else False
+        if started or stopped_left:
             return None
         return (f"{self.where}: nothing runs there (a runner on the SSH channel ends with its connection, and none "
                 "was left serving in the background)")
@@ -380,14 +379,10 @@ class SshDaemon:
 
     def _unit_active(self) -> bool:
         """Whether the unit an earlier ``flash --service`` installed serves now (no sudo needed to ask)."""
-        from toolchain.deploy import service
-
         out = self.ssh.script(UNIT_ACTIVE_SCRIPT, [service.UNIT_NAME], what="asking whether the service runs").stdout
         return out.decode(errors="replace").strip() == "active"
 
     def _stop_unit(self) -> None:
-        from toolchain.deploy import service
-
         proc = self.ssh.run(["sudo", "-n", "systemctl", "stop", service.UNIT_NAME], timeout_s=60)
         if proc.returncode != 0:
             why = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -396,13 +391,19 @@ class SshDaemon:
                               hint=f"stop it on the board (sudo systemctl disable --now {service.UNIT_NAME}), "
                                    "or flash with --service again")
 
-    def stop(self) -> str | None:
+    def stop_left(self) -> bool:
         """Stop the background runner, and the service an earlier ``flash --service`` left (both would
-        hold the serial device)."""
-        self.ssh.script(STOP_SCRIPT, [self.store.data, str(int(STOP_TIMEOUT_S))], timeout_s=STOP_TIMEOUT_S + 30,
-                        what="stopping the runner")
+        hold the serial device); whether either was running."""
+        out = self.ssh.script(STOP_SCRIPT, [self.store.data, str(int(STOP_TIMEOUT_S))],
+                              timeout_s=STOP_TIMEOUT_S + 30, what="stopping the runner").stdout
+        stopped = out.decode(errors="replace").strip() == "stopped"
         if self._unit_active():
             self._stop_unit()
+            stopped = True
+        return stopped
+
+    def stop(self) -> str | None:
+        self.stop_left()
         return None
 
     def running(self) -> dict[str, Any] | None:
@@ -410,8 +411,6 @@ class SshDaemon:
         if word != "running":
             if not self._unit_active():
                 return None
-            from toolchain.deploy import service
-
             current = self.store.current()
             return {"pid": None, "release": current.id if current else None, "port": self.port,
                     "board_device": self.board_device, "service": service.UNIT_NAME}
@@ -446,8 +445,6 @@ class SshService(SshDaemon):
         return self._systemd
 
     def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
-        from toolchain.deploy import service
-
         if not self.systemd:
             self.notes.append(f"{self.ssh.spec} has no systemd: the runner was started in the background instead; "
                               "it will not start again after a reboot")
@@ -473,8 +470,6 @@ class SshService(SshDaemon):
     def alive(self) -> str | None:
         if not self.systemd:
             return super().alive()
-        from toolchain.deploy import service
-
         proc = self.ssh.run(["systemctl", "is-active", service.UNIT_NAME])
         state = proc.stdout.decode(errors="replace").strip()
         return None if state in ("active", "activating") else f"{service.UNIT_NAME} is {state or 'not running'}"
@@ -517,8 +512,6 @@ def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> 
 
 def probe_checks(ssh: Ssh, store: SshStore, runner: SshChannel | SshDaemon, bundle: Bundle, board: Board) -> list:
     """The board's facts, read in one command, judged against the bundle's needs."""
-    from toolchain.deploy import preflight
-
     device = runner.board_device if isinstance(runner, SshDaemon) else ""
     out = ssh.script(preflight.PROBE_SCRIPT, [store.data, device], what="reading the board's facts").stdout
     facts = preflight.parse_facts(out.decode(errors="replace"))

@@ -311,18 +311,9 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
     if tgt.runner is None:  # a card: the board starts the runner when it boots
         start = service = False
     if not start and not service:
-        if bundle is None:
-            with tgt.lock("flash"):
-                release = store.previous()
-                if release is None:
-                    raise UsageError(f"{tgt.where} has no previous release to roll back to")
-                progress("verify", f"release {release.id} on {tgt.where}")
-                store.activate(release)
-        else:
-            with tgt.lock("flash"):
-                bringup.check_preflight(tgt, bundle, progress)
-                progress("flash", tgt.where)
-                release = store.deploy(bundle, progress=progress)
+        with tgt.lock("flash"):
+            release = bringup.stage(tgt, bundle, progress)
+            store.activate(release)
         return base | {"release": release.id, "path": release.path, "verified": True, "started": False,
                        "notes": list(tgt.notes)}
     runner = need_runner(tgt)

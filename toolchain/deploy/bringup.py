@@ -92,6 +92,21 @@ def check_preflight(target: Target, bundle: Bundle, progress: Progress = no_prog
     preflight.require(target.preflight(bundle))
 
 
+def stage(target: Target, bundle: Bundle | None, progress: Progress = no_progress) -> Release:
+    """The release to make current, on the board and verified, not yet current: ``bundle`` after the
+    preflight and a deploy, or (None) the previous release. Call it holding the target's lock."""
+    store = need_store(target)
+    if bundle is not None:
+        check_preflight(target, bundle, progress)
+        progress("flash", f"{target.where}")
+        return store.deploy(bundle, activate=False, progress=progress)
+    release = store.previous()
+    if release is None:
+        raise UsageError(f"{target.where} has no previous release to roll back to")
+    progress("verify", f"release {release.id} on {target.where}")
+    return release
+
+
 @contextlib.contextmanager
 def bring_up(target: Target, bundle: Bundle | None = None, *, rollback: bool = False, threads: int | None = None,
              keep_running: bool = False, open_transport: OpenTransport | None = None,
@@ -110,16 +125,7 @@ def bring_up(target: Target, bundle: Bundle | None = None, *, rollback: bool = F
     timeouts = timeouts or target.timeouts
     with target.lock(what):
         previous = store.current()
-        if bundle is not None:
-            check_preflight(target, bundle, progress)
-            progress("flash", f"{target.where}")
-            release = store.deploy(bundle, activate=False, progress=progress)
-        else:
-            candidate = store.previous()
-            if candidate is None:
-                raise UsageError(f"{target.where} has no previous release to roll back to")
-            progress("verify", f"release {candidate.id} on {target.where}")
-            release = candidate
+        release = stage(target, bundle, progress)
         stop_serving(target, progress)
         store.activate(release)  # verifies the release's files on the board first; refuses if one does not
         restore = previous if previous is not None and previous.id != release.id else None

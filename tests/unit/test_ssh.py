@@ -105,6 +105,13 @@ def test_a_login_shell_that_prints_junk_is_one_line(tmp_path, board, monkeypatch
         service.store.data
 
 
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _own_process() -> subprocess.Popen:
     return subprocess.Popen(["sleep", "60"])
 
@@ -215,7 +222,9 @@ def test_a_board_that_floods_its_answer_is_cut_off_in_one_line(board, monkeypatc
     board_ssh, _ = board
     monkeypatch.setattr(sshclient, "MAX_OUTPUT_BYTES", 1 << 20)
     with pytest.raises(DeviceError, match=r"sent more than 1,048,576 bytes; stopped it"):
-        board_ssh.run(["sh", "-c", "yes flood"])  # never ends by itself
+        board_ssh.run(["sh", "-c", "yes flood; true"])  # never ends by itself; `; true`: sh forks yes
+    left = [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline(p) == b"yes\0flood\0"]
+    assert not left, "the flooding command was left running (it would fill the disk)"
     assert board_ssh.check(["printf", "%s", "fine"]).stdout == b"fine"
     with pytest.raises(DeviceError, match="did not finish within 0.3 s"):
         board_ssh.run(["sleep", "5"], timeout_s=0.3)

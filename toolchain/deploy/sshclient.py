@@ -20,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
 import tarfile
@@ -366,7 +367,7 @@ class Ssh:
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                                        stdout=out, stderr=err)
+                                        stdout=out, stderr=err, start_new_session=True)
             except FileNotFoundError:
                 raise DeviceError(f"cannot run {self.program}: not found",
                                   hint="install the OpenSSH client (apt install openssh-client)") from None
@@ -394,7 +395,8 @@ class Ssh:
                         raise DeviceError(f"`{self._what(remote)}` on {self.spec} did not finish within "
                                           f"{timeout_s:g} s", hint="is the board overloaded, or the network down?")
             except BaseException:
-                proc.kill()
+                with contextlib.suppress(ProcessLookupError):  # the whole group: what ssh started goes too
+                    os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
                 raise
             out.seek(0)

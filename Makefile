@@ -3,7 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev openssh-client openssh-server
+APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev openssh-client openssh-server \
+	qemu-system-arm e2fsprogs faketime
 STAMP := $(VENV)/.edgelm-setup
 
 FUZZ_SECONDS ?= 60
@@ -17,14 +18,19 @@ setup: $(STAMP)
 # libclang-rt-dev (libFuzzer's runtime) for `make fuzz` and tests/fuzz/test_libfuzzer.py; the OpenSSH
 # client (ssh targets) and server (tests/sshd.py runs its own throwaway sshd on 127.0.0.1). Note: on a
 # machine with systemd, Debian starts and enables the system's sshd when openssh-server is installed;
-# `systemctl disable --now ssh` if you do not want it.
+# `systemctl disable --now ssh` if you do not want it. The board image (`edgelm image`, the qemu-system
+# target) is made of Debian's arm64 packages (kernel, busybox-static, dropbear), downloaded by apt once
+# the arm64 architecture is added; it boots under qemu-system-arm's qemu-system-aarch64, its data disk
+# is made by e2fsprogs' mke2fs under faketime (fixed timestamps: the same inputs give the same bytes).
 apt:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); update=""; \
+	if ! dpkg --print-foreign-architectures | grep -qx arm64; then \
+	  echo "adding the arm64 architecture (board image packages)"; $$SUDO dpkg --add-architecture arm64; update=1; \
+	fi; \
+	missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; update=1; fi; \
+	if [ -n "$$update" ]; then $$SUDO apt-get update -qq; fi; \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
 
 $(STAMP): pyproject.toml | apt
 	$(MAKE) apt

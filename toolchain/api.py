@@ -269,7 +269,7 @@ def targets() -> list[dict[str, Any]]:
 
 def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,
           progress: Progress = _noop, sign_key: Path | None = None, *, board: str | None = None,
-          rollback: bool = False, options: Any = None, service: bool = False) -> dict[str, Any]:
+          rollback: bool = False, options: Any = None, service: bool = False, force: bool = False) -> dict[str, Any]:
     """Deploy a bundle (verified on the board) and start it; where the target can, it keeps serving
     after we return.
 
@@ -312,14 +312,16 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
         start = service = False
     if not start and not service:
         with tgt.lock("flash"):
-            release = bringup.stage(tgt, bundle, progress)
+            if tgt.power is not None:  # a board that boots is switched on to receive it (and left on)
+                tgt.power.on(progress)
+            release = bringup.stage(tgt, bundle, progress, force)
             store.activate(release)
         return base | {"release": release.id, "path": release.path, "verified": True, "started": False,
                        "notes": list(tgt.notes)}
     runner = need_runner(tgt)
     keep = runner.keeps_serving
     with bringup.bring_up(tgt, bundle, rollback=rollback, keep_running=keep, progress=progress,
-                          what="flash") as up:
+                          what="flash", force=force) as up:
         result = base | {"release": up.release.id, "path": up.release.path, "verified": True,
                          "previous": up.previous.id if up.previous else None,
                          "port": up.port, "firmware_version": up.hello.firmware,
@@ -337,6 +339,52 @@ def stop(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WOR
     runner = need_runner(tgt)
     with tgt.lock("stop"):
         return runner.stop()
+
+
+def power(board_name: str, action: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR,
+          options: Any = None, progress: Progress = _noop) -> dict[str, Any]:
+    """Switch a target's board ``on``, ``off``, ``cycle`` it, or read its ``status`` (targets with power
+    control: the emulated board that boots)."""
+    from toolchain.deploy.base import need_power
+
+    tgt = target_for(board_name, target, workdir, options)
+    pwr = need_power(tgt)
+    if action not in ("on", "off", "cycle", "status"):
+        raise UsageError(f"unknown power action {action!r}; known: on, off, cycle, status")
+    changed: bool | None = None
+    if action != "status":
+        with tgt.lock(f"power {action}"):
+            if action == "on":
+                changed = pwr.on(progress)
+            elif action == "off":
+                changed = pwr.off()
+            else:
+                pwr.cycle(progress)
+                changed = True
+    return {"board": board_name, "target": tgt.spec, "action": action, "changed": changed} | pwr.status()
+
+
+def image(board_name: str, out: Path, *, bundle_dir: Path | None = None, model: str | None = None,
+          quant: str | None = None, workdir: Path = DEFAULT_WORKDIR, ssh_key: Path | None = None,
+          data_bytes: int | None = None, progress: Progress = _noop) -> dict[str, Any]:
+    """A bootable image for an Arm board (:mod:`toolchain.image.builder`), serving ``bundle_dir``
+    (or the bundle built for ``model``), or no release."""
+    from toolchain import boards
+    from toolchain.bundle import package
+    from toolchain.image import builder
+
+    board = boards.get(board_name)
+    if bundle_dir is not None and model is not None:
+        raise UsageError("give --bundle or --model, not both")
+    bundle = None
+    if bundle_dir is not None:
+        bundle = package.read_bundle(bundle_dir)
+    elif model is not None:
+        exported, _ = cached_export(model, workdir, quant=quant or board.default_quant)
+        bundle, _ = cached_build(board_name, exported.pte, workdir, progress)
+    img = builder.build(board, out, bundle=bundle, ssh_key=ssh_key, data_bytes=data_bytes, progress=progress)
+    (out / "known_hosts").unlink(missing_ok=True)  # a new data disk: new host keys
+    return img.to_dict()
 
 
 def keygen(out: Path) -> dict[str, Any]:
@@ -385,6 +433,7 @@ class RunRequest:
     near_tie_budget: float | None = None  # fraction of the tokens; None: compare.DEFAULT_NEAR_TIE_BUDGET
     byte_tokenizer: bool = False  # allow a checkpoint folder without tokenizer.json (prompt as UTF-8 bytes)
     target_options: Any = None  # registry.TargetOptions: --port, --board-port, --ssh-config, --accept-new-host-key
+    force: bool = False  # go on past the preflight's refusal (a note says what it refused)
 
     def check(self) -> None:
         """Every option in range, before any work (one line naming the option)."""
@@ -502,6 +551,7 @@ class RunReport:
     reused: dict[str, bool]
     bundle: str
     pte: str
+    boot: dict[str, Any] | None = None  # a board powered on for this run: seconds to SSH and to HELLO
 
     @property
     def passed(self) -> bool:
@@ -585,10 +635,15 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         assembler = tokenizer.TextAssembler(tok)
         on_retry(n, why)
 
-    with bringup.bring_up(tgt, bundle, threads=req.threads, progress=progress, open_transport=open_transport) as up:
+    with bringup.bring_up(tgt, bundle, threads=req.threads, progress=progress, open_transport=open_transport,
+                          force=req.force) as up:
         progress("stream", f"{len(request.prompt)} prompt tokens, up to {req.tokens} new")
         served = serve_and_validate(up, request, reference, tolerance=tol, retries=req.retries,
                                     near_tie_fraction=req.near_tie_budget, on_token=on_token, on_retry=retried)
+        boot = None
+        if up.booted and tgt.power is not None:
+            state = tgt.power.status()
+            boot = {"boot_s": state.get("boot_s"), "boot_to_hello_s": state.get("boot_to_hello_s")}
     on_text(assembler.finish())
     stats, hello = served.collected.stats, up.hello
     stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens"}.get(
@@ -597,13 +652,15 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
                     "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb} if stats else
                    {"load_ms": hello.load_ms})
     return RunReport(
-        board=board.name, target=tgt.spec, emulated=tgt.emulated, model=req.model, quant=quant, release=up.release.id,
+        board=board.name, target=tgt.spec, emulated=tgt.rss_of_emulator, model=req.model, quant=quant,
+        release=up.release.id,
         firmware_version=hello.firmware, model_sha256=hello.model_sha256, threads=hello.threads, prompt=req.prompt,
         prompt_token_ids=list(request.prompt), generated_token_ids=list(served.collected.tokens),
         text=assembler.text, stop_reason=stop_reason,
         sampling={"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "seed": req.seed},
         board_stats=board_stats, validation=served.verdict.to_dict(), attempts=served.attempts,
-        reused={"export": reused_export, "build": reused_build}, bundle=str(bundle.root), pte=str(exported.pte))
+        reused={"export": reused_export, "build": reused_build}, bundle=str(bundle.root), pte=str(exported.pte),
+        boot=boot)
 
 
 def monitor(*, port: str | None, board: str | None, target: str | None, baud: int, seconds: float,

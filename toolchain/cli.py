@@ -94,8 +94,8 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-TARGET_HELP = ("qemu | local | ssh://[user@]host[:port] | dir:PATH (see `edgelm targets`; default: the board "
-               "profile's default_target)")
+TARGET_HELP = ("qemu | qemu-system[:IMAGE] | local | ssh://[user@]host[:port] | dir:PATH (see `edgelm targets`; "
+               "default: the board profile's default_target)")
 
 
 def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -348,17 +348,19 @@ def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_js
 @click.option("--service", is_flag=True,
               help="Install the runner as a systemd service that serves after every boot (ssh://, dir:).")
 @click.option("--no-start", is_flag=True, help="Deploy only; do not start the runner.")
+@click.option("--force", is_flag=True,
+              help="Go on when the preflight refuses (the model does not fit, an old glibc): see what the board does.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @command
 def flash(bundle: Path | None, board: str | None, target: str | None, rollback: bool, service: bool, no_start: bool,
-          workdir: Path, as_json: bool, **kw: Any) -> None:
+          force: bool, workdir: Path, as_json: bool, **kw: Any) -> None:
     """Deploy a bundle to a target (hash-verified on the board) and start its runner."""
     from toolchain import api
 
     with StepProgress(enabled=not as_json) as progress:
         result = api.flash(bundle, target, workdir, start=not no_start, progress=progress, board=board,
-                           rollback=rollback, options=options_from(kw), service=service)
+                           rollback=rollback, options=options_from(kw), service=service, force=force)
     if as_json:
         emit_json(result)
         return
@@ -391,6 +393,66 @@ def stop(board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any
         emit_json({"board": board, "stopped": True, "stale_pid_file": stale})
     else:
         console.print(escape(stale) if stale else f"stopped the runner on {board}", soft_wrap=True)
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["on", "off", "cycle", "status"]))
+@click.option("--board", "-b", required=True)
+@target_options
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@command
+def power(action: str, board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any) -> None:
+    """Switch a board on (boot), off, cycle it, or show its state (targets with power: qemu-system)."""
+    from toolchain import api
+
+    with StepProgress(enabled=not as_json) as progress:
+        result = api.power(board, action, target, workdir, options_from(kw), progress)
+    if as_json:
+        emit_json(result)
+        return
+    if not result["on"]:
+        console.print(f"{board} on {escape(result['target'])}: off")
+        return
+    boot = f", booted in {result['boot_s']:.1f} s" if result.get("boot_s") is not None else ""
+    console.print(f"{board} on {escape(result['target'])}: on (QEMU pid {result['pid']}{boot}); UART "
+                  f"{escape(result['uart'])}, SSH {escape(result['ssh'])}, console log {escape(result['console_log'])}",
+                  soft_wrap=True)
+
+
+@main.command()
+@click.option("--board", "-b", required=True, help="An Arm board profile (see `edgelm boards`).")
+@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="The image folder.")
+@click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path), default=None,
+              help="A bundle from `edgelm build` to serve from the data disk.")
+@click.option("--model", "-m", default=None, help="Or: export and build this model for the board and serve it.")
+@click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w"]), default=None,
+              help="With --model [default: the board's].")
+@click.option("--ssh-key", type=click.Path(path_type=Path), default=None,
+              help="The key whose public half root accepts [default: edgelm's own, ~/.cache/edgelm/ssh].")
+@click.option("--data-size", type=int, default=None, help="Data disk size in MiB [default: room for 3 releases].")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@command
+def image(board: str, out: Path, bundle_dir: Path | None, model: str | None, quant: str | None,
+          ssh_key: Path | None, data_size: int | None, workdir: Path, as_json: bool) -> None:
+    """Build a bootable Linux image for an Arm board from Debian packages (kernel, BusyBox, dropbear)."""
+    from toolchain import api
+
+    with StepProgress(enabled=not as_json) as progress:
+        result = api.image(board, out, bundle_dir=bundle_dir, model=model, quant=quant, workdir=workdir,
+                           ssh_key=ssh_key, data_bytes=data_size * (1 << 20) if data_size else None,
+                           progress=progress)
+    if as_json:
+        emit_json(result)
+        return
+    table = Table("file", "bytes", "sha256")
+    for name, digest in sorted(result["files"].items()):
+        table.add_row(escape(name), f"{result['bytes'][name]:,}", digest[:16])
+    console.print(table)
+    release = result["release"] or "no release"
+    console.print(f"image {result['sha256'][:16]} for {board} ({release}) in {escape(str(out))}; boot it with "
+                  f"`edgelm power on --board {board} --target qemu-system:{escape(str(out))}`", soft_wrap=True)
 
 
 @main.command()
@@ -465,12 +527,14 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None,
               help="Sign the bundle with this ed25519 private key (see `edgelm keygen`).")
+@click.option("--force", is_flag=True,
+              help="Go on when the preflight refuses (the model does not fit, an old glibc): see what the board does.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
         temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, threads: int | None,
         tolerance: float | None, near_tie_budget: float | None, retries: int, byte_tokenizer: bool, workdir: Path,
-        sign_key: Path | None, as_json: bool, **kw: Any) -> None:
+        sign_key: Path | None, force: bool, as_json: bool, **kw: Any) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
     from toolchain.errors import ValidationFailed
@@ -480,7 +544,7 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
-                         sign_key=sign_key, target_options=options_from(kw))
+                         sign_key=sign_key, target_options=options_from(kw), force=force)
 
     def on_text(piece: str) -> None:
         if not as_json and piece:

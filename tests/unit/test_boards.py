@@ -21,7 +21,7 @@ def test_the_pi_zero_2_w_is_a_512_mb_cortex_a53():
 
 def test_unknown_board_lists_the_known_ones():
     with pytest.raises(UsageError,
-                       match="unknown board 'rpi9'; known boards: host, jetson-orin-nano, pizero2w, rpi4, rpi5"):
+                       match="unknown board 'rpi9'; known boards: host, jetson-orin-nano, pizero2w, rpi3b, rpi4, rpi5"):
         boards.get("rpi9")
 
 

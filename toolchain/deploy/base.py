@@ -6,7 +6,8 @@ A target is a board plus the capabilities it has, each a small interface (labgri
   verify, trust);
 - a **runner control** starts, stops and watches the runner of a release;
 - a **link provider** gives the host its end of the framed link (a serial port, a pseudo-terminal
-  pair, an SSH channel).
+  pair, an SSH channel);
+- a **power control** switches the board on and off (an emulated board that boots).
 
 A target has the ones it can: an SD card mounted on the host stores releases but runs nothing.
 Callers check up front and refuse an action a target cannot do, with the reason, instead of
@@ -42,6 +43,7 @@ class Capability(str, Enum):
     START = "start"  # start and stop the runner of the current release
     LINK = "link"  # give the host its end of the framed link
     PREFLIGHT = "preflight"  # read the board's facts (arch, glibc, RAM, disk, serial device) before a switch
+    POWER = "power"  # switch the board on (boot), off, and cycle it
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,22 @@ class LinkProvider(Protocol):
         ...
 
 
+class PowerControl(Protocol):
+    def on(self, progress: Progress = no_progress) -> bool:
+        """Boot the board unless it is on, returning once it can be reached; whether it was booted now."""
+        ...
+
+    def off(self) -> bool:
+        """Power the board off (what it wrote to its storage is kept); whether it was on."""
+        ...
+
+    def cycle(self, progress: Progress = no_progress) -> None: ...
+
+    def status(self) -> dict[str, Any]:
+        """``{"on": bool, ...}``: what a user needs to reach it (ports, console log)."""
+        ...
+
+
 @dataclass(frozen=True)
 class TargetOptions:
     """What a user says about how a board is wired, beyond the spec string."""
@@ -135,15 +153,17 @@ class Target:
     """A board reached one way: its capabilities, its host-side state folder (the lock, logs) and
     the deadlines that suit it. Built from a spec string by :mod:`toolchain.deploy.registry`."""
 
-    kind: str  # qemu | local | ssh | dir
+    kind: str  # qemu | qemu-system | local | ssh | dir
     spec: str  # as given, canonical: "qemu", "ssh://pi@raspberrypi.local:22", "dir:/media/card/rootfs"
     board: Board
     state: Path
     emulated: bool = False  # an emulator is much slower than the board it stands for: deadlines stretch
+    rss_of_emulator: bool = False  # the runner's peak RSS is the emulator's (qemu-user), not the board's
     store: ReleaseStore | None = None
     runner: RunnerControl | None = None
     link: LinkProvider | None = None
     preflight: Preflight | None = None
+    power: PowerControl | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     notes: list[str] = field(default_factory=list)  # what the target did that the user should know
 
@@ -166,6 +186,8 @@ class Target:
             caps.add(Capability.LINK)
         if self.preflight is not None:
             caps.add(Capability.PREFLIGHT)
+        if self.power is not None:
+            caps.add(Capability.POWER)
         return frozenset(caps)
 
     def lock(self, what: str) -> AbstractContextManager[None]:
@@ -188,6 +210,13 @@ def need_runner(target: Target) -> RunnerControl:
         raise UsageError(f"target {target.spec!r} cannot start a runner",
                          hint="a card is flashed with `edgelm flash --no-start`; the board starts it at boot")
     return target.runner
+
+
+def need_power(target: Target) -> PowerControl:
+    if target.power is None:
+        raise UsageError(f"target {target.spec!r} has no power control (a real board is switched by hand, or by "
+                         "a farm's power switch)")
+    return target.power
 
 
 def need_link(target: Target) -> LinkProvider:

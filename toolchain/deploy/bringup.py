@@ -1,10 +1,11 @@
 """The one way a board is brought up, used by ``run``, ``flash``, the pytest plugin and the tests
 (labgrid's strategies: the only place that knows the order).
 
-    lock -> preflight (the board's facts against the bundle's needs) -> deploy into a folder of its
-    own, verified on the board -> stop a runner left serving (and say so) -> switch ``current``
-    (verified again) -> open the link -> start -> HELLO on the link, with the program's hash and the
-    board's name -> serve -> tear down (QUIT, close, stop; or leave it serving)
+    lock -> power on (a board with a power switch) -> preflight (the board's facts against the
+    bundle's needs) -> deploy into a folder of its own, verified on the board -> stop a runner left
+    serving (and say so) -> switch ``current`` (verified again) -> open the link -> start -> HELLO on
+    the link, with the program's hash and the board's name -> serve -> tear down (QUIT, close, stop,
+    power off what was off; or leave it serving)
 
 When the new release does not come up, the runner is stopped, the previous release is made
 current again and started, and the error says so: a failed flash never leaves the board without
@@ -40,6 +41,7 @@ class BoardUp:
     hello: protocol.Hello
     port: str
     previous: Release | None = None  # what was current before (None: nothing, or the same release)
+    booted: bool = False  # the board was powered on for this bring-up (and is powered off after it)
 
 
 def _serve(target: Target, release: Release, *, open_transport: OpenTransport | None, timeouts: Timeouts,
@@ -81,23 +83,32 @@ def stop_serving(target: Target, progress: Progress = no_progress) -> None:
         log.info("%s", note)
 
 
-def check_preflight(target: Target, bundle: Bundle, progress: Progress = no_progress) -> None:
+def check_preflight(target: Target, bundle: Bundle, progress: Progress = no_progress, force: bool = False) -> None:
     """The target's preflight (when it has one): the board's facts against the bundle's needs; refuses
-    with the first failing line before anything is sent or switched."""
+    with the first failing line before anything is sent or switched. ``force``: the refusal becomes a
+    note (the user goes on knowing what the board will do with it: run out of memory, say)."""
     if target.preflight is None:
         return
     from toolchain.deploy import preflight
 
     progress("preflight", f"{target.where}: arch, glibc, RAM, disk, serial device")
-    preflight.require(target.preflight(bundle))
+    try:
+        preflight.require(target.preflight(bundle))
+    except preflight.PreflightFailed as exc:
+        if not force:
+            raise
+        note = f"forced past the preflight's refusal: {exc.message}"
+        log.warning("%s", note)
+        target.notes.append(note)
+        progress("preflight", note)
 
 
-def stage(target: Target, bundle: Bundle | None, progress: Progress = no_progress) -> Release:
+def stage(target: Target, bundle: Bundle | None, progress: Progress = no_progress, force: bool = False) -> Release:
     """The release to make current, on the board and verified, not yet current: ``bundle`` after the
     preflight and a deploy, or (None) the previous release. Call it holding the target's lock."""
     store = need_store(target)
     if bundle is not None:
-        check_preflight(target, bundle, progress)
+        check_preflight(target, bundle, progress, force)
         progress("flash", f"{target.where}")
         return store.deploy(bundle, activate=False, progress=progress)
     release = store.previous()
@@ -111,7 +122,7 @@ def stage(target: Target, bundle: Bundle | None, progress: Progress = no_progres
 def bring_up(target: Target, bundle: Bundle | None = None, *, rollback: bool = False, threads: int | None = None,
              keep_running: bool = False, open_transport: OpenTransport | None = None,
              timeouts: Timeouts | None = None, progress: Progress = no_progress,
-             what: str = "run") -> Iterator[BoardUp]:
+             what: str = "run", force: bool = False) -> Iterator[BoardUp]:
     """Deploy ``bundle`` (or, with ``rollback``, take the previous release) and yield the board
     serving it. On exit the runner is told to quit and stopped, unless ``keep_running`` (``flash``),
     when only our end of the link is closed. If the release does not serve, the one that was
@@ -124,29 +135,38 @@ def bring_up(target: Target, bundle: Bundle | None = None, *, rollback: bool = F
     need_link(target)
     timeouts = timeouts or target.timeouts
     with target.lock(what):
-        previous = store.current()
-        release = stage(target, bundle, progress)
-        stop_serving(target, progress)
-        store.activate(release)  # verifies the release's files on the board first; refuses if one does not
-        restore = previous if previous is not None and previous.id != release.id else None
+        # A board with a power switch (an emulated one that boots) is switched on first; one that
+        # was off before is switched off again after a run (flash leaves it serving).
+        powered_here = target.power.on(progress) if target.power is not None else False
         try:
-            up = _serve(target, release, open_transport=open_transport, timeouts=timeouts, threads=threads,
-                        progress=progress)
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what we started is stopped; the previous is current again
-            if restore is not None:
-                store.activate(restore)
-            raise
-        except EdgelmError as exc:
-            if restore is None:
-                raise DeviceError(f"release {release.id} does not serve: {exc}") from None
-            state = _restart_previous(target, restore, keep_running, open_transport, timeouts, threads)
-            raise DeviceError(f"release {release.id} does not serve ({exc}); rolled back to {restore.id}, "
-                              f"{state}") from None
-        up.previous = restore
-        try:
-            yield up
+            previous = store.current()
+            release = stage(target, bundle, progress, force)
+            stop_serving(target, progress)
+            store.activate(release)  # verifies the release's files on the board first; refuses if one does not
+            restore = previous if previous is not None and previous.id != release.id else None
+            try:
+                up = _serve(target, release, open_transport=open_transport, timeouts=timeouts, threads=threads,
+                            progress=progress)
+            except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: what we started is stopped, the previous is current
+                if restore is not None:
+                    store.activate(restore)
+                raise
+            except EdgelmError as exc:
+                if restore is None:
+                    raise DeviceError(f"release {release.id} does not serve: {exc}") from None
+                state = _restart_previous(target, restore, keep_running, open_transport, timeouts, threads)
+                raise DeviceError(f"release {release.id} does not serve ({exc}); rolled back to {restore.id}, "
+                                  f"{state}") from None
+            up.previous = restore
+            up.booted = powered_here
+            try:
+                yield up
+            finally:
+                _tear_down(up, keep_running)
         finally:
-            _tear_down(up, keep_running)
+            if powered_here and not keep_running and target.power is not None:
+                progress("power", f"{target.where}: off again")
+                target.power.off()
 
 
 def _restart_previous(target: Target, previous: Release, keep_running: bool, open_transport: OpenTransport | None,

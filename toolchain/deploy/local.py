@@ -28,7 +28,7 @@ def process_target(kind: str, board: Board, state_dir: Path, prefix: Callable[[]
     state = state_dir / f"{kind}-{board.name}"
     where = f"{kind}:{board.name}"
     runner = ProcessRunner(state, board, prefix)
-    return Target(kind=kind, spec=kind, board=board, state=state, emulated=emulated,
+    return Target(kind=kind, spec=kind, board=board, state=state, emulated=emulated, rss_of_emulator=emulated,
                   store=LocalStore(state, board, where, TrustStore(state / TRUST_DIR)),
                   runner=runner, link=runner, preflight=lambda bundle: profile_fit(board, bundle),
                   timeouts=timeouts or Timeouts())

@@ -161,6 +161,16 @@ probe() {
     "glibc "*) v=${v#glibc } ;;
     *) v=$(ldd --version 2>/dev/null | sed -n '1s/.* \([0-9][0-9]*\.[0-9][0-9]*\)[^ ]*$/\1/p') ;;
   esac
+  if [ -z "$v" ]; then  # no getconf or ldd (BusyBox images): glibc's libc.so.6 says its version when run
+    set +f
+    for f in /lib/*-linux-gnu*/libc.so.6 /lib64/libc.so.6 /lib/libc.so.6 /usr/lib/libc.so.6; do
+      set -f
+      [ -x "$f" ] || continue
+      v=$("$f" 2>/dev/null | sed -n '1s/.* version \([0-9][0-9]*\.[0-9][0-9]*\).*/\1/p')
+      [ -n "$v" ] && break
+    done
+    set -f
+  fi
   kv glibc "$v"
   kv mem_total_kb "$(awk '$1 == "MemTotal:" { print $2 }' /proc/meminfo 2>/dev/null)"
   kv mem_available_kb "$(awk '$1 == "MemAvailable:" { print $2 }' /proc/meminfo 2>/dev/null)"
@@ -498,8 +508,8 @@ def _glibc(facts: Facts, needs: Needs, board: Board) -> Check:
     need = needs.glibc_required
     profile = f" (the {board.name} profile says {board.glibc})" if facts.glibc != board.glibc else ""
     if facts.glibc is None:
-        return Check("glibc", False, f"glibc: the board has none that getconf or ldd report; the runner needs "
-                     f"glibc {need} or newer", hint="use a glibc-based OS (Raspberry Pi OS, Debian, Ubuntu)",
+        return Check("glibc", False, f"glibc: the board has none that getconf, ldd or libc.so.6 report; the runner "
+                     f"needs glibc {need} or newer", hint="use a glibc-based OS (Raspberry Pi OS, Debian, Ubuntu)",
                      kind=KIND_CAPACITY)
     have = _version(facts.glibc) or (0, 0)
     if have < (_version(need) or (0, 0)):

@@ -113,7 +113,7 @@ class ProcessRecord:
                 os.close(fd)
 
 
-def _record(proc: subprocess.Popen) -> dict[str, Any]:
+def record(proc: subprocess.Popen) -> dict[str, Any]:
     """What running.json keeps of a child just started.
 
     Popen returns once the exec has begun, and for a moment after that the new command line is not
@@ -192,7 +192,7 @@ class ProcessRunner:
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
             self._write_running({"runner_pid": None, "socat_pid": self._socat.pid, "port": str(host_end),
                                  "release": None, "started": time.time(),
-                                 "processes": {"socat": _record(self._socat)}})
+                                 "processes": {"socat": record(self._socat)}})
         deadline = time.monotonic() + LINK_TIMEOUT_S
         while not (board_end.exists() and host_end.exists()):
             if self._socat.poll() is not None:
@@ -232,7 +232,7 @@ class ProcessRunner:
         with self._log_file.open("wb") as logf, interrupts.deferred():
             self._runner = subprocess.Popen(cmd, cwd=path, stdin=subprocess.DEVNULL, stdout=logf,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-            processes = {"runner": _record(self._runner), "socat": _record(self._socat)}
+            processes = {"runner": record(self._runner), "socat": record(self._socat)}
             self._write_running({
                 "runner_pid": self._runner.pid, "socat_pid": self._socat.pid,
                 "port": self._host_end, "release": release.id, "started": time.time(), "processes": processes})

@@ -1,6 +1,7 @@
 """Targets from spec strings: how a bundle gets onto a board and how the host talks to it.
 
     qemu                         an emulated Arm board (qemu-user with the board's CPU), link over a pty pair
+    qemu-system[:IMAGE]          an emulated Arm board that boots (qemu-system: kernel, UART, SSH, data disk)
     local                        this machine, for the host board
     ssh://[user@]host[:port]     a board on the network (OpenSSH: ~/.ssh/config, keys, the agent, known_hosts)
     dir:PATH                     a board's root filesystem mounted here (an SD card), for the next boot
@@ -65,10 +66,13 @@ def default_for(board: Board) -> str:
 
 
 def _register_builtin() -> None:
-    from toolchain.deploy import local, qemu, sdcard, ssh
+    from toolchain.deploy import local, qemu, qemu_system, sdcard, ssh
 
     register(Kind("qemu", "", qemu.create, "emulated Arm board: qemu-user with the board's CPU model, "
                   "serial link over a pty pair", "qemu"))
+    register(Kind("qemu-system", "qemu-system", qemu_system.create, "emulated Arm board that boots the board "
+                  "image (qemu-system-aarch64 with the board's CPU, RAM, cores): link on its UART, releases over SSH, "
+                  "power on/off", "qemu-system[:IMAGE_DIR]"))
     register(Kind("local", "", local.create, "this machine (the host board), serial link over a pty pair", "local"))
     register(Kind("ssh", "ssh://", ssh.create, "a board on the network (OpenSSH); link: the SSH channel, or --port "
                   "wired to its UART", "ssh://[user@]host[:port]"))

@@ -63,7 +63,8 @@ SWITCH_SCRIPT = ('set -e; cd -- "$1"; old=$(readlink -- current 2>/dev/null || t
                  'put_link() { ln -sfn -- "$2" ".$1.tmp"; mv -Tf -- ".$1.tmp" "$1" 2>/dev/null || '
                  '{ rm -f -- ".$1.tmp" "$1"; ln -s -- "$2" "$1"; }; }; '
                  'put_link current "releases/$2"; '
-                 'if [ -n "$old" ] && [ "$old" != "releases/$2" ]; then put_link previous "$old"; fi')
+                 'if [ -n "$old" ] && [ "$old" != "releases/$2" ]; then put_link previous "$old"; fi; '
+                 'sync')  # on the card before we say it is current: a power cut keeps the switch
 # $1 data folder, $2 release id, then the runner's argv. The pid and the process's start time (field
 # 22 of /proc/PID/stat) are recorded, so `stop` never signals a pid that now names another process.
 START_SCRIPT = ('set -e; d=$1; id=$2; shift 2; cd -- "$d/releases/$id"; '

@@ -30,6 +30,12 @@ def render(report: dict[str, Any], console: Console) -> None:
                   f"board vs host logits: max {v['drift_max']:.3g}, mean {v['drift_mean']:.3g} "
                   f"(max {max(v['drift_by_position'] or [0]):.2f} std; tolerance {v['tolerance']} std)"),
     ]
+    boot = report.get("boot")
+    if boot and boot.get("boot_s") is not None:
+        hello = boot.get("boot_to_hello_s")
+        rows.insert(3, ("boot", f"powered on for this run: SSH up {boot['boot_s']:.1f} s after power on"
+                                + (f", the served release's HELLO at {hello:.1f} s" if hello is not None else
+                                   " (no release was serving at boot)")))
     if report.get("attempts", 1) > 1:
         rows.append(("link", f"the stream was damaged and asked for again: {report['attempts']} attempts, "
                              "the last one judged"))

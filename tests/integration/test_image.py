@@ -130,6 +130,7 @@ def test_killing_qemu_mid_stream_fails_the_run_clearly_and_leaves_nothing_runnin
     assert _processes_naming(str(out)) == [] and _processes_naming(str(state)) == []
 
 
+@pytest.mark.timeout(2400)  # fp32 export, two boots into an OOM, the 1.7 GB program hashed twice in the guest
 def test_a_model_too_big_for_the_board_is_refused_and_forced_past_runs_out_of_memory(hil_workdir, tmp_path):
     """fp32 lfm2-350m (a 1.7 GB program) on a 1 GB Raspberry Pi 3: the image carries it on its data
     disk, as a card written in a reader would. At boot the service's runner is killed by the kernel;

@@ -65,6 +65,7 @@ BOOT_POLL_S = 0.1
 INIT_UP = b"edgelm-init: up in"  # the init's last line before the SSH server and the service run
 POWER_OFF_TIMEOUT_S = 10.0
 SERVICE_TIMEOUT_S = 30.0
+VERIFY_TIMEOUT_S = 900.0  # sha256sum in the guest runs at about 15 MB/s under TCG: a 1.7 GB program takes 2 min
 CMDLINE = "console=ttyS0 quiet panic=1"
 # Full-system emulation of every instruction: slower still than qemu-user.
 TIMEOUTS = Timeouts(hello_s=300.0, first_token_s=180.0, token_s=45.0)
@@ -472,7 +473,7 @@ def create(spec: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     machine = Machine(board, state, image_dir or state / "image", build_if_missing=image_dir is None)
     ssh = GuestSsh(machine)
     where = f"{NAME}:{board.name}"
-    store = SshStore(ssh, board, where, TrustStore(state / TRUST_DIR))
+    store = SshStore(ssh, board, where, TrustStore(state / TRUST_DIR), verify_timeout_s=VERIFY_TIMEOUT_S)
     service = GuestService(machine, ssh, board)
     target = Target(kind=NAME, spec=spec if given else NAME, board=board, state=state, emulated=True, store=store,
                     runner=service, link=service, power=machine, timeouts=TIMEOUTS)

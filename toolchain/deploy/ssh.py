@@ -99,8 +99,10 @@ def _remote_release_path(data: str, rid: str) -> str:
 class SshStore:
     """Releases on the board, under the login user's data folder (see the module's docstring)."""
 
-    def __init__(self, ssh: Ssh, board: Board, where: str, trust: TrustStore):
+    def __init__(self, ssh: Ssh, board: Board, where: str, trust: TrustStore,
+                 verify_timeout_s: float = VERIFY_TIMEOUT_S):
         self.ssh = ssh
+        self.verify_timeout_s = verify_timeout_s
         self.board = board
         self.where = where
         self.trust_store = trust
@@ -164,7 +166,7 @@ class SshStore:
     # checking and switching ---------------------------------------------------------------------
 
     def _hashes(self, folder: str, names: list[str]) -> dict[str, str]:
-        got = self.ssh.sha256([f"{folder}/{n}" for n in names], timeout_s=VERIFY_TIMEOUT_S)
+        got = self.ssh.sha256([f"{folder}/{n}" for n in names], timeout_s=self.verify_timeout_s)
         return {n: got[f"{folder}/{n}"] for n in names}
 
     def verify(self, release: Release) -> None:

@@ -36,6 +36,7 @@ from typing import Any
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle, verify_bundle
 from toolchain.errors import BuildError, UsageError
+from toolchain.export.manifest import sha256_file
 from toolchain.image import cpio
 from toolchain.paths import FIRMWARE_DIR, cache_dir
 
@@ -131,17 +132,9 @@ def verify_boot(image: Image) -> None:
     """The kernel and the initramfs have the sha256 ``image.json`` lists (the data disk is the board's to change)."""
     for name in (KERNEL_FILE, INITRAMFS_FILE):
         want = image.info["files"].get(name)
-        if _sha256(image.root / name) != want:
+        if sha256_file(image.root / name) != want:
             raise BuildError(f"image {image.root}: {name} does not match its sha256 in {IMAGE_FILE}",
                              hint="build the image again with `edgelm image`")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _run(cmd: list[str], what: str, *, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -375,7 +368,7 @@ def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Pat
     progress("data disk", f"ext4, {size:,} bytes (sparse)")
     _data_disk(staging, out / DATA_FILE, size)
     shutil.rmtree(work, ignore_errors=True)
-    files = {p.relative_to(out).as_posix(): _sha256(p) for p in sorted(out.rglob("*"))
+    files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*"))
              if p.is_file() and p.name != IMAGE_FILE and not p.name.startswith(".")}
     info = {
         "format": IMAGE_FORMAT,

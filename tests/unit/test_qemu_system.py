@@ -153,3 +153,18 @@ def test_cli_refusals_are_one_line(tmp_path, args, needle):
     lines = [x for x in result.output.splitlines() if x.strip()]
     assert result.exit_code != 0 and len(lines) == 1 and needle in lines[0], result.output
     assert not (tmp_path / "img").exists()
+
+
+def test_a_folder_name_cannot_add_options_to_qemu_or_lines_to_ssh_config(tmp_path):
+    odd = tmp_path / "img,readonly=off,file=x"
+    tgt = qemu_system.create(f"qemu-system:{odd}", RPI5, tmp_path / "targets", TargetOptions())
+
+    class Img:
+        kernel, initramfs, data = odd / "k", odd / "i", odd / "data.img"
+
+    argv = tgt.power.argv(Img, 2222, 3333)
+    drive = argv[argv.index("-drive") + 1]
+    assert drive.startswith(f"file={tmp_path}/img,,readonly=off,,file=x/data.img,format=raw")
+    for bad in ["img\nHost *\n  ProxyCommand sh", 'img"x', "img%d"]:
+        with pytest.raises(UsageError, match="cannot be named in an ssh_config file"):
+            qemu_system.create(f"qemu-system:{tmp_path / bad}", RPI5, tmp_path / "targets", TargetOptions())

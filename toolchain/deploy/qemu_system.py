@@ -93,6 +93,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _opt(path: Path) -> str:
+    """A path as a QEMU option value: a comma ends the value unless doubled (else a folder named
+    ``x,readonly=off`` would add options to the drive)."""
+    return str(path).replace(",", ",,")
+
+
+def _config_path(path: Path) -> str:
+    """``path`` for an ssh_config line (quoted); refused if it holds what that file would read otherwise."""
+    text = str(path)
+    if any(not c.isprintable() or c in '"%' for c in text):
+        raise UsageError(f"the path {text[:120]!r} holds a control character, '\"' or '%': it cannot be named in an "
+                         "ssh_config file", hint="use a plainer folder name")
+    return f'"{text}"'
+
+
 def _printable(text: str, limit: int = 200) -> str:
     """What the guest printed, safe to show: printable ASCII, cut."""
     return "".join(c if c.isascii() and c.isprintable() else "?" for c in text.strip())[:limit]
@@ -170,15 +185,16 @@ class Machine:
                 "-kernel", str(image.kernel), "-initrd", str(image.initramfs), "-append", CMDLINE,
                 "-chardev", f"socket,id=uart,host=127.0.0.1,port={uart_port},server=on,wait=off,nodelay=on",
                 "-serial", "chardev:uart",
-                "-chardev", f"file,id=console,path={self.console}", "-device", "pci-serial,chardev=console",
-                "-drive", f"file={image.data},format=raw,if=none,id=data,cache=writeback",
+                "-chardev", f"file,id=console,path={_opt(self.console)}", "-device", "pci-serial,chardev=console",
+                "-drive", f"file={_opt(image.data)},format=raw,if=none,id=data,cache=writeback",
                 "-device", "virtio-blk-pci,drive=data",
                 "-netdev", f"user,id=net,hostfwd=tcp:127.0.0.1:{ssh_port}-:22", "-device", "virtio-net-pci,netdev=net"]
 
     def _write_ssh_config(self, ssh_port: int) -> None:
         key = builder.default_key()
         text = (f"Host {SSH_ALIAS}\n  HostName 127.0.0.1\n  Port {ssh_port}\n  User {builder.SSH_USER}\n"
-                f"  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {self.image_dir / KNOWN_HOSTS}\n"
+                f"  IdentityFile {_config_path(key)}\n  IdentitiesOnly yes\n"
+                f"  UserKnownHostsFile {_config_path(self.image_dir / KNOWN_HOSTS)}\n"
                 f"  HostKeyAlias edgelm-{self.board.name}\n  PasswordAuthentication no\n")
         tmp = self.ssh_config.with_suffix(".tmp")
         tmp.write_text(text)
@@ -470,6 +486,9 @@ def create(spec: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     given = spec[len(NAME) + 1:] or None
     image_dir = Path(given).expanduser().resolve() if given else None
     state = state_dir / _state_name(board, image_dir)
+    for path in (image_dir, state):  # both go into QEMU's options and an ssh_config file
+        if path is not None:
+            _config_path(path)
     machine = Machine(board, state, image_dir or state / "image", build_if_missing=image_dir is None)
     ssh = GuestSsh(machine)
     where = f"{NAME}:{board.name}"

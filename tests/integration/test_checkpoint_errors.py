@@ -16,16 +16,7 @@ from toolchain.model.lfm2 import build_model
 
 @pytest.fixture()
 def good_folder(tmp_path):
-    cfg = PRESETS["tiny"]
-    model = build_model(cfg, max_seq_len=32, seed=3)
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    # back to the checkpoint's in_proj layout
-    for i in cfg.conv_layers:
-        p = f"model.layers.{i}.conv."
-        state[p + "in_proj.weight"] = torch.cat([state.pop(p + x + "_proj.weight") for x in "BCx"])
-    (tmp_path / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
-    save_file(state, str(tmp_path / "model.safetensors"))
-    return tmp_path
+    return checkpoint.save_folder(build_model(PRESETS["tiny"], max_seq_len=32, seed=3), tmp_path)
 
 
 def test_a_good_folder_loads_and_equals_the_model_it_came_from(good_folder):

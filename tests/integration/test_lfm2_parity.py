@@ -58,3 +58,21 @@ def test_a_new_sequence_at_position_zero_resets_the_state(hf_folder):
         again = model(b, torch.tensor([0]))
         fresh = hf(b).logits
     assert (again - fresh).abs().max().item() < 1e-4
+
+
+def test_a_folder_edgelm_writes_loads_in_transformers_with_the_same_logits(hf_folder, tmp_path):
+    """save_folder is load's inverse in the real layout: what the benchmarks hand to ExecuTorch's and
+    llama.cpp's converters is the model edgelm exports."""
+    folder, _ = hf_folder
+    ours, _ = checkpoint.load(str(folder), max_seq_len=64, all_logits=True)
+    with torch.no_grad():
+        for p in ours.parameters():  # other weights than the folder's, so a copy of it proves nothing
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 0.01)
+    written = checkpoint.save_folder(ours, tmp_path / "written")
+    hf = transformers.Lfm2ForCausalLM.from_pretrained(written).eval()
+    tokens = torch.randint(0, CFG.vocab_size, (1, 24), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        diff = (ours(tokens, torch.tensor([0])) - hf(tokens).logits).abs().max().item()
+    assert diff < 1e-4, diff
+    again, _ = checkpoint.load(str(written), max_seq_len=64, all_logits=True)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), ours.state_dict().values()))

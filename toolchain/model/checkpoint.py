@@ -181,3 +181,27 @@ def load_state(model: Lfm2Model, tensors: dict[str, torch.Tensor], source: str) 
     left = [k for k in result.missing_keys if not (model.is_tied and k == "lm_head.weight")]
     if left or result.unexpected_keys:  # cannot happen after the checks above; never load half a model
         raise InputError(f"{source}: could not load {(left or result.unexpected_keys)[0]}")
+
+
+def hf_state(model: Lfm2Model) -> dict[str, torch.Tensor]:
+    """``model``'s weights in the Hugging Face layout (the inverse of :func:`load_state`): each conv
+    block's B, C and x projections joined back into ``in_proj``, the tied head left out."""
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    if model.is_tied:
+        state.pop("lm_head.weight", None)
+    for key in sorted(k for k in state if ".conv.B_proj." in k):
+        prefix, _, rest = key.partition(".conv.B_proj.")
+        parts = [state.pop(f"{prefix}.conv.{p}_proj.{rest}") for p in "BCx"]
+        state[f"{prefix}.conv.in_proj.{rest}"] = torch.cat(parts)
+    return state
+
+
+def save_folder(model: Lfm2Model, folder: Path) -> Path:
+    """Write ``model`` as a Hugging Face checkpoint folder (``config.json``, ``model.safetensors``):
+    the same weights for every engine a benchmark compares (ExecuTorch's converter, llama.cpp's)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(model.config.to_hf_dict(), indent=2) + "\n")
+    save_file(hf_state(model), str(folder / "model.safetensors"))
+    return folder

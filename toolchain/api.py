@@ -382,9 +382,8 @@ def image(board_name: str, out: Path, *, bundle_dir: Path | None = None, model: 
     elif model is not None:
         exported, _ = cached_export(model, workdir, quant=quant or board.default_quant)
         bundle, _ = cached_build(board_name, exported.pte, workdir, progress)
-    img = builder.build(board, out, bundle=bundle, ssh_key=ssh_key, data_bytes=data_bytes, progress=progress)
-    (out / "known_hosts").unlink(missing_ok=True)  # a new data disk: new host keys
-    return img.to_dict()
+    return builder.build(board, out, bundle=bundle, ssh_key=ssh_key, data_bytes=data_bytes,
+                         progress=progress).to_dict()
 
 
 def keygen(out: Path) -> dict[str, Any]:

@@ -58,7 +58,7 @@ MACHINE_FILE = "machine.json"
 CONSOLE_LOG = "console.log"
 QEMU_LOG = "qemu.log"
 SSH_CONFIG = "ssh_config"
-KNOWN_HOSTS = "known_hosts"  # beside the data disk: its host keys live there
+KNOWN_HOSTS = builder.KNOWN_HOSTS
 SSH_ALIAS = "edgelm-board"
 BOOT_TIMEOUT_S = 180.0  # kernel + init + SSH server up, 4 emulated cores on a 2-core host under load
 BOOT_POLL_S = 0.1
@@ -171,7 +171,6 @@ class Machine:
         if not (self.image_dir / builder.IMAGE_FILE).is_file() and self.build_if_missing:
             progress("image", f"building the {self.board.name} board image in {self.image_dir} (no release yet)")
             builder.build(self.board, self.image_dir, progress=progress)
-            (self.image_dir / KNOWN_HOSTS).unlink(missing_ok=True)
         image = builder.read_image(self.image_dir)
         if image.board != self.board.name:
             raise UsageError(f"image {self.image_dir} is for board {image.board}, not {self.board.name}")
@@ -220,9 +219,7 @@ class Machine:
         self._write_ssh_config(ssh_port)
         record = {"process": process_record(proc), "ssh_port": ssh_port, "uart_port": uart_port,
                   "image": str(self.image_dir), "board": self.board.name, "booted_at": time.time()}
-        tmp = self.state / (MACHINE_FILE + ".tmp")
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(self.state / MACHINE_FILE)
+        self._save(record)
         watch = HelloWatch(f"socket://127.0.0.1:{uart_port}", self.board.baud, started, proc)
         try:
             self._wait_ssh(proc, started)
@@ -240,8 +237,7 @@ class Machine:
             self.off()
             raise
         watch.close()
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(self.state / MACHINE_FILE)
+        self._save(record)
         hello = record.get("boot_to_hello_s")
         progress("power", f"{self.board.name} booted: SSH in {record['boot_s']:.1f} s"
                           + (f", HELLO on the UART {hello:.1f} s after power on" if hello is not None else "")
@@ -250,6 +246,16 @@ class Machine:
             progress("power", str(record["boot_error"]))
         return True
 
+    def _ssh(self, connect_timeout_s: int) -> Ssh:
+        """A connection of its own to the guest, for the power steps (boot, status, sync before off)."""
+        return Ssh(SshSpec(SSH_ALIAS), config=self.ssh_config, accept_new_host_key=True,
+                   connect_timeout_s=connect_timeout_s, multiplex=False)
+
+    def _save(self, record: dict[str, Any]) -> None:
+        tmp = self.state / (MACHINE_FILE + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(self.state / MACHINE_FILE)
+
     def _console_text(self) -> str:
         try:
             return self.console.read_bytes()[-(1 << 20):].decode(errors="replace")
@@ -257,15 +263,13 @@ class Machine:
             return ""
 
     def _serving(self) -> bool:
-        proc = Ssh(SshSpec(SSH_ALIAS), config=self.ssh_config, accept_new_host_key=True, connect_timeout_s=5,
-                   multiplex=False).run(["edgelm-service", "status"], timeout_s=SERVICE_TIMEOUT_S)
+        proc = self._ssh(5).run(["edgelm-service", "status"], timeout_s=SERVICE_TIMEOUT_S)
         return proc.returncode == 0 and proc.stdout.decode(errors="replace").startswith("running ")
 
     def _wait_ssh(self, proc: subprocess.Popen[bytes], started: float) -> None:
         """Until the guest's SSH server answers. QEMU accepts on the forwarded port long before the guest
         listens (a client then waits for a banner that never comes): try once the init says it is up."""
-        ssh = Ssh(SshSpec(SSH_ALIAS), config=self.ssh_config, accept_new_host_key=True, connect_timeout_s=10,
-                  multiplex=False)
+        ssh = self._ssh(10)
         last = ""
         while time.monotonic() - started < BOOT_TIMEOUT_S:
             if proc.poll() is not None:
@@ -292,8 +296,7 @@ class Machine:
             return False
         proc = ProcessRecord.from_dict(rec["process"])
         try:
-            Ssh(SshSpec(SSH_ALIAS), config=self.ssh_config, accept_new_host_key=True, connect_timeout_s=3,
-                multiplex=False).run(["sync"], timeout_s=POWER_OFF_TIMEOUT_S)
+            self._ssh(3).run(["sync"], timeout_s=POWER_OFF_TIMEOUT_S)
         except DeviceError as exc:
             log.info("no sync before power off: %s", exc)
         if proc is not None:

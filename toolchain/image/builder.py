@@ -47,6 +47,7 @@ IMAGE_FILE = "image.json"
 KERNEL_FILE = "boot/kernel8.img"
 INITRAMFS_FILE = "boot/initramfs8"
 DATA_FILE = "data.img"
+KNOWN_HOSTS = "known_hosts"  # the host keys the guest made on the data disk, as the host saw them
 KERNEL_PACKAGE = "linux-image-arm64"  # the metapackage: it names the versioned kernel package
 PACKAGES = ("busybox-static", "dropbear-bin", "libtomcrypt1", "libtommath1", "libgmp10", "libcrypt1", "zlib1g")
 SYSROOT = Path("/usr/aarch64-linux-gnu/lib")
@@ -382,5 +383,6 @@ def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Pat
         "sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
     }
     (out / IMAGE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    (out / KNOWN_HOSTS).unlink(missing_ok=True)  # a new data disk: the guest makes new host keys
     log.info("image for %s in %s: sha256 %s", board.name, out, info["sha256"])
     return Image(out, info)

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.edgelm-setup
 FUZZ_SECONDS ?= 60
 FUZZ_MAX_LEN ?= 512
 
-.PHONY: setup apt demo test test-fast lint fuzz clean
+.PHONY: setup apt demo test test-fast lint fuzz bench clean
 
 setup: $(STAMP)
 
@@ -59,6 +59,13 @@ lint: setup
 # parser for FUZZ_SECONDS, on a scratch copy of firmware/fuzz/corpus/; a crash exits non-zero.
 fuzz: apt
 	firmware/fuzz/fuzz.sh $(FUZZ_SECONDS) $(FUZZ_MAX_LEN)
+
+# Speed against ExecuTorch's own LLM path (export_llm + TextLLMRunner) and llama.cpp (llama-cpp-python
+# built from its sdist in its own venv under ~/.cache/edgelm/bench), in one run on this machine: up to
+# an hour. Writes benchmarks/results/<date>-<host>.json, BENCHMARKS.md and its chart. Not part of `test`.
+BENCH_ARGS ?=
+bench: setup
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf out build .pytest_cache

@@ -237,7 +237,9 @@ int parse_options(int argc, char** argv, Options* o) {
 
 // ----------------------------------------------------------------------------
 // Model: one loaded "forward" Method and its memory.
-// Inputs: tokens int64 [1, T] with 1 <= T <= max_seq_len, input_pos int64 [1].
+// Inputs: tokens int64 [1, T] with 1 <= T <= max_seq_len, input_pos int64 [1], and in programs
+// that attend only over the filled part of their caches, key_positions int64 [input_pos + T]
+// holding 0, 1, ..., input_pos + T - 1 (its length is the attention's bound).
 // Output 0: float logits, [1, V] (or [1, T, V]: the last V floats are the last position).
 // A call at input_pos 0 starts a new sequence.
 
@@ -262,6 +264,8 @@ struct Model {
   // Input storage; the Method may point at it while executing.
   std::vector<int64_t> tokens;  // [max_seq_len]
   int64_t input_pos[1] = {0};
+  bool key_input = false;              // the program takes key_positions (input 2)
+  std::vector<int64_t> key_positions;  // [max_seq_len]: 0, 1, ..., max_seq_len - 1
 };
 
 // Loads the program. Returns 0, or -1 with one line (no prefix) in err.
@@ -313,6 +317,13 @@ int build_model(Model* m, const char* path, long threads, char* err, size_t err_
     shape_error = "input 1 is not int64 input_pos";
   if (!shape_error && (out_meta->sizes().size() < 1 || out_meta->scalar_type() != ScalarType::Float))
     shape_error = "output 0 is not float logits";
+  if (!shape_error && meta->num_inputs() >= 3) {
+    auto key_meta = meta->input_tensor_meta(2);
+    if (!key_meta.ok() || key_meta->sizes().size() != 1 || key_meta->scalar_type() != ScalarType::Long ||
+        key_meta->sizes()[0] != tok_meta->sizes()[1])
+      shape_error = "input 2 is not int64 key_positions [input_pos + T] bounded by max_seq_len";
+    m->key_input = true;
+  }
   if (shape_error) {
     std::snprintf(err, err_cap, "%s is not an edgelm LLM program: '%s' %s", path, METHOD_NAME,
                   shape_error);
@@ -350,6 +361,8 @@ int build_model(Model* m, const char* path, long threads, char* err, size_t err_
   m->method = std::make_unique<Method>(std::move(method.get()));
   m->load_ms = (float)(now_us() - t0) / 1000.0f;
   m->tokens.assign((size_t)m->max_seq_len, 0);
+  m->key_positions.resize((size_t)m->max_seq_len);
+  for (int64_t i = 0; i < m->max_seq_len; i++) m->key_positions[(size_t)i] = i;
   return 0;
 }
 
@@ -375,6 +388,11 @@ Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, cons
                   m->max_seq_len);
     return Error::InvalidArgument;
   }
+  if (pos < 0 || pos > m->max_seq_len - n) {
+    std::snprintf(where, where_cap, "positions %" PRId64 "..%" PRId64 " do not fit max_seq_len %" PRId64,
+                  pos, pos + n, m->max_seq_len);
+    return Error::InvalidArgument;
+  }
   for (int64_t i = 0; i < n; i++) m->tokens[(size_t)i] = (int64_t)toks[i];
   m->input_pos[0] = pos;
 
@@ -396,6 +414,15 @@ Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, cons
   if (e != Error::Ok) {
     std::snprintf(where, where_cap, "set_input(input_pos) failed (error 0x%x)", (unsigned)e);
     return e;
+  }
+  TensorImpl::SizesType key_sizes[1] = {(TensorImpl::SizesType)(pos + n)};
+  TensorImpl key_impl(ScalarType::Long, 1, key_sizes, m->key_positions.data(), pos_order, pos_strides);
+  if (m->key_input) {
+    e = m->method->set_input(EValue(Tensor(&key_impl)), 2);
+    if (e != Error::Ok) {
+      std::snprintf(where, where_cap, "set_input(key_positions) failed (error 0x%x)", (unsigned)e);
+      return e;
+    }
   }
   e = m->method->execute();
   if (e != Error::Ok) {

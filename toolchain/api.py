@@ -433,6 +433,7 @@ class RunRequest:
     byte_tokenizer: bool = False  # allow a checkpoint folder without tokenizer.json (prompt as UTF-8 bytes)
     target_options: Any = None  # registry.TargetOptions: --port, --board-port, --ssh-config, --accept-new-host-key
     force: bool = False  # go on past the preflight's refusal (a note says what it refused)
+    pte: Path | None = None  # serve this program from `edgelm export` instead of exporting ``model``
 
     def check(self) -> None:
         """Every option in range, before any work (one line naming the option)."""
@@ -562,6 +563,22 @@ class RunReport:
         return asdict(self)
 
 
+def _given_program(req: RunRequest, progress: Progress) -> ExportResult:
+    """``--pte``: a program `edgelm export` wrote (its manifest verified), made from ``--model``."""
+    from toolchain.export import manifest
+    from toolchain.model import checkpoint
+
+    assert req.pte is not None
+    man = manifest.read(req.pte)
+    made_from = man["model"]["name"]
+    if checkpoint.is_preset(req.model) and made_from != req.model:
+        raise UsageError(f"--pte {req.pte} was exported from {made_from!r}, not --model {req.model}")
+    if req.quant is not None and req.quant != man["quantization"]["linear"]:
+        raise UsageError(f"--pte {req.pte} is {man['quantization']['linear']}, not --quant {req.quant}")
+    progress("export", f"using {req.pte} ({man['quantization']['scheme']})")
+    return ExportResult(req.pte, req.pte.parent / manifest.MANIFEST_FILE, man)
+
+
 def _tokenizer_path(req: RunRequest) -> Path | None:
     """The checkpoint's tokenizer.json (None for a preset); a folder without one is refused unless
     ``--byte-tokenizer``."""
@@ -613,11 +630,15 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
 
         signing.load_private_key(req.sign_key)  # a bad key fails before the slow steps
     board = boards.get(req.board)
-    quant = req.quant or board.default_quant
     tok_path = _tokenizer_path(req)
     tgt = target_for(req.board, req.target, req.workdir, req.target_options)  # an unknown target fails early
-    exported, reused_export = cached_export(req.model, req.workdir, quant=quant, max_seq_len=req.max_seq_len,
-                                            progress=progress)
+    if req.pte is not None:
+        exported, reused_export = _given_program(req, progress), True
+        quant = exported.manifest["quantization"]["linear"]
+    else:
+        quant = req.quant or board.default_quant
+        exported, reused_export = cached_export(req.model, req.workdir, quant=quant, max_seq_len=req.max_seq_len,
+                                                progress=progress)
     man = exported.manifest
     tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
     request = _request_for(req, man, tok)

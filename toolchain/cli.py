@@ -529,12 +529,14 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
               help="Sign the bundle with this ed25519 private key (see `edgelm keygen`).")
 @click.option("--force", is_flag=True,
               help="Go on when the preflight refuses (the model does not fit, an old glibc): see what the board does.")
+@click.option("--pte", type=click.Path(path_type=Path), default=None,
+              help="Serve this program from `edgelm export` (made from --model) instead of exporting again.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
         temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, threads: int | None,
         tolerance: float | None, near_tie_budget: float | None, retries: int, byte_tokenizer: bool, workdir: Path,
-        sign_key: Path | None, force: bool, as_json: bool, **kw: Any) -> None:
+        sign_key: Path | None, force: bool, pte: Path | None, as_json: bool, **kw: Any) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
     from toolchain.errors import ValidationFailed
@@ -544,7 +546,7 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                          ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
-                         sign_key=sign_key, target_options=options_from(kw), force=force)
+                         sign_key=sign_key, target_options=options_from(kw), force=force, pte=pte)
 
     def on_text(piece: str) -> None:
         if not as_json and piece:

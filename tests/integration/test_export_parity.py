@@ -102,3 +102,35 @@ def test_cli_export_json_and_inspect(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "toolchain.cli", "inspect", str(out / "model.pte")],
                           capture_output=True, text=True, timeout=120)
     assert "verified" in proc.stdout and "fully delegated" in proc.stdout
+
+
+def test_run_with_pte_refuses_another_models_program_another_quant_and_a_damaged_one(tiny_exports, tmp_path):
+    """`edgelm run --pte`: the program is served only if its manifest verifies and names --model."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+
+    src = tiny_exports("8da4w").pte
+    work = str(tmp_path / "work")
+
+    def run(*args):
+        r = CliRunner().invoke(main, ["run", "--board", "host", "--workdir", work, *args])
+        lines = [x for x in r.output.splitlines() if x.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), r.output
+        return r.exit_code, lines[0]
+
+    code, line = run("--model", "lfm2-350m", "--pte", str(src))
+    assert code == 2 and "was exported from 'tiny', not --model lfm2-350m" in line
+    code, line = run("--model", "tiny", "--pte", str(src), "--quant", "fp32")
+    assert code == 2 and "is 8da4w, not --quant fp32" in line
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    shutil.copy(src, bad / src.name)
+    shutil.copy(src.parent / "manifest.json", bad / "manifest.json")
+    data = bytearray((bad / src.name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / src.name).write_bytes(bytes(data))
+    code, line = run("--model", "tiny", "--pte", str(bad / src.name))
+    assert code == 3 and "sha256" in line.lower()

@@ -63,3 +63,48 @@ def test_a_vanished_reader_is_a_lost_link_too(host_bundle):
     assert proc.wait(30) == 6
     assert "link lost: write: Broken pipe on stdin/stdout" in proc.stderr.read().decode()
     link.close()
+
+
+def _tokens_and_logits(bundle, pte, prompt, n):
+    proc = subprocess.Popen([str(bundle.root / "runner"), "--model", str(pte), "--serial", "-"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    link = PipeTransport.of(proc, "runner stdio")
+    try:
+        s = BoardSession(link, TIMEOUTS)
+        s.wait_hello()
+        got = [m for m in s.generate(P.Request(prompt, max_new_tokens=n, ignore_eos=True, report_logits=True))
+               if isinstance(m, P.Token)]
+        s.quit()
+        assert proc.wait(30) == 0
+    finally:
+        link.close()
+    return [m.token for m in got], [m.logit for m in got]
+
+
+def test_attention_over_the_filled_slots_gives_the_tokens_of_attention_over_all_and_old_programs_still_run(
+        host_bundle, tmp_path):
+    """key_positions bounds the attention to the slots written so far. The same fp32 weights exported
+    without it (the two-input program of earlier releases: every slot attended, the rest masked) must
+    give the same tokens and logits on the same runner, and that older program must still be served."""
+    import torch
+
+    from toolchain.export import lower
+    from toolchain.model import checkpoint
+    from toolchain.validate.reference import ProgramRunner
+
+    net, _ = checkpoint.load("tiny", max_seq_len=64)
+    seq = torch.export.Dim("seq", min=1, max=64)
+    with torch.no_grad():
+        old = torch.export.export(net, lower.example_inputs()[:2], dynamic_shapes=({1: seq}, None), strict=False)
+    programs = {"bounded": lower.to_program_bytes(lower.lower(lower.export(net))),
+                "all-slots": lower.to_program_bytes(lower.lower(old))}
+    assert ProgramRunner(programs["bounded"])._key_input and not ProgramRunner(programs["all-slots"])._key_input
+    prompt = (1, 82, 114, 103, 35, 104)
+    runs = {}
+    for name, program in programs.items():
+        pte = tmp_path / f"{name}.pte"
+        pte.write_bytes(program)
+        runs[name] = _tokens_and_logits(host_bundle, pte, prompt, 40)
+    assert runs["bounded"][0] == runs["all-slots"][0]
+    assert max(abs(a - b) for a, b in zip(runs["bounded"][1], runs["all-slots"][1], strict=True)) < 1e-4
+    assert len(set(runs["bounded"][0])) > 3  # a real continuation, not one token repeated

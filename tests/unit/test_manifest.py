@@ -40,7 +40,9 @@ def test_a_file_that_is_not_a_program_is_refused(tmp_path: Path):
 
 def test_state_bytes_counts_kv_and_conv_state():
     cfg = PRESETS["tiny"].to_dict()  # 2 attention (kv=2 heads, D=16), 2 conv (h=64, L=3)
-    assert manifest.state_bytes(cfg, 64) == 2 * (2 * 2 * 64 * 16 * 4) + 2 * (64 * 2 * 4)
+    caches = 2 * (2 * 2 * 65 * 16 * 4)  # k and v of 2 heads, 64 slots and the spare one, per attention layer
+    attended = 2 * 2 * 64 * 16 * 4  # the one pair of working copies of the attended slots
+    assert manifest.state_bytes(cfg, 64) == caches + attended + 2 * (64 * 2 * 4)
 
 
 # The manifest's own digest ------------------------------------------------------------------------

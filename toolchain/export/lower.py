@@ -1,10 +1,11 @@
 """torch.export -> ExecuTorch edge dialect -> backend delegate -> ``.pte`` bytes.
 
 Backends sit in a small registry (name -> partitioner factory), listable from the CLI. The
-program exported here has one method, ``forward(tokens [1,T], input_pos [1]) -> logits [1,V]``,
-with T dynamic in [1, max_seq_len], and carries its state (KV caches, conv states) as mutable
-buffers. No ``llama::`` custom ops are used: the runtime libraries in the executorch wheel do
-not carry them.
+program exported here has one method, ``forward(tokens [1,T], input_pos [1], key_positions [L])
+-> logits [1,V]``, with T dynamic in [1, max_seq_len] and L = input_pos + T (the cache slots the
+attention reads, so a step costs what the filled part of the caches costs, not the whole), and
+carries its state (KV caches, conv states) as mutable buffers. No ``llama::`` custom ops are
+used: the runtime libraries in the executorch wheel do not carry them.
 
 Lowering never degrades silently: :func:`delegation_report` lists, per decoder layer, which
 operators the backend took and which stayed on the portable CPU kernels, with the reason.
@@ -82,15 +83,18 @@ _WHY_NOT_DELEGATED = {
 }
 
 
-def example_inputs(seq_len: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.zeros((1, seq_len), dtype=torch.long), torch.zeros((1,), dtype=torch.long)
+def example_inputs(seq_len: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.zeros((1, seq_len), dtype=torch.long), torch.zeros((1,), dtype=torch.long),
+            torch.arange(seq_len, dtype=torch.long))
 
 
 def export(model: Lfm2Model) -> torch.export.ExportedProgram:
-    """``torch.export`` with a dynamic token dimension, gradients off."""
+    """``torch.export`` with dynamic token and attended-slot dimensions, gradients off."""
     seq = torch.export.Dim("seq", min=1, max=model.max_seq_len)
+    keys = torch.export.Dim("keys", min=1, max=model.max_seq_len)
     with torch.no_grad():
-        return torch.export.export(model, example_inputs(), dynamic_shapes=({1: seq}, None), strict=False)
+        return torch.export.export(model, example_inputs(), dynamic_shapes=({1: seq}, None, {0: keys}),
+                                   strict=False)
 
 
 def lower(exported: torch.export.ExportedProgram, backend: str = "xnnpack"):
@@ -112,6 +116,9 @@ def to_program_bytes(edge) -> bytes:
     et = edge.to_executorch(ExecutorchBackendConfig(
         passes=[InitializedMutableBufferPass(list(STATE_BUFFERS))],
         extract_delegate_segments=True,
+        # The cache writes (index_put) become index_put_ on the buffers themselves: without this
+        # every call copies each KV cache in full and writes it back.
+        run_reinplace_pass=True,
         memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False),
     ))
     return et.buffer
@@ -149,7 +156,8 @@ def _is_compute(node: torch.fx.Node) -> bool:
 _LAYER_STATE_OPS = {
     "aten.index_put.default": "KV-cache write at input_pos (mutable buffer)",
     "aten.index_copy.default": "KV-cache write at input_pos (mutable buffer)",
-    "aten.slice_copy.Tensor": "conv state: keep the last conv_L_cache-1 inputs (mutable buffer)",
+    "aten.slice_copy.Tensor": "conv state: keep the last conv_L_cache-1 inputs (mutable buffer); KV caches: "
+                              "the filled slots (a dynamic length, which XNNPACK does not slice)",
 }
 _VIEW_OPS = {"aten.view_copy.default", "aten.unsqueeze_copy.default", "aten.squeeze_copy.dims",
              "aten.squeeze_copy.dim", "aten.alias_copy.default"}

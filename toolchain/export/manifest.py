@@ -80,12 +80,15 @@ def check_program_header(head: bytes, name: str) -> None:
 
 
 def state_bytes(config: dict[str, Any], max_seq_len: int) -> int:
-    """Bytes of mutable state (fp32 KV caches and conv states) the program carries."""
+    """Bytes of mutable state the program carries: fp32 KV caches (max_seq_len + 1 slots, see
+    model.lfm2.Attention) and conv states, plus the one pair of working copies of the attended
+    slots that every attention layer reuses."""
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     kinds = config["layer_types"]
-    kv = 2 * config["num_key_value_heads"] * max_seq_len * head_dim * 4
+    kv = 2 * config["num_key_value_heads"] * (max_seq_len + 1) * head_dim * 4
     conv = config["hidden_size"] * (config["conv_L_cache"] - 1) * 4
-    return sum(kv if k == "full_attention" else conv for k in kinds)
+    attended = 2 * config["num_key_value_heads"] * max_seq_len * head_dim * 4 if "full_attention" in kinds else 0
+    return sum(kv if k == "full_attention" else conv for k in kinds) + attended
 
 
 def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantization: dict[str, Any],
@@ -99,7 +102,9 @@ def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantizati
             "size_bytes": len(program),
             "method": "forward",
             "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, f"1..{max_seq_len}"]},
-                       {"name": "input_pos", "dtype": "int64", "shape": [1]}],
+                       {"name": "input_pos", "dtype": "int64", "shape": [1]},
+                       {"name": "key_positions", "dtype": "int64", "shape": [f"input_pos+T (1..{max_seq_len})"],
+                        "holds": "0, 1, ..., input_pos+T-1: the cache slots attended"}],
             "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, model["config"]["vocab_size"]]}],
             "max_seq_len": max_seq_len,
             "state_bytes": state_bytes(model["config"], max_seq_len),

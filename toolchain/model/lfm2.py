@@ -2,15 +2,22 @@
 
 Shapes (batch is always 1 on a board):
 
-    tokens     int64 [1, T]          T in [1, max_seq_len]: a prefill chunk or one decode token
-    input_pos  int64 [1]             position of tokens[0, 0] in the sequence
+    tokens         int64 [1, T]      T in [1, max_seq_len]: a prefill chunk or one decode token
+    input_pos      int64 [1]         position of tokens[0, 0] in the sequence
+    key_positions  int64 [L]         0, 1, ..., L-1 with L = input_pos + T: the cache slots attended
+                                     (its length bounds the attention: only the filled part of the
+                                     caches is read). Optional in eager use: then every slot is
+                                     attended and the unfilled ones are masked out.
     logits     float [1, V]          next-token logits at the last position (``all_logits=False``)
                float [1, T, V]       at every position (``all_logits=True``, for tests and reference)
 
 State lives in the program as mutable buffers, updated in place on every call:
 
-    k_cache, v_cache   [1, n_kv_heads, max_seq_len, head_dim]   per attention layer, written at
-                                                                 input_pos .. input_pos+T-1
+    k_cache            [n_kv_heads, head_dim, max_seq_len + 1]  per attention layer, keys stored
+                                                                 transposed (scores = q @ k_cache)
+    v_cache            [n_kv_heads, max_seq_len + 1, head_dim]  both written at slots
+                                                                 input_pos .. input_pos+T-1; the
+                                                                 first L are read
     conv_state         [1, hidden, conv_L_cache - 1]            per conv layer: the last inputs
                                                                  of the depthwise causal conv
 
@@ -124,9 +131,13 @@ class Attention(nn.Module):
         rot[torch.arange(half), torch.arange(half) + half] = -1.0
         rot[torch.arange(half) + half, torch.arange(half)] = 1.0
         self.register_buffer("rotate_half", rot, persistent=False)
-        cache = (self.n_kv, max_seq_len, self.head_dim)
-        self.register_buffer("k_cache", torch.zeros(cache), persistent=False)
-        self.register_buffer("v_cache", torch.zeros(cache), persistent=False)
+        # Keys are cached transposed, so a step multiplies by the cache as it lies in memory
+        # (a transposed view would make XNNPACK copy the whole cache on every call). One spare
+        # slot, never written or read, keeps "the first L slots" a proper slice for every L up
+        # to max_seq_len (torch.export refuses a dynamic slice that may be the whole tensor).
+        slots = max_seq_len + 1
+        self.register_buffer("k_cache", torch.zeros(self.n_kv, self.head_dim, slots), persistent=False)
+        self.register_buffer("v_cache", torch.zeros(self.n_kv, slots, self.head_dim), persistent=False)
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         # rotate_half(x) = cat(-x2, x1) as a product with a constant signed permutation: exact
@@ -136,21 +147,24 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, group_mask: torch.Tensor,
                 positions: torch.Tensor) -> torch.Tensor:
-        """``group_mask`` [n_rep*T, S]: the causal mask tiled once per query head of a KV group."""
-        T = x.shape[1]
+        """``group_mask`` [n_rep*T, L]: the causal mask over the first L cache slots, tiled once per
+        query head of a KV group; only those L slots are read."""
+        T, L = x.shape[1], group_mask.shape[-1]
         # RoPE in [1, T, heads, D] layout (cos, sin: [T, 1, D]), then heads-major for the cache.
         q = self._rope(self.q_layernorm(self.q_proj(x).view(1, T, self.n_heads, self.head_dim)), cos, sin)
         k = self._rope(self.k_layernorm(self.k_proj(x).view(1, T, self.n_kv, self.head_dim)), cos, sin)
         v = self.v_proj(x).view(1, T, self.n_kv, self.head_dim)
-        self.k_cache.index_copy_(1, positions, k.view(T, self.n_kv, self.head_dim).transpose(0, 1))
-        self.v_cache.index_copy_(1, positions, v.view(T, self.n_kv, self.head_dim).transpose(0, 1))
+        # Index assignment (index_put_), which the ExecuTorch emitter re-inplaces (lower.to_program_bytes):
+        # the new rows land in the buffer itself, with no copy of the cache per call.
+        self.k_cache[:, :, positions] = k.view(T, self.n_kv, self.head_dim).permute(1, 2, 0)
+        self.v_cache[:, positions] = v.view(T, self.n_kv, self.head_dim).transpose(0, 1)
         # The n_rep query heads sharing a KV head are stacked along the rows, so every KV head is
         # read from the cache as is (no repeat_interleave copy of the cache per step).
         qg = q.view(T, self.n_heads, self.head_dim).transpose(0, 1).contiguous()
         qg = qg.view(self.n_kv, self.n_rep * T, self.head_dim)
-        scores = torch.bmm(qg, self.k_cache.transpose(1, 2)) * self.scale  # [n_kv, n_rep*T, S]
+        scores = torch.bmm(qg, self.k_cache[:, :, :L]) * self.scale  # [n_kv, n_rep*T, L]
         probs = torch.softmax(scores + group_mask, dim=-1)
-        out = torch.bmm(probs, self.v_cache)  # [n_kv, n_rep*T, D]
+        out = torch.bmm(probs, self.v_cache[:, :L])  # [n_kv, n_rep*T, D]
         out = out.view(self.n_kv, self.n_rep, T, self.head_dim).permute(2, 0, 1, 3)
         out = out.reshape(1, T, self.n_heads * self.head_dim)
         return self.out_proj(out)
@@ -187,7 +201,7 @@ class Backbone(nn.Module):
 
 
 class Lfm2Model(nn.Module):
-    """The whole decoder: ``forward(tokens [1,T], input_pos [1]) -> logits``."""
+    """The whole decoder: ``forward(tokens [1,T], input_pos [1], key_positions [L]) -> logits``."""
 
     def __init__(self, cfg: Lfm2Config, max_seq_len: int = 512, all_logits: bool = False):
         super().__init__()
@@ -212,15 +226,17 @@ class Lfm2Model(nn.Module):
     def is_tied(self) -> bool:
         return self.lm_head.weight is self.model.embed_tokens.weight
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor,
+                key_positions: torch.Tensor | None = None) -> torch.Tensor:
         T = tokens.shape[1]
         positions = input_pos + torch.arange(T, dtype=torch.long)  # [T]
         cos = self.rope_cos.index_select(0, positions).unsqueeze(1)  # [T, 1, head_dim]
         sin = self.rope_sin.index_select(0, positions).unsqueeze(1)
-        key_pos = torch.arange(self.max_seq_len, dtype=torch.long)
-        allowed = key_pos.unsqueeze(0) <= positions.unsqueeze(1)  # [T, S]
+        if key_positions is None:  # eager: every slot, the unfilled ones masked out
+            key_positions = torch.arange(self.max_seq_len, dtype=torch.long)
+        allowed = key_positions.unsqueeze(0) <= positions.unsqueeze(1)  # [T, L]
         mask = torch.where(allowed, 0.0, float("-inf"))
-        group_mask = mask.repeat(self.n_rep, 1)  # [n_rep*T, S], shared by all attention layers
+        group_mask = mask.repeat(self.n_rep, 1)  # [n_rep*T, L], shared by all attention layers
         keep_state = (input_pos > 0).to(torch.float32)  # [1]: 0 starts a new sequence
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:

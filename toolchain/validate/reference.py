@@ -55,12 +55,15 @@ class ProgramRunner:
             raise InputError(f"cannot load {pte if not isinstance(pte, bytes) else 'program'}: {exc}") from None
         meta = self._method.metadata
         self.max_seq_len = int(meta.input_tensor_meta(0).sizes()[1])
+        self._key_input = meta.num_inputs() >= 3  # key_positions: the attention reads slots 0..pos+T-1
         self.vocab_size = int(meta.output_tensor_meta(0).sizes()[-1])
 
     def step(self, tokens: list[int], pos: int) -> torch.Tensor:
         if not tokens or pos < 0 or pos + len(tokens) > self.max_seq_len:
             raise ValueError(f"positions {pos}..{pos + len(tokens)} outside [0, {self.max_seq_len})")
         inputs = [torch.tensor([tokens], dtype=torch.long), torch.tensor([pos], dtype=torch.long)]
+        if self._key_input:
+            inputs.append(torch.arange(pos + len(tokens), dtype=torch.long))
         if not self._warm:  # the thread pool starts (and probes the CPU) on the first call
             with native_stderr_to_log("first call"):
                 out = self._method.execute(inputs)

@@ -434,7 +434,8 @@ def main() -> None:
         art.bytes_per_token = bytes_per_token(art, cfg, args.tokens)
     passes = run_passes(arts, args.passes, args.threads)
     results = {
-        "meta": host_meta(args.threads), "model": MODEL, "context": CONTEXT, "tokens": args.tokens,
+        "meta": {**host_meta(args.threads), "rss_method": "VmHWM of the process tree, sampled"},
+        "model": MODEL, "context": CONTEXT, "tokens": args.tokens,
         "prompts": {"32": weights.prompt_ids(32), "127": weights.prompt_ids(127)},
         "artifacts": {a.name: {"system": a.system, "file": str(a.path.relative_to(args.work)),
                                "file_bytes": a.path.stat().st_size, "export": a.export,

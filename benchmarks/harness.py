@@ -1,8 +1,11 @@
 """How every figure of the benchmark is taken: a child process, its wall time and peak RSS, and
 whether anything else used the CPU while it ran.
 
-Peak RSS is the kernel's ``ru_maxrss`` of the measured process and its descendants (``wait4``),
-the same counter for an export, a Python probe or the edgelm runner. Idle is judged from
+Peak RSS is the largest ``VmHWM`` (the kernel's high-water mark of one process's memory) among
+the measured process and its descendants, read while they run: the same counter the edgelm
+runner reports and the Python probes read for themselves. Not ``ru_maxrss`` from ``wait4``: it
+survives ``execve``, so a child that Popen starts (vfork) from this large Python process would
+report this process's size. Idle is judged from
 ``/proc/stat``: the CPU time the whole machine spent busy during the run, less the CPU time of the
 processes that carry the run's tag in their environment (the probe and everything it started).
 More than ``MAX_OTHER_CORES`` of other work on average and the run counts as disturbed.
@@ -33,9 +36,10 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / TICK
 
 
-def tagged_cpu_s(tag: str) -> float:
-    """CPU seconds of the live processes that carry ``tag`` (their own and their reaped children's)."""
-    total = 0.0
+def tagged(tag: str) -> tuple[float, float]:
+    """(CPU seconds, largest VmHWM in MiB) of the live processes that carry ``tag``; the CPU
+    seconds count their own and their reaped children's."""
+    total, hwm = 0.0, 0.0
     needle = f"{TAG_VAR}={tag}".encode()
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -44,11 +48,15 @@ def tagged_cpu_s(tag: str) -> float:
             if needle not in Path(entry.path, "environ").read_bytes().split(b"\0"):
                 continue
             stat = Path(entry.path, "stat").read_text()
+            status = Path(entry.path, "status").read_text()
         except OSError:
             continue  # gone, or not ours to read
         rest = stat.rsplit(")", 1)[1].split()
         total += sum(int(x) for x in rest[11:15]) / TICK  # utime stime cutime cstime
-    return total
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                hwm = max(hwm, int(line.split()[1]) / 1024.0)
+    return total, hwm
 
 
 def _self_cpu_s() -> float:
@@ -96,7 +104,8 @@ class Measured:
 
 def measure(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
             timeout_s: float = 3600.0) -> Measured:
-    """Run ``argv`` once: wall time, peak RSS (ru_maxrss), CPU, and the other processes' CPU."""
+    """Run ``argv`` once: wall time, peak RSS (largest VmHWM in the tree), CPU, and the other
+    processes' CPU."""
     tag = uuid.uuid4().hex
     child_env = dict(os.environ if env is None else env)
     child_env[TAG_VAR] = tag
@@ -112,21 +121,21 @@ def measure(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | N
                for n, s in (("out", proc.stdout), ("err", proc.stderr))]
     for t in threads:
         t.start()
-    last_tree = 0.0
+    last_tree, peak = 0.0, 0.0
     while True:  # wait4, not Popen.poll: poll would reap the child and lose its rusage
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
-        last_tree = max(last_tree, tagged_cpu_s(tag))  # the tree's CPU while it lives
+        cpu_now, hwm = tagged(tag)  # the tree's CPU and memory while it lives
+        last_tree, peak = max(last_tree, cpu_now), max(peak, hwm)
         if time.monotonic() - t0 > timeout_s:
             proc.kill()
-        time.sleep(0.25)
+        time.sleep(0.1)
     proc.returncode = rc = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
     busy = machine_busy_s() - busy0
     for t in threads:
         t.join()
-    peak = usage.ru_maxrss / 1024.0  # ru_maxrss: KiB, the child and the descendants it waited for
     cpu = usage.ru_utime + usage.ru_stime
     own = _self_cpu_s() - self0  # this process: the sampling loop and the pipe readers
     other = max(0.0, busy - max(cpu, last_tree) - own) / max(wall, 1e-6)

@@ -70,3 +70,14 @@ def test_a_second_run_reuses_export_and_build(greedy_report, hil_board, hil_work
     again = api.run_job(req).to_dict()
     assert again["reused"] == {"export": True, "build": True}
     assert again["generated_token_ids"] == greedy_report["generated_token_ids"][:8]
+
+
+@pytest.mark.parametrize("quant", ["fp32", "8da8w", "8da4w"])
+def test_every_scheme_passes_on_the_board(hil_board, hil_workdir, quant):
+    """Every linear scheme's program (caches written in place, attention bounded by key_positions)
+    validates against the host reference on the board, emulated ones included."""
+    req = api.RunRequest(board=hil_board.board, target=hil_board.target, model="tiny", prompt=PROMPT, tokens=24,
+                         quant=quant, ignore_eos=True, workdir=hil_workdir)
+    r = api.run_job(req).to_dict()
+    assert r["validation"]["verdict"] == "PASS", r["validation"]["reason"]
+    assert r["quant"] == quant and len(r["generated_token_ids"]) == 24

@@ -45,9 +45,21 @@ def test_the_measured_tree_itself_is_not_a_disturbance():
 
 
 def test_peak_rss_is_the_childs_high_water_mark():
-    m = harness.measure([sys.executable, "-c", "x = bytearray(300_000_000); x[::4096] = b'1' * len(x[::4096])"])
+    m = harness.measure([sys.executable, "-c", "import time; x = bytearray(300_000_000); "
+                         "x[::4096] = b'1' * len(x[::4096]); time.sleep(0.5)"])
     assert m.rc == 0
     assert 286 < m.peak_rss_mb < 600  # 300e6 bytes = 286 MiB
+
+
+def test_a_small_child_of_a_large_parent_is_measured_small():
+    """ru_maxrss survives execve: a child Popen vforks from a big process would report the parent's
+    size. The harness must report the child's own peak."""
+    ballast = bytearray(800_000_000)
+    ballast[::4096] = b"1" * len(ballast[::4096])  # resident in this (the parent) process
+    m = harness.measure([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    del ballast
+    assert m.rc == 0
+    assert 1 < m.peak_rss_mb < 100, f"the parent's 760 MiB leaked into the child's peak: {m.peak_rss_mb:.0f} MiB"
 
 
 def test_a_probe_that_prints_no_result_is_an_error():
@@ -79,6 +91,7 @@ def _results(edgelm_decode: float, et_decode: float, share: float) -> dict:
     art = {"system": "edgelm", "file_bytes": 200_000_000, "export": {"wall_s": 170, "peak_rss_mb": 2000},
            "bytes_per_token": {"bytes_per_token": 150_000_000}}
     return {
+        "meta": {"rss_method": "VmHWM of the process tree, sampled"},
         "summary": {"edgelm 8da4w g128 emb-int8": {"system": "edgelm", "share_of_ceiling": share},
                     "et": {"system": "executorch", "share_of_ceiling": 0.8}},
         "artifacts": {"edgelm 8da4w g128 emb-int8": art, "edgelm 8da4w g32 emb-int8": art,

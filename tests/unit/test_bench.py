@@ -38,10 +38,11 @@ def test_the_measured_tree_itself_is_not_a_disturbance():
     """CPU used by the probe and its children counts as the run's own, not as other work."""
     child = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import time\\nt=time.time()\\n" \
             "while time.time()-t<1.5: pass']); print('{\"ok\": true}')"
-    m = harness.measure_quiet([sys.executable, "-c", child], tries=2)
+    load = harness.wait_idle(wait_s=10.0)  # what else the machine does (about 0 when idle)
+    m = harness.measure([sys.executable, "-c", child])
     assert m.rc == 0
     assert m.cpu_s > 1.0, "the child's CPU was not attributed to the measured tree"
-    assert m.other_cores < 0.5, f"the tree's own CPU was counted as other work: {m.other_cores:.2f}"
+    assert m.other_cores < load + 0.5, f"the tree's own CPU was counted as other work: {m.other_cores:.2f}"
 
 
 def test_peak_rss_is_the_childs_high_water_mark():

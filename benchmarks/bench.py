@@ -148,13 +148,6 @@ def _remember(dest: Path, key: dict[str, Any], export: dict[str, Any]) -> dict[s
     return body
 
 
-def _sources_hash() -> str:
-    h = hashlib.sha256()
-    for p in sorted((ROOT / "toolchain").rglob("*.py")):
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
-
-
 EDGELM_VARIANTS = (  # name, --quant, --group-size, --embedding, --max-seq-len
     ("edgelm 8da4w g32 emb-int8", "8da4w", 32, "int8", CONTEXT),
     ("edgelm 8da4w g128 emb-int8", "8da4w", 128, "int8", CONTEXT),
@@ -165,12 +158,14 @@ EDGELM_VARIANTS = (  # name, --quant, --group-size, --embedding, --max-seq-len
 
 
 def edgelm_artifacts(work: Path, threads: int, tokens: int) -> list[Artifact]:
+    from toolchain import api
+
     out = []
     for name, quant, group, emb, seq in EDGELM_VARIANTS:
         dest = work / "edgelm" / name.replace(" ", "_")
         cmd = ["edgelm", "export", "--model", MODEL, "--quant", quant, "--group-size", str(group),
                "--embedding", emb, "--max-seq-len", str(seq), "--out", str(dest)]
-        key = {"cmd": cmd, "src": _sources_hash()}
+        key = {"cmd": cmd, "src": api._toolchain_sources_hash()}
         body = _cached(dest, key)
         if body is None:
             shutil.rmtree(dest, ignore_errors=True)

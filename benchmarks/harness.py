@@ -36,6 +36,15 @@ def machine_busy_s() -> float:
     return (user + nice + system + irq + softirq + steal) / TICK
 
 
+def status_mb(field: str, status: str | None = None) -> float:
+    """A size field of /proc/<pid>/status (VmRSS, VmHWM, ...) in MiB; this process's by default."""
+    text = Path("/proc/self/status").read_text() if status is None else status
+    for line in text.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
 def tagged(tag: str) -> tuple[float, float]:
     """(CPU seconds, largest VmHWM in MiB) of the live processes that carry ``tag``; the CPU
     seconds count their own and their reaped children's."""
@@ -53,9 +62,7 @@ def tagged(tag: str) -> tuple[float, float]:
             continue  # gone, or not ours to read
         rest = stat.rsplit(")", 1)[1].split()
         total += sum(int(x) for x in rest[11:15]) / TICK  # utime stime cutime cstime
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                hwm = max(hwm, int(line.split()[1]) / 1024.0)
+        hwm = max(hwm, status_mb("VmHWM", status))
     return total, hwm
 
 

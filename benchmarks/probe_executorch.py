@@ -15,14 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-
-def rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
+from harness import status_mb  # this folder is on sys.path: the script's own
 
 
 def main() -> None:
@@ -41,7 +35,7 @@ def main() -> None:
     from executorch.extension.pybindings import portable_lib
 
     portable_lib._unsafe_reset_threadpool(args.threads)
-    base_rss = rss_mb("VmRSS")
+    base_rss = status_mb("VmRSS")
     t0 = time.perf_counter()
     runner = TextLLMRunner(args.pte, args.tokenizer)
     init_ms = (time.perf_counter() - t0) * 1e3
@@ -74,7 +68,7 @@ def main() -> None:
         "prefill32_tok_s": a["prompt_tokens"] / max(a["prefill_ms"], 1) * 1e3,
         "prefill127_tok_s": b["prompt_tokens"] / max(b["prefill_ms"], 1) * 1e3,
         "decode_tok_s": a["steps"] / max(a["decode_ms"], 1) * 1e3,
-        "peak_rss_mb": rss_mb("VmHWM"), "base_rss_mb": base_rss, "runs": {"warm": warm, "a": a, "b": b}}))
+        "peak_rss_mb": status_mb("VmHWM"), "base_rss_mb": base_rss, "runs": {"warm": warm, "a": a, "b": b}}))
 
 
 if __name__ == "__main__":

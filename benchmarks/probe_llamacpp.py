@@ -19,14 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from harness import status_mb  # this folder is on sys.path: the script's own
+
 FTYPES = {"q4_0": 2, "q8_0": 7}  # LLAMA_FTYPE_MOSTLY_Q4_0, LLAMA_FTYPE_MOSTLY_Q8_0
-
-
-def rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def quantize(args: argparse.Namespace) -> None:
@@ -48,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
 
     ids32 = [int(x) for x in args.ids32.split(",")]
     ids127 = [int(x) for x in args.ids127.split(",")]
-    base_rss = rss_mb("VmRSS")
+    base_rss = status_mb("VmRSS")
     t = time.perf_counter()
     llm = Llama(model_path=args.gguf, n_ctx=args.ctx, n_batch=args.ctx, n_ubatch=args.ctx, n_threads=args.threads,
                 n_threads_batch=args.threads, flash_attn=args.flash_attn == "on", verbose=False, seed=0)
@@ -81,7 +76,7 @@ def run(args: argparse.Namespace) -> None:
         "prefill32_tok_s": a["n_p_eval"] / a["t_p_eval_ms"] * 1e3,
         "prefill127_tok_s": b["n_p_eval"] / b["t_p_eval_ms"] * 1e3,
         "decode_tok_s": a["n_eval"] / a["t_eval_ms"] * 1e3,
-        "peak_rss_mb": rss_mb("VmHWM"), "base_rss_mb": base_rss, "generated": a["tokens"],
+        "peak_rss_mb": status_mb("VmHWM"), "base_rss_mb": base_rss, "generated": a["tokens"],
         "runs": {name: {k: v for k, v in r.items() if k != "tokens"} for name, r in (("a", a), ("b", b))}}))
 
 

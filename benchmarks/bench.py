@@ -157,6 +157,10 @@ EDGELM_VARIANTS = (  # name, --quant, --group-size, --embedding, --max-seq-len
 )
 
 
+# The variant also run with speculative decoding (drafts from the context, verified in one call).
+SPECULATIVE_OF = "edgelm 8da4w g128 emb-int4"
+
+
 def edgelm_artifacts(work: Path, threads: int, tokens: int) -> list[Artifact]:
     from toolchain import api
 
@@ -174,10 +178,11 @@ def edgelm_artifacts(work: Path, threads: int, tokens: int) -> list[Artifact]:
             body = _remember(dest, key, {"wall_s": m.wall_s, "peak_rss_mb": m.peak_rss_mb, "command": " ".join(cmd),
                                          "other_cores": m.other_cores})
         pte = dest / "model.pte"
-        out.append(Artifact(name, "edgelm", pte, [PY, str(HERE / "probe_edgelm.py"), "--pte", str(pte),
-                                                  "--threads", str(threads), "--tokens", str(tokens),
-                                                  "--workdir", str(work / "edgelm-runs")],
-                            export=body))
+        probe = [PY, str(HERE / "probe_edgelm.py"), "--pte", str(pte), "--threads", str(threads), "--tokens",
+                 str(tokens), "--workdir", str(work / "edgelm-runs")]
+        out.append(Artifact(name, "edgelm", pte, probe, export=body))
+        if name == SPECULATIVE_OF:  # the same program, drafting from the context
+            out.append(Artifact(f"{name} + lookup drafts", "edgelm", pte, [*probe, "--draft"], export=body))
     return out
 
 
@@ -350,6 +355,11 @@ def summarize(arts: list[Artifact], passes: list[dict[str, Any]]) -> dict[str, A
             vals = [r[k] for r in rows if k in r]
             if vals:
                 entry[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+        drafts = [(r["drafted"], r["accepted"], r["decode_calls"]) for r in rows if r.get("drafted")]
+        if drafts:
+            entry["drafts"] = {"drafted": sum(d for d, _, _ in drafts), "accepted": sum(a for _, a, _ in drafts),
+                               "calls": sum(c for _, _, c in drafts),
+                               "acceptance": sum(a for _, a, _ in drafts) / sum(d for d, _, _ in drafts)}
         bpt = art.bytes_per_token["bytes_per_token"]
         ceiling = bw * 1e9 / bpt
         entry["ceiling_tok_s"] = ceiling

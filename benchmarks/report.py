@@ -71,7 +71,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         r = per_pass_ratio(same, et, "prefill127_tok_s")
         out.append(("prefill-127 ≥ 1.5× ExecuTorch", f"{_fmt(r, 2)}×",
                     "met" if r is not None and r >= 1.5 else "not met"))
-    shares = {n: e.get("share_of_ceiling") for n, e in s.items() if e["system"] == "edgelm"}
+    shares = {n: e.get("share_of_ceiling") for n, e in s.items() if e["system"] == "edgelm" and not e.get("drafts")}
     if shares:
         best = max(shares, key=lambda n: shares[n] or 0)
         out.append(("decode ≥ 85% of the bandwidth ceiling", f"{_fmt((shares[best] or 0) * 100, 0)}% ({best})",
@@ -79,8 +79,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     ratios = [r["decode_tok_s"]["ratio_best_peer"] for r in results["ratios"] if r["decode_tok_s"]["ratio_best_peer"]]
     if ratios:
         m = statistics.median(ratios)
-        out.append(("decode ≥ 1.3× the best peer (output tok/s)", f"{m:.2f}× (median of passes)",
-                    "met" if m >= 1.3 else "not met"))
+        out.append(("decode ≥ 1.3× the best peer (output tok/s)", f"{m:.2f}× (median of passes"
+                    + ("; with drafts, on random weights' repetitive text)" if any(e.get("drafts") for e in s.values())
+                       else ")"), "met" if m >= 1.3 else "not met"))
     default = "edgelm 8da4w g32 emb-int8"
     if default in arts:
         ex = arts[default]["export"]
@@ -172,6 +173,20 @@ def render(results: dict[str, Any], results_path: Path, chart_path: Path) -> str
                      f"{_fmt(d['ratio_executorch'], 2)} | {_fmt(d['ratio_llamacpp'], 2)} | "
                      f"{_fmt(p['ratio_best_peer'], 2)} ({p['edgelm'][0]} vs {p['best_peer'][0]}) | "
                      f"{_fmt(p['ratio_executorch'], 2)} | {_fmt(p['ratio_llamacpp'], 2)} |")
+    spec = {n: e for n, e in s.items() if e.get("drafts")}
+    if spec:
+        lines += ["", "## Speculative decoding (drafts from the context)", "",
+                  "The runner drafts from the prompt and its own output (the tokens that followed the last "
+                  "occurrence of the current 3-, 2- or 1-token suffix) and verifies a token and its draft in "
+                  "one forward call; every stream still PASSes the unchanged validation. **On this model's "
+                  "random weights the greedy output repeats itself, so acceptance here says how the mechanism "
+                  "performs on repetitive text, not on real text.**", "",
+                  "| system | output tok/s | draft tokens accepted | forward calls for 128 tokens |",
+                  "|---|---|---|---|"]
+        for name, e in spec.items():
+            d = e["drafts"]
+            lines.append(f"| {name} | {_mmm(e, 'decode_tok_s')} | {d['accepted']}/{d['drafted']} "
+                         f"({d['acceptance'] * 100:.0f}%) | {d['calls'] / max(1, e['ok_passes']):.0f} |")
     lines += ["", "## Targets of issue 9 (from this run)", "", "| target | measured | |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {v} |" for t, m, v in targets(results)]
     lines += ["", "## Bytes read per decoded token", "",
@@ -188,7 +203,8 @@ def render(results: dict[str, Any], results_path: Path, chart_path: Path) -> str
               "**A projection, not a measurement:** the decode ceiling of each board is its measured CPU read "
               "bandwidth over the bytes one step reads; the expected figure applies the share of the ceiling "
               "edgelm reached on this machine. Emulated boards (QEMU) say nothing about speed.", ""]
-    best = max((n for n, e in s.items() if e["system"] == "edgelm" and e.get("share_of_ceiling")),
+    best = max((n for n, e in s.items() if e["system"] == "edgelm" and e.get("share_of_ceiling")
+                and not e.get("drafts")),
                key=lambda n: s[n]["decode_tok_s"]["median"], default=None)
     if best and BOARDS:
         bpt = arts[best]["bytes_per_token"]["bytes_per_token"]

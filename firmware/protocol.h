@@ -44,6 +44,7 @@ extern "C" {
 /* REQUEST.flags */
 #define REQ_FLAG_IGNORE_STOP 0x1u /* bit 0: ignore the stop list (EOS ids included) */
 #define REQ_FLAG_REPORT_LOGITS 0x2u /* bit 1: TOKEN frames carry the board's logits (see TokenMsg) */
+#define REQ_FLAG_NO_DRAFT 0x4u /* bit 2: one token per forward call (no speculative drafts) */
 #define TOKEN_MAX_TOP 4 /* candidates a TOKEN frame reports with REQ_FLAG_REPORT_LOGITS */
 
 #define PROTO_SHA256_LEN 32
@@ -155,6 +156,9 @@ typedef struct {
     float prefill_tok_s;   /* tokens per second */
     float decode_tok_s;    /* tokens per second */
     uint64_t peak_rss_kb;  /* kilobytes */
+    uint32_t decode_calls; /* forward calls after the prefill */
+    uint32_t drafted;      /* draft tokens proposed to the model for verification */
+    uint32_t accepted;     /* draft tokens the model confirmed (each saved one call) */
 } Stats;
 
 long proto_pack_hello(uint8_t *out, size_t cap, const Hello *h);

@@ -1,7 +1,7 @@
 // runner.cpp - edgelm board runner: serves one ExecuTorch LLM program over a serial link
 // (docs/protocol.md).
 //
-//   runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--verbose]
+//   runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--draft N] [--verbose]
 //
 // Loads the .pte, opens the link, sends HELLO, then answers REQUEST frames with TOKEN
 // frames and a STATS frame until QUIT. Defaults come from board_config.h.
@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "board_config.h"
+#include "draft.h"
 #include "frame.h"
 #include "protocol.h"
 #include "sampler.h"
@@ -156,17 +157,20 @@ struct Options {
   const char* serial = EDGELM_SERIAL_DEVICE;    // tty path, or SERIAL_STDIO
   long baud = EDGELM_BAUD;                      // bits per second
   long threads = EDGELM_THREADS;                // 0 = ExecuTorch's default
+  long draft = -1;                              // most draft tokens per call; -1 = the program's
   bool verbose = false;
 };
 
 void print_usage(FILE* f) {
   std::fprintf(f,
-               "usage: runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--verbose]\n"
+               "usage: runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--draft N] [--verbose]\n"
                "  --model PATH   ExecuTorch program (.pte) to serve\n"
                "  --serial DEV   serial device (default %s); '-' = frames on stdin/stdout\n"
                "                 (pipes, an SSH channel; logs stay on stderr)\n"
                "  --baud N       bits per second of the serial device (default %ld)\n"
                "  --threads N    threadpool size, 0 = ExecuTorch default (default %ld)\n"
+               "  --draft N      most speculative draft tokens per forward call, 0 = none\n"
+               "                 (default: what the program can verify, see docs/protocol.md)\n"
                "  --verbose      also log ExecuTorch debug and info messages\n"
                "board %s, firmware %s, protocol %d\n"
                "exit status: 0 quit, 2 usage, 3 model cannot be loaded, "
@@ -198,7 +202,8 @@ int parse_options(int argc, char** argv, Options* o) {
       continue;
     }
     const bool takes_value = std::strcmp(a, "--model") == 0 || std::strcmp(a, "--serial") == 0 ||
-                             std::strcmp(a, "--baud") == 0 || std::strcmp(a, "--threads") == 0;
+                             std::strcmp(a, "--baud") == 0 || std::strcmp(a, "--threads") == 0 ||
+                             std::strcmp(a, "--draft") == 0;
     if (!takes_value) {
       log_line("unknown argument %s (see --help)", a);
       return EXIT_USAGE;
@@ -221,6 +226,11 @@ int parse_options(int argc, char** argv, Options* o) {
         log_line("--threads %s is not a number in 0..1024", value);
         return EXIT_USAGE;
       }
+    } else if (std::strcmp(a, "--draft") == 0) {
+      if (!parse_long(value, 0, 1024, &o->draft)) {
+        log_line("--draft %s is not a number in 0..1024", value);
+        return EXIT_USAGE;
+      }
     }
     i++;
   }
@@ -239,9 +249,12 @@ int parse_options(int argc, char** argv, Options* o) {
 // Model: one loaded "forward" Method and its memory.
 // Inputs: tokens int64 [1, T] with 1 <= T <= max_seq_len, input_pos int64 [1], and in programs
 // that attend only over the filled part of their caches, key_positions int64 [input_pos + T]
-// holding 0, 1, ..., input_pos + T - 1 (its length is the attention's bound).
-// Output 0: float logits, [1, V] (or [1, T, V]: the last V floats are the last position).
-// A call at input_pos 0 starts a new sequence.
+// holding 0, 1, ..., input_pos + T - 1 (its length is the attention's bound), and in programs
+// that verify speculative drafts, logit_rows int64 [R], 1 <= R <= max_rows: the positions of the
+// chunk whose logits come back.
+// Output 0: float logits, [1, V] or [1, R, V] (the last R * V floats, row by row).
+// A call at input_pos 0 starts a new sequence; a rewindable program (one with logit_rows) may
+// start up to max_rows - 1 positions before the end of the last call (a rejected draft).
 
 struct Model {
   int64_t max_seq_len = 0;  // tokens: upper bound of input 0, dim 1
@@ -266,6 +279,9 @@ struct Model {
   int64_t input_pos[1] = {0};
   bool key_input = false;              // the program takes key_positions (input 2)
   std::vector<int64_t> key_positions;  // [max_seq_len]: 0, 1, ..., max_seq_len - 1
+  bool rows_input = false;             // the program takes logit_rows (input 3)
+  int64_t max_rows = 1;                // most logit rows per call: the longest draft + 1
+  std::vector<int64_t> rows;           // [max_rows]
 };
 
 // Loads the program. Returns 0, or -1 with one line (no prefix) in err.
@@ -324,6 +340,16 @@ int build_model(Model* m, const char* path, long threads, char* err, size_t err_
       shape_error = "input 2 is not int64 key_positions [input_pos + T] bounded by max_seq_len";
     m->key_input = true;
   }
+  if (!shape_error && meta->num_inputs() >= 4) {
+    auto rows_meta = meta->input_tensor_meta(3);
+    if (!rows_meta.ok() || rows_meta->sizes().size() != 1 || rows_meta->scalar_type() != ScalarType::Long ||
+        rows_meta->sizes()[0] < 1 || rows_meta->sizes()[0] > tok_meta->sizes()[1])
+      shape_error = "input 3 is not int64 logit_rows [R] with R at most max_seq_len";
+    else
+      m->max_rows = rows_meta->sizes()[0];
+    m->rows_input = true;
+  }
+  if (!shape_error && meta->num_inputs() > 4) shape_error = "takes more than 4 inputs";
   if (shape_error) {
     std::snprintf(err, err_cap, "%s is not an edgelm LLM program: '%s' %s", path, METHOD_NAME,
                   shape_error);
@@ -363,6 +389,7 @@ int build_model(Model* m, const char* path, long threads, char* err, size_t err_
   m->tokens.assign((size_t)m->max_seq_len, 0);
   m->key_positions.resize((size_t)m->max_seq_len);
   for (int64_t i = 0; i < m->max_seq_len; i++) m->key_positions[(size_t)i] = i;
+  m->rows.assign((size_t)m->max_rows, 0);
   return 0;
 }
 
@@ -378,14 +405,21 @@ void free_model(Model* m) {
   m->loader.reset();
 }
 
-// One forward call on tokens[0 .. n-1] at input_pos pos. On success *logits points at
-// the V logits of the last position (valid until the next call). On failure returns the
-// error and writes which step failed into where.
-Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, const float** logits,
-                    char* where, size_t where_cap) {
+// One forward call on tokens[0 .. n-1] at input_pos pos. all_rows false: on success *logits
+// points at the V logits of the last position; true (a draft's verification, n <= max_rows): at
+// n rows of V logits, the one after each token. Valid until the next call. On failure returns
+// the error and writes which step failed into where.
+Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, bool all_rows,
+                    const float** logits, char* where, size_t where_cap) {
   if (n < 1 || n > m->max_seq_len) {
     std::snprintf(where, where_cap, "%" PRId64 " tokens do not fit max_seq_len %" PRId64, n,
                   m->max_seq_len);
+    return Error::InvalidArgument;
+  }
+  const int64_t n_rows = all_rows ? n : 1;
+  if (n_rows > m->max_rows) {
+    std::snprintf(where, where_cap, "%" PRId64 " logit rows asked of a program that returns at most %" PRId64,
+                  n_rows, m->max_rows);
     return Error::InvalidArgument;
   }
   if (pos < 0 || pos > m->max_seq_len - n) {
@@ -424,6 +458,16 @@ Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, cons
       return e;
     }
   }
+  for (int64_t i = 0; i < n_rows; i++) m->rows[(size_t)i] = all_rows ? i : n - 1;
+  TensorImpl::SizesType rows_sizes[1] = {(TensorImpl::SizesType)n_rows};
+  TensorImpl rows_impl(ScalarType::Long, 1, rows_sizes, m->rows.data(), pos_order, pos_strides);
+  if (m->rows_input) {
+    e = m->method->set_input(EValue(Tensor(&rows_impl)), 3);
+    if (e != Error::Ok) {
+      std::snprintf(where, where_cap, "set_input(logit_rows) failed (error 0x%x)", (unsigned)e);
+      return e;
+    }
+  }
   e = m->method->execute();
   if (e != Error::Ok) {
     std::snprintf(where, where_cap, "execute failed (error 0x%x)", (unsigned)e);
@@ -431,13 +475,13 @@ Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, cons
   }
   const EValue& out = m->method->get_output(0);
   if (!out.isTensor() || out.toTensor().scalar_type() != ScalarType::Float ||
-      out.toTensor().numel() < m->vocab) {
+      out.toTensor().numel() < n_rows * m->vocab) {
     std::snprintf(where, where_cap, "output 0 is not float logits with at least %" PRId64 " values",
-                  m->vocab);
+                  n_rows * m->vocab);
     return Error::InvalidProgram;
   }
   Tensor t = out.toTensor();
-  *logits = t.const_data_ptr<float>() + (t.numel() - m->vocab);
+  *logits = t.const_data_ptr<float>() + (t.numel() - n_rows * m->vocab);
   return Error::Ok;
 }
 
@@ -577,7 +621,9 @@ struct Server {
   Model* model;
   Link* link;
   Sampler sampler;
-  std::vector<uint32_t> prompt;  // [max_seq_len] scratch
+  int64_t draft_max = 0;      // most draft tokens per forward call (0: plain decoding)
+  std::vector<uint32_t> ctx;  // [max_seq_len]: the prompt, then the generated tokens
+  std::vector<uint32_t> chunk;  // [max_rows]: the token to feed and its draft
 };
 
 // Serves one parsed REQUEST received at t_request (us). Sends TOKENs and STATS, or an ERROR.
@@ -596,7 +642,7 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
                  i, t, m->vocab);
       return;
     }
-    s->prompt[i] = t;
+    s->ctx[i] = t;
   }
   const bool use_stop = (req->flags & REQ_FLAG_IGNORE_STOP) == 0;
   log_line("request: %" PRIu32 " prompt tokens, max_new_tokens %" PRIu32 ", temperature %g, "
@@ -606,7 +652,7 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
 
   char where[160];
   const float* logits = nullptr;
-  if (model_forward(m, s->prompt.data(), req->n_prompt, 0, &logits, where, sizeof where) != Error::Ok) {
+  if (model_forward(m, s->ctx.data(), req->n_prompt, 0, false, &logits, where, sizeof where) != Error::Ok) {
     send_error(l, ERR_RUNTIME, "prefill of %" PRIu32 " tokens: %s", req->n_prompt, where);
     return;
   }
@@ -618,7 +664,11 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   uint32_t generated = 1;
   uint64_t t_last = t_first;
   uint8_t stop = STOP_MAX_TOKENS;
-  int64_t pos = req->n_prompt;
+  int64_t n_ctx = req->n_prompt;
+  s->ctx[(size_t)n_ctx++] = tok;
+  int64_t pos = req->n_prompt;  // tokens in the model's state: all of ctx but tok
+  const bool speculate = s->draft_max > 0 && (req->flags & REQ_FLAG_NO_DRAFT) == 0;
+  uint32_t calls = 0, drafted = 0, accepted = 0;
 
   for (;;) {
     if (use_stop && request_is_stop(req, tok)) {
@@ -626,16 +676,41 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
       break;
     }
     if (generated >= req->max_new_tokens) break;
-    if (model_forward(m, &tok, 1, pos, &logits, where, sizeof where) != Error::Ok) {
-      send_error(l, ERR_RUNTIME, "decode step %" PRIu32 " at input_pos %" PRId64 ": %s", generated,
-                 pos, where);
+    // Draft k tokens to follow tok, no more than the request and the program have room for.
+    int64_t k = 0;
+    if (speculate) {
+      int64_t room = s->draft_max;
+      if (room > (int64_t)(req->max_new_tokens - generated) - 1) room = (int64_t)(req->max_new_tokens - generated) - 1;
+      if (room > m->max_seq_len - pos - 1) room = m->max_seq_len - pos - 1;
+      if (room > 0) k = (int64_t)draft_lookup(s->ctx.data(), (size_t)n_ctx, (size_t)room, &s->chunk[1]);
+    }
+    s->chunk[0] = tok;
+    if (model_forward(m, s->chunk.data(), k + 1, pos, k > 0, &logits, where, sizeof where) != Error::Ok) {
+      send_error(l, ERR_RUNTIME, "decode step %" PRIu32 " at input_pos %" PRId64 " (%" PRId64
+                 " draft tokens): %s", generated, pos, k, where);
       return;
     }
-    pos++;
-    tok = sample(&s->sampler, logits, req->temperature, req->top_k, req->top_p);
-    t_last = now_us();
-    send_token(l, generated, tok, t_last - t_request, report ? logits : nullptr, m->vocab);
-    generated++;
+    calls++;
+    drafted += (uint32_t)k;
+    // Row r holds the logits after chunk[r]: pick from it as plain decoding would; while the
+    // pick is the next draft token, the next row is valid too.
+    int64_t used = 0;
+    for (;;) {
+      const float* row = logits + used * m->vocab;
+      tok = sample(&s->sampler, row, req->temperature, req->top_k, req->top_p);
+#ifdef EDGELM_TEST_DRAFT_BUG  // tests only: the draft is taken on trust, the model's pick ignored
+      if (used < k) tok = s->chunk[(size_t)used + 1];
+#endif
+      t_last = now_us();
+      send_token(l, generated, tok, t_last - t_request, report ? row : nullptr, m->vocab);
+      generated++;
+      s->ctx[(size_t)n_ctx++] = tok;
+      used++;
+      if (used > k || tok != s->chunk[(size_t)used]) break;  // the last row, or the draft is wrong here
+      accepted++;
+      if ((use_stop && request_is_stop(req, tok)) || generated >= req->max_new_tokens) break;
+    }
+    pos += used;  // the next call starts here: rejected draft tokens are rolled back
   }
 
   Stats st;
@@ -649,10 +724,14 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   st.prefill_tok_s = ttft_s > 0 ? (float)(req->n_prompt / ttft_s) : 0.0f;
   st.decode_tok_s = (generated > 1 && decode_s > 0) ? (float)((generated - 1) / decode_s) : 0.0f;
   st.peak_rss_kb = peak_rss_kb();
+  st.decode_calls = calls;
+  st.drafted = drafted;
+  st.accepted = accepted;
   link_send(l, MSG_STATS, proto_pack_stats(l->body, sizeof l->body, &st));
   log_line("done: %" PRIu32 " tokens (%s), ttft %.2f ms, prefill %.1f tok/s, decode %.1f tok/s, "
-           "peak rss %" PRIu64 " kB", generated, stop == STOP_TOKEN ? "stop token" : "max_new_tokens",
-           (double)st.ttft_ms, (double)st.prefill_tok_s, (double)st.decode_tok_s, st.peak_rss_kb);
+           "%" PRIu32 " decode calls, %" PRIu32 " of %" PRIu32 " draft tokens accepted, peak rss %" PRIu64 " kB",
+           generated, stop == STOP_TOKEN ? "stop token" : "max_new_tokens", (double)st.ttft_ms,
+           (double)st.prefill_tok_s, (double)st.decode_tok_s, calls, accepted, drafted, st.peak_rss_kb);
 }
 
 // Handles one frame reader event. Returns true when the host asked to quit.
@@ -755,12 +834,17 @@ int main(int argc, char** argv) {
   if (g_pal_held[0]) log_line("[executorch] %s", g_pal_held);
   char hex[SHA256_HEX_LEN + 1];
   sha256_hex(model.sha256, hex);
-  log_line("loaded %s (sha256 %s): max_seq_len %" PRId64 ", vocab %" PRId64 ", %u threads, %.1f ms",
-           opt.model, hex, model.max_seq_len, model.vocab, model.threads, (double)model.load_ms);
+  log_line("loaded %s (sha256 %s): max_seq_len %" PRId64 ", vocab %" PRId64 ", %u threads, %.1f ms, "
+           "verifies drafts of up to %" PRId64 " tokens",
+           opt.model, hex, model.max_seq_len, model.vocab, model.threads, (double)model.load_ms,
+           model.max_rows - 1);
 
   Server server;
   server.model = &model;
-  server.prompt.assign((size_t)model.max_seq_len, 0);
+  server.ctx.assign((size_t)model.max_seq_len, 0);
+  server.chunk.assign((size_t)model.max_rows, 0);
+  server.draft_max = model.max_rows - 1;
+  if (opt.draft >= 0 && opt.draft < server.draft_max) server.draft_max = opt.draft;
   if (build_sampler(&server.sampler, (uint32_t)model.vocab) != 0) {
     log_line("out of memory for the sampler (vocab %" PRId64 ")", model.vocab);
     free_model(&model);

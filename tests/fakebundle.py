@@ -20,7 +20,7 @@ BUNDLE_FILES = ("runner", *sdk.RUNTIME_LIBS, "model.pte", "manifest.json")
 def full_manifest(program: bytes = FAKE_PTE, max_seq_len: int = 64) -> dict:
     cfg = PRESETS["tiny"].to_dict()
     return manifest.build(
-        program=program, max_seq_len=max_seq_len, model={"name": "tiny", "kind": "preset", "config": cfg,
+        program=program, max_seq_len=max_seq_len, max_draft=7, model={"name": "tiny", "kind": "preset", "config": cfg,
                                                          "parameters": 1000, "weights_sha256": "0" * 64, "seed": 0},
         quantization={"scheme": "fp32", "linear_layers": 4, "linear_layers_quantized": 0, "lm_head": "tied"},
         delegation={"backend": "xnnpack", "delegated_total": 10, "delegate_calls": 1, "non_delegated_total": 1,

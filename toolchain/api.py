@@ -100,7 +100,7 @@ def export_model(model: str, out: Path, *, quant: str = "8da4w", group_size: int
 
     t = step("write", str(out))
     body = manifest.build(
-        program=program, max_seq_len=max_seq_len,
+        program=program, max_seq_len=max_seq_len, max_draft=net.max_draft,
         model={"name": source.name, "kind": source.kind, "config": source.config.to_dict(),
                "parameters": source.config.num_parameters(), "weights_sha256": source.weights_sha256,
                "seed": source.seed},
@@ -149,7 +149,7 @@ def _model_identity(model: str) -> dict[str, Any]:
         from toolchain.model import presets
 
         return {"preset": model, "tiny": presets.tiny_key() if model == "tiny" else None}
-    folder = Path(model)
+    folder = checkpoint.folder_of(model)
     if not folder.is_dir():
         checkpoint.inspect_folder(folder)  # raises the usual one-line error
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors"))
@@ -424,6 +424,7 @@ class RunRequest:
     top_p: float = 1.0
     seed: int = 0
     ignore_eos: bool = False
+    draft: bool = True  # the board may verify drafts from the context (speculative decoding)
     tolerance: float | None = None
     threads: int | None = None
     workdir: Path = DEFAULT_WORKDIR
@@ -571,7 +572,7 @@ def _given_program(req: RunRequest, progress: Progress) -> ExportResult:
     assert req.pte is not None
     man = manifest.read(req.pte)
     made_from = man["model"]["name"]
-    if checkpoint.is_preset(req.model) and made_from != req.model:
+    if (checkpoint.is_preset(req.model) or req.model in checkpoint.SHIPPED) and made_from != req.model:
         raise UsageError(f"--pte {req.pte} was exported from {made_from!r}, not --model {req.model}")
     if req.quant is not None and req.quant != man["quantization"]["linear"]:
         raise UsageError(f"--pte {req.pte} is {man['quantization']['linear']}, not --quant {req.quant}")
@@ -586,7 +587,7 @@ def _tokenizer_path(req: RunRequest) -> Path | None:
 
     if checkpoint.is_preset(req.model):
         return None
-    tok_path = checkpoint.inspect_folder(Path(req.model)).tokenizer_path
+    tok_path = checkpoint.inspect_folder(checkpoint.folder_of(req.model)).tokenizer_path
     if tok_path is None and not req.byte_tokenizer:
         raise InputError(f"{req.model} has no tokenizer.json: the prompt cannot be tokenized as the model was "
                          "trained", hint="add the checkpoint's tokenizer.json, or pass --byte-tokenizer to send "
@@ -607,7 +608,7 @@ def _request_for(req: RunRequest, man: dict[str, Any], tok: Any) -> Any:
     return protocol.Request(prompt=tuple(prompt_ids), max_new_tokens=req.tokens, temperature=req.temperature,
                             top_k=req.top_k, top_p=req.top_p, seed=req.seed,
                             stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos,
-                            report_logits=True)
+                            report_logits=True, draft=req.draft)
 
 
 def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str], None] = lambda s: None,
@@ -669,7 +670,9 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
     stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens"}.get(
         stats.stop if stats else None, "unknown")
     board_stats = ({"load_ms": hello.load_ms, "ttft_ms": stats.ttft_ms, "prefill_tok_s": stats.prefill_tok_s,
-                    "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb} if stats else
+                    "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb,
+                    "decode_calls": stats.decode_calls, "drafted": stats.drafted, "accepted": stats.accepted}
+                   if stats else
                    {"load_ms": hello.load_ms})
     return RunReport(
         board=board.name, target=tgt.spec, emulated=tgt.rss_of_emulator, model=req.model, quant=quant,

@@ -171,7 +171,8 @@ def main(verbose: bool) -> None:
 
 
 @main.command()
-@click.option("--model", "-m", required=True, help="Preset (lfm2-350m, lfm2.5-350m, tiny) or a Hugging Face folder.")
+@click.option("--model", "-m", required=True,
+              help="Preset (lfm2-350m, lfm2.5-350m, tiny), a shipped model (fortune) or a Hugging Face folder.")
 @click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w"]), default="8da4w", show_default=True)
 @click.option("--group-size", type=int, default=32, show_default=True, help="Weight group size for 8da4w / int4.")
 @click.option("--embedding", type=click.Choice(["none", "int8", "int4"]), default=None,
@@ -513,6 +514,8 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ignore-eos", is_flag=True, help="Generate exactly --tokens tokens.")
+@click.option("--no-draft", is_flag=True,
+              help="One token per forward call: no speculative drafts from the context (same tokens, for comparison).")
 @click.option("--threads", type=int, default=None, help="Runner threads [default: the board's].")
 @click.option("--tolerance", type=float, default=None,
               help="Board vs host logit difference accepted as rounding, in std of the host logits "
@@ -534,8 +537,9 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
-        temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, threads: int | None,
-        tolerance: float | None, near_tie_budget: float | None, retries: int, byte_tokenizer: bool, workdir: Path,
+        temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, no_draft: bool,
+        threads: int | None, tolerance: float | None, near_tie_budget: float | None, retries: int,
+        byte_tokenizer: bool, workdir: Path,
         sign_key: Path | None, force: bool, pte: Path | None, as_json: bool, **kw: Any) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
@@ -544,7 +548,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
 
     req = api.RunRequest(board=board, model=model, prompt=prompt, tokens=tokens, quant=quant, target=target,
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         ignore_eos=ignore_eos, tolerance=tolerance, threads=threads, workdir=workdir,
+                         ignore_eos=ignore_eos, draft=not no_draft, tolerance=tolerance, threads=threads,
+                         workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
                          sign_key=sign_key, target_options=options_from(kw), force=force, pte=pte)
 

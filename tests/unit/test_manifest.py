@@ -43,6 +43,7 @@ def test_state_bytes_counts_kv_and_conv_state():
     caches = 2 * (2 * 2 * 65 * 16 * 4)  # k and v of 2 heads, 64 slots and the spare one, per attention layer
     attended = 2 * 2 * 64 * 16 * 4  # the one pair of working copies of the attended slots
     assert manifest.state_bytes(cfg, 64) == caches + attended + 2 * (64 * 2 * 4)
+    assert manifest.state_bytes(cfg, 64, max_draft=8) == caches + attended + 2 * (64 * (2 + 8) * 4)
 
 
 # The manifest's own digest ------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """torch.export -> ExecuTorch edge dialect -> backend delegate -> ``.pte`` bytes.
 
 Backends sit in a small registry (name -> partitioner factory), listable from the CLI. The
-program exported here has one method, ``forward(tokens [1,T], input_pos [1], key_positions [L])
--> logits [1,V]``, with T dynamic in [1, max_seq_len] and L = input_pos + T (the cache slots the
-attention reads, so a step costs what the filled part of the caches costs, not the whole), and
-carries its state (KV caches, conv states) as mutable buffers. No ``llama::`` custom ops are
+program exported here has one method, ``forward(tokens [1,T], input_pos [1], key_positions [L],
+logit_rows [R]) -> logits [1,R,V]``, with T dynamic in [1, max_seq_len], L = input_pos + T (the
+cache slots the attention reads, so a step costs what the filled part of the caches costs, not the
+whole) and R in [1, max_draft + 1] (the rows of the chunk whose logits come back: the last one, or
+all of a speculative draft being verified), and carries its state (KV caches, conv states, the
+end of the last call) as mutable buffers. No ``llama::`` custom ops are
 used: the runtime libraries in the executorch wheel do not carry them.
 
 Lowering never degrades silently: :func:`delegation_report` lists, per decoder layer, which
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 logs.quiet_torch()
 
 METHOD = "forward"
-STATE_BUFFERS = ("k_cache", "v_cache", "conv_state")
+STATE_BUFFERS = ("k_cache", "v_cache", "conv_state", "seq_end")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,13 @@ _WHY_NOT_DELEGATED = {
     "quantized_decomposed.embedding_4bit.dtype": "quantized embedding gather: runs on ExecuTorch's "
                                                  "quantized kernels",
     "aten.embedding.default": "embedding gather: not an XNNPACK operator",
-    "aten.index_select.default": "rotary table lookup by position: not an XNNPACK operator",
+    "aten.index_select.default": "rotary table lookup by position, the logit rows asked for: not an XNNPACK "
+                                 "operator",
+    "aten.clamp.default": "conv-state rewind from input_pos",
+    "aten.sub.Tensor": "conv-state rewind from input_pos",
+    "aten.rsub.Scalar": "conv-state rewind from input_pos",
+    "aten.add.Tensor": "positions from input_pos",
+    "aten.copy_.default": "end of this call (mutable buffer)",
     "aten.arange.start_step": "position/mask construction from input_pos",
     "aten.where.self": "attention mask construction",
     "aten.le.Tensor": "attention mask construction",
@@ -83,17 +91,18 @@ _WHY_NOT_DELEGATED = {
 }
 
 
-def example_inputs(seq_len: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def example_inputs(seq_len: int = 2) -> tuple[torch.Tensor, ...]:
     return (torch.zeros((1, seq_len), dtype=torch.long), torch.zeros((1,), dtype=torch.long),
-            torch.arange(seq_len, dtype=torch.long))
+            torch.arange(seq_len, dtype=torch.long), torch.arange(seq_len, dtype=torch.long))
 
 
 def export(model: Lfm2Model) -> torch.export.ExportedProgram:
-    """``torch.export`` with dynamic token and attended-slot dimensions, gradients off."""
+    """``torch.export`` with dynamic token, attended-slot and logit-row dimensions, gradients off."""
     seq = torch.export.Dim("seq", min=1, max=model.max_seq_len)
     keys = torch.export.Dim("keys", min=1, max=model.max_seq_len)
+    rows = torch.export.Dim("rows", min=1, max=model.max_draft + 1)
     with torch.no_grad():
-        return torch.export.export(model, example_inputs(), dynamic_shapes=({1: seq}, None, {0: keys}),
+        return torch.export.export(model, example_inputs(), dynamic_shapes=({1: seq}, None, {0: keys}, {0: rows}),
                                    strict=False)
 
 
@@ -156,8 +165,12 @@ def _is_compute(node: torch.fx.Node) -> bool:
 _LAYER_STATE_OPS = {
     "aten.index_put.default": "KV-cache write at input_pos (mutable buffer)",
     "aten.index_copy.default": "KV-cache write at input_pos (mutable buffer)",
-    "aten.slice_copy.Tensor": "conv state: keep the last conv_L_cache-1 inputs (mutable buffer); KV caches: "
+    "aten.slice_copy.Tensor": "conv state: keep the last inputs (mutable buffer); KV caches: "
                               "the filled slots (a dynamic length, which XNNPACK does not slice)",
+    "aten.index_select.default": "conv state at input_pos (a rewind picks older columns)",
+    "aten.mul.Tensor": "conv state zeroed at input_pos 0",
+    "aten.cat.default": "conv state: the kept inputs with the new ones",
+    "aten.full.default": "conv state: zeros before the first input of a short sequence (never read back)",
 }
 _VIEW_OPS = {"aten.view_copy.default", "aten.unsqueeze_copy.default", "aten.squeeze_copy.dims",
              "aten.squeeze_copy.dim", "aten.alias_copy.default"}

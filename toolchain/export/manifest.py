@@ -79,21 +79,22 @@ def check_program_header(head: bytes, name: str) -> None:
         raise InputError(f"{name} is not an ExecuTorch program (no 'ETnn' identifier at byte 4)")
 
 
-def state_bytes(config: dict[str, Any], max_seq_len: int) -> int:
+def state_bytes(config: dict[str, Any], max_seq_len: int, max_draft: int = 0) -> int:
     """Bytes of mutable state the program carries: fp32 KV caches (max_seq_len + 1 slots, see
-    model.lfm2.Attention) and conv states, plus the one pair of working copies of the attended
-    slots that every attention layer reuses."""
+    model.lfm2.Attention) and conv states (the last conv_L_cache - 1 + max_draft inputs), plus the
+    one pair of working copies of the attended slots that every attention layer reuses."""
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     kinds = config["layer_types"]
     kv = 2 * config["num_key_value_heads"] * (max_seq_len + 1) * head_dim * 4
-    conv = config["hidden_size"] * (config["conv_L_cache"] - 1) * 4
+    conv = config["hidden_size"] * (config["conv_L_cache"] - 1 + max_draft) * 4
     attended = 2 * config["num_key_value_heads"] * max_seq_len * head_dim * 4 if "full_attention" in kinds else 0
     return sum(kv if k == "full_attention" else conv for k in kinds) + attended
 
 
 def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantization: dict[str, Any],
           delegation: dict[str, Any], tokens: dict[str, Any], versions: dict[str, str],
-          timings: dict[str, float]) -> dict[str, Any]:
+          timings: dict[str, float], max_draft: int) -> dict[str, Any]:
+    vocab = model["config"]["vocab_size"]
     return seal({
         "format": FORMAT,
         "program": {
@@ -104,11 +105,16 @@ def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantizati
             "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, f"1..{max_seq_len}"]},
                        {"name": "input_pos", "dtype": "int64", "shape": [1]},
                        {"name": "key_positions", "dtype": "int64", "shape": [f"input_pos+T (1..{max_seq_len})"],
-                        "holds": "0, 1, ..., input_pos+T-1: the cache slots attended"}],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, model["config"]["vocab_size"]]}],
+                        "holds": "0, 1, ..., input_pos+T-1: the cache slots attended"},
+                       {"name": "logit_rows", "dtype": "int64", "shape": [f"1..{max_draft + 1}"],
+                        "holds": "the chunk's positions whose logits come back: T-1, or 0..T-1 to verify a draft"}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "len(logit_rows)", vocab]}],
             "max_seq_len": max_seq_len,
-            "state_bytes": state_bytes(model["config"], max_seq_len),
+            "max_draft": max_draft,
+            "state_bytes": state_bytes(model["config"], max_seq_len, max_draft) + 8,
             "reset": "a call with input_pos == 0 starts a new sequence",
+            "rewind": f"a call may start up to max_draft ({max_draft}) positions before the end of the last one "
+                      "(a rejected draft is dropped)",
         },
         "model": model,
         "quantization": quantization,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ ERROR_NAMES = {1: "BAD_FRAME", 2: "BAD_CRC", 3: "TOO_LONG", 4: "BAD_REQUEST", 5:
 
 FLAG_IGNORE_EOS = 1
 FLAG_REPORT_LOGITS = 2
+FLAG_NO_DRAFT = 4
 TOKEN_MAX_TOP = 4
 STOP_EOS, STOP_LIMIT = 0, 1
 
@@ -125,17 +127,30 @@ class Stats:
     prefill_tok_s: float
     decode_tok_s: float
     peak_rss_kb: int
+    # Speculative decoding (None from a board that predates these fields):
+    decode_calls: int | None = None  # forward calls after the prefill
+    drafted: int | None = None  # draft tokens proposed for verification
+    accepted: int | None = None  # ... and confirmed by the model
 
     def pack(self) -> bytes:
-        return struct.pack("<IIBffffQ", self.prompt_tokens, self.generated, self.stop, self.load_ms, self.ttft_ms,
+        body = struct.pack("<IIBffffQ", self.prompt_tokens, self.generated, self.stop, self.load_ms, self.ttft_ms,
                            self.prefill_tok_s, self.decode_tok_s, self.peak_rss_kb)
+        if self.decode_calls is not None:
+            body += struct.pack("<III", self.decode_calls, self.drafted or 0, self.accepted or 0)
+        return body
 
     @classmethod
     def parse(cls, body: bytes) -> Stats:
         r = _Reader(body, "STATS")
-        values = r.take("IIBffffQ")
+        prompt_tokens, generated, stop, load_ms, ttft_ms, prefill, decode, rss = r.take("IIBffffQ")
+        base = cls(prompt_tokens, generated, stop, load_ms, ttft_ms, prefill, decode, rss)
+        if r.pos == len(body):  # the form without the draft counters
+            return base
+        calls, drafted, accepted = r.take("III")
         r.done()
-        return cls(*values)
+        if accepted > drafted:
+            raise ProtocolError(f"STATS says {accepted} of {drafted} draft tokens were accepted")
+        return dataclasses.replace(base, decode_calls=calls, drafted=drafted, accepted=accepted)
 
 
 @dataclass(frozen=True)
@@ -170,9 +185,11 @@ class Request:
     stop: tuple[int, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
     report_logits: bool = False
+    draft: bool = True  # the board may decode speculatively (FLAG_NO_DRAFT when False)
 
     def pack(self) -> bytes:
-        flags = (FLAG_IGNORE_EOS if self.ignore_eos else 0) | (FLAG_REPORT_LOGITS if self.report_logits else 0)
+        flags = ((FLAG_IGNORE_EOS if self.ignore_eos else 0) | (FLAG_REPORT_LOGITS if self.report_logits else 0)
+                 | (0 if self.draft else FLAG_NO_DRAFT))
         return (struct.pack("<IIfIfQI", self.max_new_tokens, flags, self.temperature, self.top_k, self.top_p,
                             self.seed, len(self.prompt))
                 + struct.pack(f"<{len(self.prompt)}I", *self.prompt)
@@ -187,7 +204,7 @@ class Request:
         stop = r.take(f"{n_stop}I") if n_stop <= len(body) // 4 else r.raw(len(body) + 1)
         r.done()
         return cls(tuple(prompt), max_new, temperature, top_k, top_p, seed, tuple(stop), bool(flags & FLAG_IGNORE_EOS),
-                   bool(flags & FLAG_REPORT_LOGITS))
+                   bool(flags & FLAG_REPORT_LOGITS), not flags & FLAG_NO_DRAFT)
 
 
 PARSERS = {HELLO: Hello.parse, TOKEN: Token.parse, STATS: Stats.parse, ERROR: Error.parse, REQUEST: Request.parse}

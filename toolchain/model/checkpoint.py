@@ -21,8 +21,17 @@ from toolchain.errors import InputError, UsageError
 from toolchain.model import presets
 from toolchain.model.config import PRESET_SEEDS, PRESETS, Lfm2Config, from_hf_dict
 from toolchain.model.lfm2 import Lfm2Model
+from toolchain.paths import REPO
 
 log = logging.getLogger(__name__)
+
+# Checkpoint folders that ship with the project, by name (`make demo-model` trains them).
+SHIPPED = {"fortune": REPO / "models" / "fortune"}
+
+
+def folder_of(name: str) -> Path:
+    """The folder a model name means: a shipped model's, else the name as a path."""
+    return SHIPPED.get(name, Path(name))
 
 
 @dataclass
@@ -101,7 +110,8 @@ def _load_tensors(files: list[Path]) -> dict[str, torch.Tensor]:
 def inspect_folder(folder: Path) -> ModelSource:
     """Read and validate config, generation config and tokenizer presence (no weights loaded)."""
     if not folder.is_dir():
-        raise InputError(f"model {str(folder)!r} is neither a preset ({', '.join(PRESETS)}) nor a folder")
+        raise InputError(f"model {str(folder)!r} is neither a preset ({', '.join(PRESETS)}), a shipped model "
+                         f"({', '.join(SHIPPED)}) nor a folder")
     cfg_path = folder / "config.json"
     raw = _read_json(cfg_path)
     gen_path = folder / "generation_config.json"
@@ -133,8 +143,9 @@ def load(name: str, max_seq_len: int, all_logits: bool = False) -> tuple[Lfm2Mod
         model = presets.build_preset(name, max_seq_len=max_seq_len, all_logits=all_logits)
         return model, ModelSource(name=name, kind="preset", config=cfg, eos_token_ids=(cfg.eos_token_id,),
                                   seed=seed)
-    folder = Path(name)
+    folder = folder_of(name)
     source = inspect_folder(folder)
+    source.name = name
     _check_seq_len(source.config, max_seq_len)
     files = _weight_files(folder)
     tensors = _load_tensors(files)

@@ -8,8 +8,12 @@ Shapes (batch is always 1 on a board):
                                      (its length bounds the attention: only the filled part of the
                                      caches is read). Optional in eager use: then every slot is
                                      attended and the unfilled ones are masked out.
-    logits     float [1, V]          next-token logits at the last position (``all_logits=False``)
-               float [1, T, V]       at every position (``all_logits=True``, for tests and reference)
+    logit_rows     int64 [R]         the positions of the chunk (0..T-1) whose logits are returned,
+                                     R in [1, max_draft + 1]: [T-1] for a prefill or a decode step,
+                                     0..T-1 to verify a speculative draft. Optional in eager use.
+    logits     float [1, R, V]       with ``logit_rows``: the logits of those positions
+               float [1, V]          without: the last position (``all_logits=False``)
+               float [1, T, V]       without: every position (``all_logits=True``, for tests)
 
 State lives in the program as mutable buffers, updated in place on every call:
 
@@ -18,13 +22,22 @@ State lives in the program as mutable buffers, updated in place on every call:
     v_cache            [n_kv_heads, max_seq_len + 1, head_dim]  both written at slots
                                                                  input_pos .. input_pos+T-1; the
                                                                  first L are read
-    conv_state         [1, hidden, conv_L_cache - 1]            per conv layer: the last inputs
+    conv_state         [1, hidden, max_draft + conv_L_cache - 1]  per conv layer: the last inputs
                                                                  of the depthwise causal conv
+    seq_end            int64 [1]                                 input_pos + T of the last call
 
 A call with ``input_pos == 0`` starts a new sequence: the conv states are zeroed by arithmetic
 (no control flow) and cache slots past the current position are masked out, so resetting for a
-new prompt needs no reload and no extra method. Parameter names follow the Hugging Face
-checkpoint layout (``model.layers.N.conv.in_proj.weight`` ...), so a state dict loads directly.
+new prompt needs no reload and no extra method.
+
+A call may also start up to ``max_draft`` positions *before* the end of the last one: that is how
+a speculative draft is rolled back after the target model rejected its tail. The KV caches need
+nothing for it (the rejected slots are overwritten and never attended), and each conv state keeps
+the last ``max_draft + conv_L_cache - 1`` inputs, so the state as it was after any of the last
+``max_draft`` tokens is a slice of it: the rewind ``seq_end - input_pos`` picks which.
+
+Parameter names follow the Hugging Face checkpoint layout (``model.layers.N.conv.in_proj.weight``
+...), so a state dict loads directly.
 """
 
 from __future__ import annotations
@@ -34,6 +47,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from toolchain.model.config import LAYER_ATTENTION, Lfm2Config
+
+# Most draft tokens one call can verify (and so roll back): the conv states keep this many extra
+# inputs, and a program takes at most this + 1 logit rows. Measured on lfm2-350m 8da4w (x86, 2
+# threads): a call of 2 to 8 tokens costs 1.2-1.3x a one-token step, one of 9 tokens 1.9x (XNNPACK's
+# GEMM tiles are 8 rows high there), so 7 draft tokens ride along at almost no extra cost.
+DEFAULT_MAX_DRAFT = 7
 
 
 class RMSNorm(nn.Module):
@@ -77,18 +96,19 @@ class ShortConv(nn.Module):
     no runtime split of a dynamic-length tensor is needed and each GEMM is delegated on its own.
     """
 
-    def __init__(self, cfg: Lfm2Config):
+    def __init__(self, cfg: Lfm2Config, max_draft: int):
         super().__init__()
         h, L = cfg.hidden_size, cfg.conv_L_cache
         self.hidden = h
         self.L = L
+        self.keep = max_draft + L - 1  # inputs kept: the state after any of the last max_draft tokens
         self.B_proj = nn.Linear(h, h, bias=cfg.conv_bias)
         self.C_proj = nn.Linear(h, h, bias=cfg.conv_bias)
         self.x_proj = nn.Linear(h, h, bias=cfg.conv_bias)
         # Same parameter shape as the checkpoint's nn.Conv1d(h, h, L, groups=h): weight [h, 1, L].
         self.conv = nn.Conv1d(h, h, kernel_size=L, groups=h, bias=cfg.conv_bias, padding=0)
         self.out_proj = nn.Linear(h, h, bias=cfg.conv_bias)
-        self.register_buffer("conv_state", torch.zeros(1, h, L - 1), persistent=False)
+        self.register_buffer("conv_state", torch.zeros(1, h, self.keep), persistent=False)
         self._register_load_state_dict_pre_hook(self._split_in_proj)
 
     @staticmethod
@@ -101,10 +121,15 @@ class ShortConv(nn.Module):
                 state_dict[f"{prefix}C_proj.{suffix}"] = c
                 state_dict[f"{prefix}x_proj.{suffix}"] = x
 
-    def forward(self, u: torch.Tensor, keep_state: torch.Tensor) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, keep_state: torch.Tensor, state_cols: torch.Tensor) -> torch.Tensor:
+        """``state_cols`` [L-1]: the columns of ``conv_state`` that are the state at input_pos."""
         bx = (self.B_proj(u) * self.x_proj(u)).transpose(-1, -2)  # [1, h, T]
-        window = torch.cat([self.conv_state * keep_state, bx], dim=-1)  # [1, h, L-1+T]
-        self.conv_state.copy_(window[:, :, -(self.L - 1):])
+        state = self.conv_state.index_select(2, state_cols) * keep_state  # [1, h, L-1]
+        window = torch.cat([state, bx], dim=-1)  # [1, h, L-1+T]
+        # Keep the last `keep` inputs; zeros stand for inputs before the sequence when T is short
+        # (a rewind never reaches them: it is at most the length of the call it undoes).
+        padded = torch.cat([torch.zeros(1, self.hidden, self.keep - self.L + 1), window], dim=-1)
+        self.conv_state.copy_(padded[:, :, -self.keep:])
         conv_out = self.conv(window).transpose(-1, -2)  # no padding: [1, T, h]
         return self.out_proj(self.C_proj(u) * conv_out)
 
@@ -171,47 +196,54 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: Lfm2Config, kind: str, max_seq_len: int):
+    def __init__(self, cfg: Lfm2Config, kind: str, max_seq_len: int, max_draft: int):
         super().__init__()
         self.is_attention = kind == LAYER_ATTENTION
         if self.is_attention:
             self.self_attn = Attention(cfg, max_seq_len)
         else:
-            self.conv = ShortConv(cfg)
+            self.conv = ShortConv(cfg, max_draft)
         self.feed_forward = FeedForward(cfg.hidden_size, cfg.ff_dim)
         self.operator_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                positions: torch.Tensor, keep_state: torch.Tensor) -> torch.Tensor:
+                positions: torch.Tensor, keep_state: torch.Tensor, state_cols: torch.Tensor) -> torch.Tensor:
         if self.is_attention:
             h = self.self_attn(self.operator_norm(x), cos, sin, mask, positions)
         else:
-            h = self.conv(self.operator_norm(x), keep_state)
+            h = self.conv(self.operator_norm(x), keep_state, state_cols)
         x = x + h
         return x + self.feed_forward(self.ffn_norm(x))
 
 
 class Backbone(nn.Module):
-    def __init__(self, cfg: Lfm2Config, max_seq_len: int):
+    def __init__(self, cfg: Lfm2Config, max_seq_len: int, max_draft: int):
         super().__init__()
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, kind, max_seq_len) for kind in cfg.layer_types)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, kind, max_seq_len, max_draft) for kind in cfg.layer_types)
         self.embedding_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
 
 class Lfm2Model(nn.Module):
-    """The whole decoder: ``forward(tokens [1,T], input_pos [1], key_positions [L]) -> logits``."""
+    """The whole decoder: ``forward(tokens [1,T], input_pos [1], key_positions [L], logit_rows [R])
+    -> logits``."""
 
-    def __init__(self, cfg: Lfm2Config, max_seq_len: int = 512, all_logits: bool = False):
+    def __init__(self, cfg: Lfm2Config, max_seq_len: int = 512, all_logits: bool = False,
+                 max_draft: int | None = None):
         super().__init__()
         if max_seq_len < 2:
             raise ValueError(f"max_seq_len={max_seq_len} must be at least 2")
+        if max_draft is None:
+            max_draft = min(DEFAULT_MAX_DRAFT, max_seq_len - 1)
+        if not 1 <= max_draft < max_seq_len:
+            raise ValueError(f"max_draft={max_draft} must be in [1, max_seq_len)")
         self.config = cfg
         self.max_seq_len = max_seq_len
+        self.max_draft = max_draft
         self.n_rep = cfg.num_attention_heads // cfg.num_key_value_heads
         self.all_logits = all_logits
-        self.model = Backbone(cfg, max_seq_len)
+        self.model = Backbone(cfg, max_seq_len, max_draft)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -221,13 +253,14 @@ class Lfm2Model(nn.Module):
         emb = torch.cat([freqs, freqs], dim=-1)
         self.register_buffer("rope_cos", emb.cos(), persistent=False)  # [S, head_dim]
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
+        self.register_buffer("seq_end", torch.zeros(1, dtype=torch.long), persistent=False)
 
     @property
     def is_tied(self) -> bool:
         return self.lm_head.weight is self.model.embed_tokens.weight
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor,
-                key_positions: torch.Tensor | None = None) -> torch.Tensor:
+                key_positions: torch.Tensor | None = None, logit_rows: torch.Tensor | None = None) -> torch.Tensor:
         T = tokens.shape[1]
         positions = input_pos + torch.arange(T, dtype=torch.long)  # [T]
         cos = self.rope_cos.index_select(0, positions).unsqueeze(1)  # [T, 1, head_dim]
@@ -238,10 +271,17 @@ class Lfm2Model(nn.Module):
         mask = torch.where(allowed, 0.0, float("-inf"))
         group_mask = mask.repeat(self.n_rep, 1)  # [n_rep*T, L], shared by all attention layers
         keep_state = (input_pos > 0).to(torch.float32)  # [1]: 0 starts a new sequence
+        # A call that starts before the end of the last one rewinds the conv states (a rejected
+        # draft): the state at input_pos is `rewind` inputs before the last ones kept.
+        rewind = torch.clamp(self.seq_end - input_pos, 0, self.max_draft)  # [1]
+        state_cols = (self.max_draft - rewind) + torch.arange(self.config.conv_L_cache - 1, dtype=torch.long)
+        self.seq_end.copy_(input_pos + T)
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, group_mask, positions, keep_state)
-        if not self.all_logits:
+            x = layer(x, cos, sin, group_mask, positions, keep_state, state_cols)
+        if logit_rows is not None:
+            x = x.index_select(1, logit_rows)  # [1, R, hidden]: the head runs on those rows only
+        elif not self.all_logits:
             x = x[:, -1, :]
         return self.lm_head(self.model.embedding_norm(x))
 
@@ -253,7 +293,7 @@ class Lfm2Model(nn.Module):
         ones (training accumulates several sequences before backward) stays valid.
         """
         for module in self.modules():
-            for name in ("k_cache", "v_cache", "conv_state"):
+            for name in ("k_cache", "v_cache", "conv_state", "seq_end"):
                 if name in module._buffers:
                     module._buffers[name] = torch.zeros_like(module._buffers[name])
 

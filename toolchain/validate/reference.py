@@ -39,7 +39,8 @@ def native_stderr_to_log(what: str) -> Iterator[None]:
 
 
 class ProgramRunner:
-    """One loaded method with its state: ``step(tokens, pos)`` returns the next-token logits [V]."""
+    """One loaded method with its state: ``step(tokens, pos)`` returns the next-token logits [V];
+    ``rows(tokens, pos)`` the logits after each of the tokens [T, V] (a draft's verification)."""
 
     def __init__(self, pte: Path | bytes):
         import executorch.kernels.quantized  # noqa: F401  (registers quantized_decomposed kernels)
@@ -56,18 +57,31 @@ class ProgramRunner:
         meta = self._method.metadata
         self.max_seq_len = int(meta.input_tensor_meta(0).sizes()[1])
         self._key_input = meta.num_inputs() >= 3  # key_positions: the attention reads slots 0..pos+T-1
+        # logit_rows: which positions' logits come back; its bound is the longest draft + 1
+        self._rows_input = meta.num_inputs() >= 4
+        self.max_rows = int(meta.input_tensor_meta(3).sizes()[0]) if self._rows_input else 1
         self.vocab_size = int(meta.output_tensor_meta(0).sizes()[-1])
 
     def step(self, tokens: list[int], pos: int) -> torch.Tensor:
+        return self._call(tokens, pos, [len(tokens) - 1]).reshape(-1)
+
+    def rows(self, tokens: list[int], pos: int) -> torch.Tensor:
+        if len(tokens) > self.max_rows:
+            raise ValueError(f"{len(tokens)} rows asked of a program that returns at most {self.max_rows}")
+        return self._call(tokens, pos, list(range(len(tokens)))).reshape(len(tokens), -1)
+
+    def _call(self, tokens: list[int], pos: int, rows: list[int]) -> torch.Tensor:
         if not tokens or pos < 0 or pos + len(tokens) > self.max_seq_len:
             raise ValueError(f"positions {pos}..{pos + len(tokens)} outside [0, {self.max_seq_len})")
         inputs = [torch.tensor([tokens], dtype=torch.long), torch.tensor([pos], dtype=torch.long)]
         if self._key_input:
             inputs.append(torch.arange(pos + len(tokens), dtype=torch.long))
+        if self._rows_input:
+            inputs.append(torch.tensor(rows, dtype=torch.long))
         if not self._warm:  # the thread pool starts (and probes the CPU) on the first call
             with native_stderr_to_log("first call"):
                 out = self._method.execute(inputs)
             self._warm = True
         else:
             out = self._method.execute(inputs)
-        return out[0].reshape(-1)
+        return out[0]

@@ -355,11 +355,11 @@ def summarize(arts: list[Artifact], passes: list[dict[str, Any]]) -> dict[str, A
             vals = [r[k] for r in rows if k in r]
             if vals:
                 entry[k] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
-        drafts = [(r["drafted"], r["accepted"], r["decode_calls"]) for r in rows if r.get("drafted")]
-        if drafts:
-            entry["drafts"] = {"drafted": sum(d for d, _, _ in drafts), "accepted": sum(a for _, a, _ in drafts),
-                               "calls": sum(c for _, _, c in drafts),
-                               "acceptance": sum(a for _, a, _ in drafts) / sum(d for d, _, _ in drafts)}
+        if "--draft" in art.probe:  # speculative decoding: what the drafts did
+            drafted, accepted = sum(r.get("drafted") or 0 for r in rows), sum(r.get("accepted") or 0 for r in rows)
+            entry["drafts"] = {"drafted": drafted, "accepted": accepted,
+                               "calls": sum(r.get("decode_calls") or 0 for r in rows),
+                               "acceptance": accepted / drafted if drafted else None}
         bpt = art.bytes_per_token["bytes_per_token"]
         ceiling = bw * 1e9 / bpt
         entry["ceiling_tok_s"] = ceiling
@@ -456,8 +456,10 @@ def main() -> None:
     if not args.no_report:
         chart = results_dir / "latest.png"
         subprocess.run([str(bench_py), str(HERE / "chart.py"), str(path), str(chart)], check=True)
-        (ROOT / "BENCHMARKS.md").write_text(report.render(results, path.relative_to(ROOT),
-                                                          chart.relative_to(ROOT)))
+        md = ROOT / "BENCHMARKS.md"
+        kept = report.quality_block(md.read_text()) if md.exists() else None  # make bench-quality's section
+        md.write_text(report.with_quality(report.render(results, path.relative_to(ROOT), chart.relative_to(ROOT)),
+                                          kept))
         log("wrote BENCHMARKS.md and " + str(chart.relative_to(ROOT)))
     bad = [n for n, s in results["summary"].items() if s["ok_passes"] < len(passes)]
     if bad:

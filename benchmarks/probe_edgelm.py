@@ -57,7 +57,8 @@ def main() -> None:
             got[name] = {"verdict": served.verdict.verdict, "reason": served.verdict.reason,
                          "generated": len(served.collected.tokens), "tokens": list(served.collected.tokens),
                          "ttft_ms": s.ttft_ms, "prefill_tok_s": s.prefill_tok_s, "decode_tok_s": s.decode_tok_s,
-                         "peak_rss_kb": s.peak_rss_kb, "decode_calls": s.decode_calls, "drafted": s.drafted,
+                         "peak_rss_kb": s.peak_rss_kb, "decode_calls": s.decode_calls,
+                         "draft_calls": s.draft_calls, "drafted": s.drafted,
                          "accepted": s.accepted}
     a, b = got["a"], got["b"]
     bad = [f"{k}: {v['verdict']} ({v['reason']})" for k, v in got.items() if v["verdict"] != "PASS"]

@@ -234,6 +234,7 @@ long proto_pack_stats(uint8_t *out, size_t cap, const Stats *s) {
     bw_f32(&w, s->decode_tok_s);
     bw_u64(&w, s->peak_rss_kb);
     bw_u32(&w, s->decode_calls);
+    bw_u32(&w, s->draft_calls);
     bw_u32(&w, s->drafted);
     bw_u32(&w, s->accepted);
     return bw_result(&w);

@@ -157,6 +157,7 @@ typedef struct {
     float decode_tok_s;    /* tokens per second */
     uint64_t peak_rss_kb;  /* kilobytes */
     uint32_t decode_calls; /* forward calls after the prefill */
+    uint32_t draft_calls;  /* ... of which verified a draft */
     uint32_t drafted;      /* draft tokens proposed to the model for verification */
     uint32_t accepted;     /* draft tokens the model confirmed (each saved one call) */
 } Stats;

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -425,6 +425,8 @@ class RunRequest:
     seed: int = 0
     ignore_eos: bool = False
     draft: bool = True  # the board may verify drafts from the context (speculative decoding)
+    fidelity: bool = True  # also measure the board's tokens against the eager fp32 model
+    min_agreement: float | None = None  # fail below this top-1 agreement with fp32 (needs fidelity)
     tolerance: float | None = None
     threads: int | None = None
     workdir: Path = DEFAULT_WORKDIR
@@ -460,6 +462,12 @@ class RunRequest:
             raise UsageError(f"--seed {self.seed} must be in [0, 2^64)")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise UsageError(f"--threads {self.threads} must be in [1, {MAX_THREADS}]")
+        if self.min_agreement is not None:
+            finite("--min-agreement", self.min_agreement)
+            if not 0 <= self.min_agreement <= 1:
+                raise UsageError(f"--min-agreement {self.min_agreement} must be a fraction in [0, 1]")
+            if not self.fidelity:
+                raise UsageError("--min-agreement needs the fidelity measurement: drop --no-fidelity")
         if self.tolerance is not None:
             finite("--tolerance", self.tolerance)
             if self.tolerance <= 0:
@@ -480,6 +488,7 @@ class Served:
     collected: Any  # session.Collected
     verdict: Any  # compare.Verdict
     attempts: int
+    reference_logits: list[Any] = field(default_factory=list)  # the host's logits before each board token
 
 
 def serve_and_validate(up: Any, request: Any, reference: Any, *, tolerance: float, retries: int = 0,
@@ -516,7 +525,23 @@ def serve_and_validate(up: Any, request: Any, reference: Any, *, tolerance: floa
     shape = compare.check_stream(asked, stream)
     logits = [] if shape is not None else reference_logits(reference, list(request.prompt), stream.tokens)
     verdict = compare.compare(asked, stream, logits, tolerance=tolerance, near_tie_fraction=fraction)
-    return Served(request, collected, verdict, attempt)
+    return Served(request, collected, verdict, attempt, logits)
+
+
+def measure_fidelity(model: str, prompt: list[int], tokens: Sequence[int], program_logits: list[Any],
+                     min_agreement: float | None) -> Any:
+    """The board's tokens against the eager fp32 model of ``model`` (validate/fidelity.py), teacher-forced."""
+    import numpy as np
+    import torch
+
+    from toolchain.model import checkpoint
+    from toolchain.validate import fidelity
+
+    n = len(prompt) + len(tokens)
+    net, _ = checkpoint.load(model, max_seq_len=max(n, 2), all_logits=True)
+    with torch.no_grad():
+        logits = net(torch.tensor([[*prompt, *tokens[:-1]]]), torch.tensor([0]))[0, len(prompt) - 1:]
+    return fidelity.measure(logits.numpy(), np.stack(program_logits), tokens, min_agreement)
 
 
 def reference_logits(reference: Any, prompt: list[int], tokens: Sequence[int]) -> list[Any]:
@@ -553,10 +578,11 @@ class RunReport:
     bundle: str
     pte: str
     boot: dict[str, Any] | None = None  # a board powered on for this run: seconds to SSH and to HELLO
+    fidelity: dict[str, Any] | None = None  # validate/fidelity.py: the board's tokens vs the eager fp32 model
 
     @property
     def passed(self) -> bool:
-        return self.validation["verdict"] == "PASS"
+        return self.validation["verdict"] == "PASS" and (self.fidelity or {}).get("check") != "FAIL"
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -666,12 +692,18 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
             state = tgt.power.status()
             boot = {"boot_s": state.get("boot_s"), "boot_to_hello_s": state.get("boot_to_hello_s")}
     on_text(assembler.finish())
+    fid = None
+    if req.fidelity and served.reference_logits:
+        progress("fidelity", "the board's tokens against the eager fp32 model")
+        fid = measure_fidelity(req.model, list(request.prompt), list(served.collected.tokens),
+                               served.reference_logits, req.min_agreement).to_dict()
     stats, hello = served.collected.stats, up.hello
     stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens"}.get(
         stats.stop if stats else None, "unknown")
     board_stats = ({"load_ms": hello.load_ms, "ttft_ms": stats.ttft_ms, "prefill_tok_s": stats.prefill_tok_s,
                     "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb,
-                    "decode_calls": stats.decode_calls, "drafted": stats.drafted, "accepted": stats.accepted}
+                    "decode_calls": stats.decode_calls, "draft_calls": stats.draft_calls, "drafted": stats.drafted,
+                    "accepted": stats.accepted}
                    if stats else
                    {"load_ms": hello.load_ms})
     return RunReport(
@@ -683,7 +715,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         sampling={"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "seed": req.seed},
         board_stats=board_stats, validation=served.verdict.to_dict(), attempts=served.attempts,
         reused={"export": reused_export, "build": reused_build}, bundle=str(bundle.root), pte=str(exported.pte),
-        boot=boot)
+        boot=boot, fidelity=fid)
 
 
 def monitor(*, port: str | None, board: str | None, target: str | None, baud: int, seconds: float,

@@ -514,6 +514,10 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--top-p", type=float, default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ignore-eos", is_flag=True, help="Generate exactly --tokens tokens.")
+@click.option("--no-fidelity", is_flag=True,
+              help="Skip the board's agreement with the eager fp32 model (top-1, KL), measured after the verdict.")
+@click.option("--min-agreement", type=float, default=None,
+              help="Fail (exit 7) when the board's top-1 agreement with the eager fp32 model is below this fraction.")
 @click.option("--no-draft", is_flag=True,
               help="One token per forward call: no speculative drafts from the context (same tokens, for comparison).")
 @click.option("--threads", type=int, default=None, help="Runner threads [default: the board's].")
@@ -537,7 +541,8 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
-        temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, no_draft: bool,
+        temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, no_fidelity: bool,
+        min_agreement: float | None, no_draft: bool,
         threads: int | None, tolerance: float | None, near_tie_budget: float | None, retries: int,
         byte_tokenizer: bool, workdir: Path,
         sign_key: Path | None, force: bool, pte: Path | None, as_json: bool, **kw: Any) -> None:
@@ -548,7 +553,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
 
     req = api.RunRequest(board=board, model=model, prompt=prompt, tokens=tokens, quant=quant, target=target,
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         ignore_eos=ignore_eos, draft=not no_draft, tolerance=tolerance, threads=threads,
+                         ignore_eos=ignore_eos, draft=not no_draft, fidelity=not no_fidelity,
+                         min_agreement=min_agreement, tolerance=tolerance, threads=threads,
                          workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
                          sign_key=sign_key, target_options=options_from(kw), force=force, pte=pte)
@@ -579,6 +585,12 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
         if as_json:
             sys.exit(ValidationFailed.exit_code)
         raise ValidationFailed(f"validation failed: {result['validation']['reason']}")
+    fid = result.get("fidelity") or {}
+    if fid.get("check") == "FAIL":
+        if as_json:
+            sys.exit(ValidationFailed.exit_code)
+        raise ValidationFailed(f"fidelity check failed: top-1 agreement with the fp32 model "
+                               f"{fid['top1_agreement']:.3f} is below --min-agreement {fid['min_agreement']}")
 
 
 @main.command("ports")

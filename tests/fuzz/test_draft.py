@@ -1,6 +1,6 @@
 """Prompt-lookup drafting (firmware/draft.c) under ASan/UBSan, against a plain Python statement of the
-rule: the longest of the context's last 3, 2, 1 tokens that occurs earlier, its most recent earlier
-occurrence, and up to max_k tokens that followed it."""
+rule: the longest of the context's last 3 or 2 tokens that occurs earlier, its most recent earlier
+occurrence, and up to max_k tokens that followed it (one matching token is not enough)."""
 
 import random
 import subprocess
@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def lookup(ctx: list[int], max_k: int) -> list[int]:
     n = len(ctx)
-    for g in (3, 2, 1):
+    for g in (3, 2):
         if n < g + 1:
             continue
         suffix = ctx[n - g:]
@@ -56,10 +56,11 @@ def test_the_rule_on_cases_written_out(harness):
         (2, [1, 2, 3, 9, 8, 7, 1, 2, 3]),          # ... cut at max_k
         (4, [1, 2, 3, 4, 0, 2, 3, 5, 6, 1, 2, 3]),  # the 3-gram copy wins over a later 2-gram one
         (4, [2, 3, 4, 2, 3, 5, 2, 3]),             # the most recent 2-gram copy
-        (4, [4, 8, 8]),                            # 1-gram: the copy just before the suffix
+        (4, [4, 8, 5, 8]),                         # a single matching token does not draft
         (8, [1, 1, 1, 1, 1]),                      # overlapping copies
+        (4, [7, 7, 7]),                            # the 2-gram copy just before the suffix
     ]
-    expected = [[], [], [], [], [9, 9, 1, 2], [9, 8], [4, 0, 2, 3], [5, 2, 3], [8], [1]]
+    expected = [[], [], [], [], [9, 9, 1, 2], [9, 8], [4, 0, 2, 3], [5, 2, 3], [], [1], [7]]
     assert [lookup(ctx, k) for k, ctx in cases] == expected  # the statement of the rule itself
     assert run(harness, cases) == expected
 

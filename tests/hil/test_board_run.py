@@ -81,3 +81,23 @@ def test_every_scheme_passes_on_the_board(hil_board, hil_workdir, quant):
     r = api.run_job(req).to_dict()
     assert r["validation"]["verdict"] == "PASS", r["validation"]["reason"]
     assert r["quant"] == quant and len(r["generated_token_ids"]) == 24
+
+
+def test_the_shipped_model_speaks_on_the_board(hil_board, hil_workdir, record_property):
+    """`fortune` (real, peaked distributions): each board stream validates with its measured drift, each
+    of three prompts gets its own continuation in English, and the agreement with fp32 is reported."""
+    texts = {}
+    for prompt in ("A wise old owl", "My computer", "The meaning of life is"):
+        req = api.RunRequest(board=hil_board.board, target=hil_board.target, model="fortune", prompt=prompt,
+                             tokens=48, workdir=hil_workdir)
+        r = api.run_job(req).to_dict()
+        v, fid = r["validation"], r["fidelity"]
+        print(f"\n{hil_board} {prompt!r} -> {r['text']!r}: {v['exact_matches']}/{v['generated']} exact, "
+              f"near-ties {v['near_ties']}, drift max {v['drift_max']:.3g}; fp32 top-1 {fid['top1_agreement']:.2f}, "
+              f"KL {fid['mean_kl']:.4f}; drafts {r['board_stats']['accepted']}/{r['board_stats']['drafted']}")
+        assert v["verdict"] == "PASS", v["reason"]
+        assert len(r["text"].split()) >= 3
+        assert fid["tokens"] == len(r["generated_token_ids"]) and fid["top1_agreement"] >= 0.5
+        texts[prompt] = r["text"]
+    record_property("texts", texts)
+    assert len(set(texts.values())) == 3

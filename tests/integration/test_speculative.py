@@ -116,6 +116,7 @@ def test_the_runner_gives_the_same_tokens_with_and_without_drafts(host_bundle, s
     assert max(abs(a.logit - b.logit) for a, b in zip(spec, plain, strict=True)) < 1e-3
     assert plain_stats.drafted == 0 and plain_stats.decode_calls == 47
     assert spec_stats.accepted > 10  # the drafts did save calls ...
+    assert 0 < spec_stats.draft_calls <= spec_stats.decode_calls and plain_stats.draft_calls == 0
     assert spec_stats.decode_calls == 47 - spec_stats.accepted < 47
     assert spec_stats.accepted < spec_stats.drafted  # ... and some were wrong and rolled back
     # --draft 0 on the runner's command line turns drafting off as well

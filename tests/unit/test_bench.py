@@ -112,3 +112,47 @@ def test_decode_targets_follow_the_measured_ratios(edgelm, executorch, share, ex
     assert verdicts[same] == expected
     assert verdicts["decode ≥ 85% of the bandwidth ceiling"] == expected
     assert verdicts["decode ≥ 1.3× the best peer (output tok/s)"] == expected
+
+
+def test_the_quality_section_is_kept_by_bench_and_replaced_by_bench_quality():
+    results = {"model": "fortune", "heldout_docs": 3, "heldout_tokens": 40, "when": "2026-11-30T00:00:00+00:00",
+               "host": "vm", "training": {"parameters": 5.5e6, "train_seconds": 1380.0, "heldout_perplexity": 21.5},
+               "schemes": {"eager fp32 (the checkpoint)": {"perplexity": 21.5, "top1_agreement": 1.0, "mean_kl": 0.0},
+                           "8da4w g32 emb-int8": {"perplexity": 22.0, "top1_agreement": 0.95, "mean_kl": 0.01,
+                                                  "pte_bytes": 4096, "command": "edgelm export ..."}}}
+    block = report.render_quality(results, Path("benchmarks/results/x-quality.json"))
+    assert "| 8da4w g32 emb-int8 | 22.000 | 95.00% | 0.01000 | 4 | `edgelm export ...` |" in block
+    main = "# Benchmarks\n\nspeed tables\n"
+    once = report.with_quality(main, block)
+    assert once.startswith(main.rstrip("\n")) and report.quality_block(once) == block
+    newer = block.replace("22.000", "23.000")
+    twice = report.with_quality(once, newer)
+    assert "23.000" in twice and "22.000" not in twice and twice.count(report.QUALITY_BEGIN) == 1
+    # make bench rewrites the speed part and carries the block over; without one it adds nothing
+    assert report.quality_block(report.with_quality("# Benchmarks\n\nnew speed tables\n",
+                                                    report.quality_block(twice))) == newer
+    assert report.with_quality(main, None) == main
+
+
+def test_a_speculative_row_is_summarized_apart_and_never_counts_as_the_share_of_the_ceiling():
+    import bench
+
+    plain = bench.Artifact("edgelm g128", "edgelm", Path("m.pte"), ["probe"], bytes_per_token={"bytes_per_token": 1e8})
+    spec = bench.Artifact("edgelm g128 + lookup drafts", "edgelm", Path("m.pte"), ["probe", "--draft"],
+                          bytes_per_token={"bytes_per_token": 1e8})
+    row = {"ok": True, "decode_tok_s": 50.0, "prefill32_tok_s": 400.0, "prefill127_tok_s": 500.0}
+    passes = [{"pass": i, "bandwidth": {"read_gb_s": 10.0},
+               "results": {"edgelm g128": row, "edgelm g128 + lookup drafts":
+                           {**row, "decode_tok_s": 200.0, "drafted": 100, "accepted": 60, "decode_calls": 67}}}
+              for i in range(3)]
+    s = bench.summarize([plain, spec], passes)
+    assert "drafts" not in s["edgelm g128"]
+    assert s["edgelm g128 + lookup drafts"]["drafts"] == {"drafted": 300, "accepted": 180, "calls": 201,
+                                                           "acceptance": 0.6}
+    none = [{**p, "results": {**p["results"], "edgelm g128 + lookup drafts": {**row, "drafted": 0, "accepted": 0,
+                                                                              "decode_calls": 127}}} for p in passes]
+    assert bench.summarize([plain, spec], none)["edgelm g128 + lookup drafts"]["drafts"]["acceptance"] is None
+    # a share of the ceiling above 1 from drafting must not pass for the plain decoder's efficiency
+    results = {"summary": s, "artifacts": {}, "passes": passes, "ratios": [], "meta": {}}
+    share = next(m for t, m, _ in report.targets(results) if t.startswith("decode ≥ 85%"))
+    assert "lookup drafts" not in share

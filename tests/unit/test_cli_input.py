@@ -23,6 +23,9 @@ from toolchain.model.tokenizer import ByteTokenizer, TextAssembler
     (["--tolerance", "-0.5"], "--tolerance -0.5 must be positive"),
     (["--retries", "-1"], "--retries -1 must be in [0, 100]"),
     (["--near-tie-budget", "1.5"], "--near-tie-budget 1.5 must be a fraction in [0, 1]"),
+    (["--min-agreement", "1.2"], "--min-agreement 1.2 must be a fraction in [0, 1]"),
+    (["--min-agreement", "nan"], "--min-agreement nan must be a finite number"),
+    (["--min-agreement", "0.9", "--no-fidelity"], "--min-agreement needs the fidelity measurement"),
 ])
 def test_bad_run_options_fail_before_any_work(tmp_path, args, needle):
     work = tmp_path / "work"

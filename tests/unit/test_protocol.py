@@ -8,7 +8,7 @@ def test_round_trips():
         (P.HELLO, P.Hello(1, "0.1.0+abc", "rpi5", "ab" * 32, 512, 259, 4, 12.5)),
         (P.TOKEN, P.Token(3, 70000, 123456789012)),
         (P.STATS, P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456)),
-        (P.STATS, P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 30, 23)),
+        (P.STATS, P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 9, 30, 23)),
         (P.REQUEST, P.Request((1, 2), 8, draft=False)),
         (P.ERROR, P.Error(P.ERR_SEQ_TOO_LONG, "prompt 10 + 600 > 512")),
         (P.REQUEST, P.Request((1, 2, 3), 64, 0.75, 40, 0.5, 1234, (2, 7), True)),
@@ -31,16 +31,19 @@ def test_truncated_and_trailing_bodies_are_refused():
 
 def test_stats_in_both_forms_and_no_other():
     old = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456)
-    new = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 30, 23)
-    assert len(new.pack()) == len(old.pack()) + 12
+    new = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 9, 30, 23)
+    assert len(new.pack()) == len(old.pack()) + 16
     assert P.parse(P.STATS, old.pack()).drafted is None  # a board from before the draft counters
     with pytest.raises(P.ProtocolError, match="truncated"):
         P.parse(P.STATS, new.pack()[:-1])
     with pytest.raises(P.ProtocolError, match="trailing"):
         P.parse(P.STATS, new.pack() + b"\x00")
-    lying = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 3, 7)
+    lying = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 2, 3, 7)
     with pytest.raises(P.ProtocolError, match="7 of 3 draft tokens"):
         P.parse(P.STATS, lying.pack())
+    for calls, draft_calls, drafted in ((40, 41, 50), (40, 9, 5), (40, 0, 5)):
+        with pytest.raises(P.ProtocolError, match="calls verified"):
+            P.parse(P.STATS, P.Stats(5, 64, 1, 1.0, 1.0, 1.0, 1.0, 1, calls, draft_calls, drafted, 0).pack())
 
 
 def test_the_no_draft_flag_is_bit_2():

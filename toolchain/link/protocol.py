@@ -129,6 +129,7 @@ class Stats:
     peak_rss_kb: int
     # Speculative decoding (None from a board that predates these fields):
     decode_calls: int | None = None  # forward calls after the prefill
+    draft_calls: int | None = None  # ... of which verified a draft
     drafted: int | None = None  # draft tokens proposed for verification
     accepted: int | None = None  # ... and confirmed by the model
 
@@ -136,7 +137,8 @@ class Stats:
         body = struct.pack("<IIBffffQ", self.prompt_tokens, self.generated, self.stop, self.load_ms, self.ttft_ms,
                            self.prefill_tok_s, self.decode_tok_s, self.peak_rss_kb)
         if self.decode_calls is not None:
-            body += struct.pack("<III", self.decode_calls, self.drafted or 0, self.accepted or 0)
+            body += struct.pack("<IIII", self.decode_calls, self.draft_calls or 0, self.drafted or 0,
+                                self.accepted or 0)
         return body
 
     @classmethod
@@ -146,11 +148,14 @@ class Stats:
         base = cls(prompt_tokens, generated, stop, load_ms, ttft_ms, prefill, decode, rss)
         if r.pos == len(body):  # the form without the draft counters
             return base
-        calls, drafted, accepted = r.take("III")
+        calls, draft_calls, drafted, accepted = r.take("IIII")
         r.done()
         if accepted > drafted:
             raise ProtocolError(f"STATS says {accepted} of {drafted} draft tokens were accepted")
-        return dataclasses.replace(base, decode_calls=calls, drafted=drafted, accepted=accepted)
+        if draft_calls > calls or draft_calls > drafted or (drafted and not draft_calls):
+            raise ProtocolError(f"STATS says {draft_calls} of {calls} calls verified {drafted} draft tokens")
+        return dataclasses.replace(base, decode_calls=calls, draft_calls=draft_calls, drafted=drafted,
+                                   accepted=accepted)
 
 
 @dataclass(frozen=True)

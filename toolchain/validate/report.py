@@ -14,7 +14,8 @@ def _drafts(s: dict[str, Any]) -> str:
         return ""
     if not s.get("drafted"):
         return f", {s['decode_calls']} calls (no drafts)"
-    return (f", {s['decode_calls']} calls: {s['accepted']} of {s['drafted']} draft tokens accepted "
+    return (f", {s['decode_calls']} calls ({s.get('draft_calls')} with a draft): {s['accepted']} of {s['drafted']} "
+            "draft tokens accepted "
             f"({100 * s['accepted'] / s['drafted']:.0f}%)")
 
 
@@ -40,6 +41,13 @@ def render(report: dict[str, Any], console: Console) -> None:
                   f"board vs host logits: max {v['drift_max']:.3g}, mean {v['drift_mean']:.3g} "
                   f"(max {max(v['drift_by_position'] or [0]):.2f} std; tolerance {v['tolerance']} std)"),
     ]
+    fid = report.get("fidelity")
+    if fid:
+        rows.append(("fidelity", f"vs the eager fp32 model (teacher-forced on the board's tokens): top-1 "
+                                 f"{fid['top1_agreement'] * 100:.1f}% of {fid['tokens']}, KL mean "
+                                 f"{fid['mean_kl']:.4f} max {fid['max_kl']:.4f} nats/token"
+                                 + (f"; --min-agreement {fid['min_agreement']}: {fid['check']}"
+                                    if fid.get("check") else "")))
     boot = report.get("boot")
     if boot and boot.get("boot_s") is not None:
         hello = boot.get("boot_to_hello_s")
@@ -52,7 +60,9 @@ def render(report: dict[str, Any], console: Console) -> None:
     for key, value in rows:
         table.add_row(f"[bold]{key}[/]", value)
     console.print(table)
-    if v["verdict"] == "PASS":
+    if v["verdict"] == "PASS" and fid and fid.get("check") == "FAIL":
+        console.print(f"[bold red]FAIL[/]: top-1 agreement with the fp32 model below {fid['min_agreement']}")
+    elif v["verdict"] == "PASS":
         console.print("[bold green]PASS[/]")
     else:
         console.print(f"[bold red]FAIL[/]: {v['reason']}")

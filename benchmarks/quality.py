@@ -67,12 +67,13 @@ def teacher_forced(runner: Any, ids: list[int]) -> Any:
 def score(logits: Any, ids: list[int], fp32: Any) -> dict[str, float]:
     import torch
 
+    from toolchain.validate import fidelity
+
     target = torch.tensor(ids[1:])
     lq = torch.log_softmax(logits.double(), -1)
-    lp = torch.log_softmax(fp32.double(), -1)
     return {"nll_sum": float(-lq[torch.arange(len(target)), target].sum()), "tokens": len(target),
             "agree": int((logits.argmax(-1) == fp32.argmax(-1)).sum()),
-            "kl_sum": float((lp.exp() * (lp - lq)).sum())}
+            "kl_sum": float(fidelity.kl_per_token(fp32.numpy(), logits.numpy()).sum())}
 
 
 SPEC_SCHEME = ("8da4w", 32, "int8")  # what `make demo` runs

@@ -41,14 +41,19 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
 
 
+def kl_per_token(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    """KL(softmax(p) || softmax(q)) in nats for each row of two [N, V] logit arrays (float64)."""
+    lp, lq = _log_softmax(p_logits), _log_softmax(q_logits)
+    return (np.exp(lp) * (lp - lq)).sum(axis=-1)
+
+
 def measure(fp32_logits: np.ndarray, program_logits: np.ndarray, tokens: Sequence[int],
             min_agreement: float | None = None) -> Fidelity:
     """``fp32_logits`` and ``program_logits``: [N, V], the logits before each of the N board ``tokens``."""
     if fp32_logits.shape != program_logits.shape or fp32_logits.shape[0] != len(tokens) or not len(tokens):
         raise ValueError(f"fidelity needs [N, V] logits for N tokens: {fp32_logits.shape}, "
                          f"{program_logits.shape}, {len(tokens)} tokens")
-    lp, lq = _log_softmax(fp32_logits), _log_softmax(program_logits)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=-1)
+    kl = kl_per_token(fp32_logits, program_logits)
     agree = float(np.mean(fp32_logits.argmax(axis=-1) == np.asarray(tokens)))
     check = None if min_agreement is None else ("PASS" if agree >= min_agreement else "FAIL")
     return Fidelity(tokens=len(tokens), top1_agreement=agree, mean_kl=float(kl.mean()), max_kl=float(kl.max()),

@@ -44,9 +44,12 @@ $(STAMP): pyproject.toml | apt
 # on an emulated Pi 5 (qemu-aarch64 -cpu cortex-a76), stream the tokens over a serial link, validate.
 # 8da8w: on this small model int4 weights change a quarter of the greedy picks (BENCHMARKS.md, quality).
 DEMO_PROMPT ?= A wise old owl
+# The program carries fortune-draft too: the board drafts with it and fortune verifies (DEMO_DRAFT= for none).
 DEMO_QUANT ?= 8da8w
+DEMO_DRAFT ?= fortune-draft
 demo: setup
-	$(BIN)/edgelm run --board rpi5 --target qemu --model fortune --quant $(DEMO_QUANT) --prompt "$(DEMO_PROMPT)"
+	$(BIN)/edgelm run --board rpi5 --target qemu --model fortune --quant $(DEMO_QUANT) --prompt "$(DEMO_PROMPT)" \
+	  $(if $(DEMO_DRAFT),--draft-model $(DEMO_DRAFT))
 
 test: setup
 	$(BIN)/python -m pytest -ra
@@ -74,13 +77,15 @@ bench: setup
 bench-quality: setup
 	$(BIN)/python benchmarks/quality.py
 
-# Train the shipped `fortune` model again (not part of `make test`; about 25 minutes on 2 cores): its
-# corpus is Debian's fortunes package, its recipe and seed are in toolchain/model/train.py.
+# Train the shipped `fortune` model and its draft model `fortune-draft` again (not part of `make test`;
+# about 25 + 8 minutes on 2 cores): the corpus is Debian's fortunes package, the recipes and seed are
+# in toolchain/model/train.py.
 demo-model: setup
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); dpkg -s fortunes >/dev/null 2>&1 || \
 	  { echo "installing Debian's fortunes package (the corpus)"; $$SUDO apt-get update -qq; \
 	    DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq fortunes; }
 	$(BIN)/python -m toolchain.model.train --out models/fortune
+	$(BIN)/python -m toolchain.model.train --recipe fortune-draft --out models/fortune-draft
 
 clean:
 	rm -rf out build .pytest_cache

@@ -76,15 +76,18 @@ def score(logits: Any, ids: list[int], fp32: Any) -> dict[str, float]:
             "kl_sum": float(fidelity.kl_per_token(fp32.numpy(), logits.numpy()).sum())}
 
 
-SPEC_SCHEME = ("8da4w", 32, "int8")  # what `make demo` runs
+SPEC_SCHEME = ("8da8w", 32, "int8")  # what `make demo` runs
 SPEC_PROMPTS = 12  # held-out fortunes whose first words start a request
 SPEC_TOKENS = 96
+DRAFT_MODEL = "fortune-draft"
 
 
-def speculative(work: Path, tok: Any, docs: list[list[int]]) -> dict[str, Any]:
+def speculative(work: Path, tok: Any, docs: list[list[int]], draft_model: str | None,
+                draft_cost: float) -> dict[str, Any]:
     """The host runner on real text: each prompt (the first 6 tokens of a held-out fortune) decoded
-    greedily with drafts from the context and without, every stream validated; acceptance, forward
-    calls and output tokens/s."""
+    greedily with drafts and without, every stream validated; acceptance, forward calls and output
+    tokens/s. ``draft_model``: the program also carries it (drafts from the context first, then from
+    it). ``draft_cost``: what a draft-model call reads, in model calls (for the projection)."""
     from toolchain import api
     from toolchain.deploy import bringup
     from toolchain.link import protocol
@@ -92,12 +95,15 @@ def speculative(work: Path, tok: Any, docs: list[list[int]]) -> dict[str, Any]:
 
     quant, group, emb = SPEC_SCHEME
     exported, _ = api.cached_export(MODEL, work, quant=quant, group_size=group, embedding=emb,
-                                    max_seq_len=CONTEXT)
+                                    max_seq_len=CONTEXT, draft_model=draft_model)
     bundle, _ = api.cached_build("host", exported.pte, work)
     reference = ProgramRunner(exported.pte)
     prompts = [d[:6] for d in docs[:SPEC_PROMPTS]]
     out: dict[str, Any] = {"scheme": " ".join(map(str, SPEC_SCHEME)), "prompts": len(prompts),
-                           "tokens": SPEC_TOKENS, "runs": []}
+                           "tokens": SPEC_TOKENS, "draft_model": draft_model, "runs": [],
+                           "command": f"edgelm export --model {MODEL} --quant {quant} --group-size {group} "
+                                      f"--embedding {emb} --max-seq-len {CONTEXT}"
+                                      + (f" --draft-model {draft_model}" if draft_model else "")}
     with bringup.bring_up(api.target_for("host", "local", work), bundle, threads=2) as up:
         for ids in prompts:
             row: dict[str, Any] = {"prompt": tok_text(tok, ids)}
@@ -109,27 +115,31 @@ def speculative(work: Path, tok: Any, docs: list[list[int]]) -> dict[str, Any]:
                 row["drafts" if draft else "plain"] = {
                     "verdict": served.verdict.verdict, "decode_tok_s": s.decode_tok_s, "calls": s.decode_calls,
                     "draft_calls": s.draft_calls, "drafted": s.drafted, "accepted": s.accepted,
-                    "tokens": list(served.collected.tokens)}
+                    "draft_model_calls": s.draft_model_calls or 0, "tokens": list(served.collected.tokens)}
             row["same_tokens"] = row["plain"]["tokens"] == row["drafts"]["tokens"]
             out["runs"].append(row)
     runs = out["runs"]
-    drafted = sum(r["drafts"]["drafted"] for r in runs)
-    accepted = sum(r["drafts"]["accepted"] for r in runs)
-    calls = sum(r["drafts"]["calls"] for r in runs)
-    draft_calls = sum(r["drafts"]["draft_calls"] for r in runs)
-    plain_calls = sum(r["plain"]["calls"] for r in runs)
+
+    def total(key: str, kind: str = "drafts") -> int:
+        return sum(r[kind][key] for r in runs)
+
+    drafted, accepted, calls = total("drafted"), total("accepted"), total("calls")
+    draft_calls, model_calls, plain_calls = total("draft_calls"), total("draft_model_calls"), total("calls", "plain")
     out |= {"drafted": drafted, "accepted": accepted, "calls": calls, "draft_calls": draft_calls,
-            "plain_calls": plain_calls,
-            # on a bandwidth-bound model a call that verifies a draft costs VERIFY_COST one-token steps
-            "projected_speedup": plain_calls / (calls + (report.VERIFY_COST - 1) * draft_calls),
+            "draft_model_calls": model_calls, "plain_calls": plain_calls, "draft_cost": draft_cost,
+            # on a bandwidth-bound model a call that verifies a draft costs VERIFY_COST one-token steps,
+            # and a draft-model call what its weights are worth against the model's
+            "projected_speedup": plain_calls / (calls + (report.VERIFY_COST - 1) * draft_calls
+                                                + draft_cost * model_calls),
             "acceptance": accepted / drafted if drafted else 0.0,
             "tokens_per_call": (calls + accepted) / calls if calls else 1.0,
             "all_pass": all(r[k]["verdict"] == "PASS" for r in runs for k in ("plain", "drafts")),
             "all_same_tokens": all(r["same_tokens"] for r in runs),
             "decode_tok_s_plain": statistics.median(r["plain"]["decode_tok_s"] for r in runs),
             "decode_tok_s_drafts": statistics.median(r["drafts"]["decode_tok_s"] for r in runs)}
-    print(f"speculative: {accepted}/{drafted} draft tokens accepted, {out['tokens_per_call']:.2f} tokens per "
-          f"call, all PASS {out['all_pass']}, same tokens {out['all_same_tokens']}", flush=True)
+    print(f"speculative ({draft_model or 'context only'}): {accepted}/{drafted} draft tokens accepted, "
+          f"{out['tokens_per_call']:.2f} tokens per call, {model_calls} draft-model calls, all PASS "
+          f"{out['all_pass']}, same tokens {out['all_same_tokens']}", flush=True)
     return out
 
 
@@ -182,7 +192,20 @@ def main() -> None:
                                  f"--embedding {emb} --max-seq-len {CONTEXT}"}
         print(f"  {name}: ppl {rows[name]['perplexity']:.3f}, top-1 {rows[name]['top1_agreement'] * 100:.2f}%, "
               f"KL {rows[name]['mean_kl']:.5f} ({time.monotonic() - t0:.0f} s)", flush=True)
-    spec = speculative(args.work, tok, docs)
+    # The draft model on its own: how often its pick is the model's is what bounds its acceptance.
+    draft_net, draft_source = checkpoint.load(DRAFT_MODEL, max_seq_len=CONTEXT, all_logits=True)
+    total = {"nll_sum": 0.0, "tokens": 0, "agree": 0, "kl_sum": 0.0}
+    with torch.no_grad():
+        for ids, ref in zip(docs, reference, strict=True):
+            draft_net.reset()
+            for k, v in score(draft_net(torch.tensor([ids[:-1]]), torch.tensor([0]))[0], ids, ref).items():
+                total[k] += v
+    rows[f"{DRAFT_MODEL} (the draft model, eager fp32)"] = {
+        "perplexity": math.exp(total["nll_sum"] / total["tokens"]),
+        "top1_agreement": total["agree"] / total["tokens"], "mean_kl": total["kl_sum"] / total["tokens"]}
+    draft_cost = draft_source.config.num_parameters() / source.config.num_parameters()
+    spec = [speculative(args.work, tok, docs, None, 0.0),
+            speculative(args.work, tok, docs, DRAFT_MODEL, draft_cost)]
     facts = json.loads((checkpoint.SHIPPED[MODEL] / "training.json").read_text())
     results = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "host": socket.gethostname(), "model": MODEL, "weights_sha256": source.weights_sha256,

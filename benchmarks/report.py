@@ -282,25 +282,40 @@ def render_quality(results: dict[str, Any], results_path: Path) -> str:
         cmd = f"`{r['command']}`" if "command" in r else "eager model, no export"
         lines.append(f"| {name} | {r['perplexity']:.3f} | {r['top1_agreement'] * 100:.2f}% | {r['mean_kl']:.5f} | "
                      f"{size} | {cmd} |")
-    sp = results.get("speculative")
-    if sp:
+    spec = results.get("speculative") or []
+    spec = [spec] if isinstance(spec, dict) else spec  # results files from before draft models
+    if spec:
+        first = spec[0]
         lines += [
             "", "### Speculative decoding on real text", "",
-            f"The host runner ({sp['scheme']}) on {sp['prompts']} prompts (the first 6 tokens of held-out fortunes), "
-            f"{sp['tokens']} greedy tokens each, once with drafts from the context and once without; every stream "
-            f"validated ({'all PASS' if sp['all_pass'] else 'NOT all PASS'}; tokens with and without drafts "
-            f"{'identical' if sp['all_same_tokens'] else 'DIFFERENT'}).", "",
-            "| draft tokens accepted | calls with a draft | forward calls (without drafts) | tokens per call "
-            "| output tok/s without / with drafts (median) | projected speed-up, bandwidth-bound |",
-            "|---|---|---|---|---|---|",
-            f"| {sp['accepted']}/{sp['drafted']} ({sp['acceptance'] * 100:.0f}%) | {sp['draft_calls']} | "
-            f"{sp['calls']} ({sp['plain_calls']}) | {sp['tokens_per_call']:.2f} | "
-            f"{sp['decode_tok_s_plain']:.0f} / {sp['decode_tok_s_drafts']:.0f} | {sp['projected_speedup']:.2f}x |", "",
+            f"The host runner ({first['scheme']}) on {first['prompts']} prompts (the first 6 tokens of held-out "
+            f"fortunes), {first['tokens']} greedy tokens each, once with drafts and once without; every stream "
+            f"validated ({'all PASS' if all(sp['all_pass'] for sp in spec) else 'NOT all PASS'}; tokens with and "
+            f"without drafts {'identical' if all(sp['all_same_tokens'] for sp in spec) else 'DIFFERENT'}).", "",
+            "| drafts from | draft tokens accepted | calls with a draft | forward calls (without drafts) "
+            "| tokens per call | draft-model calls | output tok/s without / with drafts (median) "
+            "| projected speed-up, bandwidth-bound | program |",
+            "|---|---|---|---|---|---|---|---|---|"]
+        for sp in spec:
+            source = "the context" + (f", then {sp['draft_model']}" if sp.get("draft_model") else "")
+            lines.append(
+                f"| {source} | {sp['accepted']}/{sp['drafted']} ({sp['acceptance'] * 100:.0f}%) | "
+                f"{sp['draft_calls']} | {sp['calls']} ({sp['plain_calls']}) | {sp['tokens_per_call']:.2f} | "
+                f"{sp.get('draft_model_calls', 0)} | "
+                f"{sp['decode_tok_s_plain']:.0f} / {sp['decode_tok_s_drafts']:.0f} | "
+                f"{sp['projected_speedup']:.2f}x | " + (f"`{sp['command']}`" if "command" in sp else "-") + " |")
+        costs = [sp for sp in spec if sp.get("draft_model")]
+        lines += [
+            "",
             "This model is small enough that a step costs its fixed overheads, not its weight reads, so its "
-            "tok/s say little. What carries over to a bandwidth-bound model is the calls saved and the calls "
-            f"widened: on lfm2-350m 8da4w (x86, 2 threads) a call of 2 to 8 tokens costs {VERIFY_COST}x a "
-            "one-token step (toolchain/model/lfm2.py, DEFAULT_MAX_DRAFT), so the projection is plain calls / "
-            f"(calls + {VERIFY_COST - 1:.2f} x calls with a draft). A projection, not a measurement. Drafts from "
-            "the context pay on text that repeats it; free generation from a short prompt rarely does."]
+            "tok/s say little (a draft-model call costs nearly what a model call does here). What carries over "
+            "to a bandwidth-bound model is the calls saved and the calls widened: on lfm2-350m 8da4w (x86, 2 "
+            f"threads) a call of 2 to 8 tokens costs {VERIFY_COST}x a one-token step (toolchain/model/lfm2.py, "
+            "DEFAULT_MAX_DRAFT), so the projection is plain calls / (calls + "
+            f"{VERIFY_COST - 1:.2f} x calls with a draft"
+            + (f" + {costs[0]['draft_cost']:.3f} x draft-model calls, a draft-model call reading its parameters "
+               "against the model's" if costs else "")
+            + "). A projection, not a measurement. Drafts from the context pay on text that repeats it; free "
+              "generation from a short prompt rarely does, which is where a draft model drafts."]
     lines += ["", QUALITY_END]
     return "\n".join(lines)

@@ -160,6 +160,7 @@ typedef struct {
     uint32_t draft_calls;  /* ... of which verified a draft */
     uint32_t drafted;      /* draft tokens proposed to the model for verification */
     uint32_t accepted;     /* draft tokens the model confirmed (each saved one call) */
+    uint32_t draft_model_calls; /* forward calls of the program's draft method */
 } Stats;
 
 long proto_pack_hello(uint8_t *out, size_t cap, const Hello *h);

@@ -26,6 +26,7 @@
 
 #include <cerrno>
 #include <cinttypes>
+#include <cmath>
 #include <csignal>
 #include <cstdarg>
 #include <cstdio>
@@ -84,6 +85,14 @@ constexpr int EXIT_SERIAL = 4;
 constexpr int EXIT_LINK_LOST = 6;
 
 constexpr const char* METHOD_NAME = "forward";
+// A program exported with a draft model (edgelm export --draft-model) carries it as this method:
+// the same inputs and outputs as forward, its own state, a fraction of the weights.
+constexpr const char* DRAFT_METHOD_NAME = "draft";
+// The draft model drafts greedily and stops at the first token it gives less than this probability:
+// an unlikely draft token is seldom accepted and costs a draft call and a wider verifying call.
+// Measured with fortune-draft for fortune (benchmarks/quality.py, projected bandwidth-bound speed-up):
+// 0.5 -> 1.33x (77% accepted), 0.3 -> 1.40x (69%), 0.15 -> 1.31x (48%), 0.05 -> 0.93x (18%).
+constexpr float DRAFT_MIN_P = 0.3f;
 
 // ----------------------------------------------------------------------------
 // Logging: one line per event on stderr, "edgelm-runner: ..."
@@ -158,12 +167,15 @@ struct Options {
   long baud = EDGELM_BAUD;                      // bits per second
   long threads = EDGELM_THREADS;                // 0 = ExecuTorch's default
   long draft = -1;                              // most draft tokens per call; -1 = the program's
+  bool draft_context = true;                    // --draft-from: drafts from the context (prompt lookup)
+  bool draft_model = true;                      //   and from the program's draft method, if it has one
   bool verbose = false;
 };
 
 void print_usage(FILE* f) {
   std::fprintf(f,
-               "usage: runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--draft N] [--verbose]\n"
+               "usage: runner --model PATH [--serial DEV|-] [--baud N] [--threads N] [--draft N]\n"
+               "              [--draft-from context|model|both] [--verbose]\n"
                "  --model PATH   ExecuTorch program (.pte) to serve\n"
                "  --serial DEV   serial device (default %s); '-' = frames on stdin/stdout\n"
                "                 (pipes, an SSH channel; logs stay on stderr)\n"
@@ -171,6 +183,8 @@ void print_usage(FILE* f) {
                "  --threads N    threadpool size, 0 = ExecuTorch default (default %ld)\n"
                "  --draft N      most speculative draft tokens per forward call, 0 = none\n"
                "                 (default: what the program can verify, see docs/protocol.md)\n"
+               "  --draft-from S draft from the context, the program's draft model, or both\n"
+               "                 (default both: the context first)\n"
                "  --verbose      also log ExecuTorch debug and info messages\n"
                "board %s, firmware %s, protocol %d\n"
                "exit status: 0 quit, 2 usage, 3 model cannot be loaded, "
@@ -203,7 +217,7 @@ int parse_options(int argc, char** argv, Options* o) {
     }
     const bool takes_value = std::strcmp(a, "--model") == 0 || std::strcmp(a, "--serial") == 0 ||
                              std::strcmp(a, "--baud") == 0 || std::strcmp(a, "--threads") == 0 ||
-                             std::strcmp(a, "--draft") == 0;
+                             std::strcmp(a, "--draft") == 0 || std::strcmp(a, "--draft-from") == 0;
     if (!takes_value) {
       log_line("unknown argument %s (see --help)", a);
       return EXIT_USAGE;
@@ -231,6 +245,14 @@ int parse_options(int argc, char** argv, Options* o) {
         log_line("--draft %s is not a number in 0..1024", value);
         return EXIT_USAGE;
       }
+    } else if (std::strcmp(a, "--draft-from") == 0) {
+      const bool both = std::strcmp(value, "both") == 0;
+      o->draft_context = both || std::strcmp(value, "context") == 0;
+      o->draft_model = both || std::strcmp(value, "model") == 0;
+      if (!o->draft_context && !o->draft_model) {
+        log_line("--draft-from %s is not one of context, model, both", value);
+        return EXIT_USAGE;
+      }
     }
     i++;
   }
@@ -256,16 +278,13 @@ int parse_options(int argc, char** argv, Options* o) {
 // A call at input_pos 0 starts a new sequence; a rewindable program (one with logit_rows) may
 // start up to max_rows - 1 positions before the end of the last call (a rejected draft).
 
-struct Model {
+// One method of the program: its shapes, its memory plan (its state lives there) and its inputs.
+struct Fn {
+  const char* name = nullptr;
   int64_t max_seq_len = 0;  // tokens: upper bound of input 0, dim 1
   int64_t vocab = 0;        // V: last dim of output 0
-  float load_ms = 0;        // Program::load + load_method, milliseconds
-  uint32_t threads = 0;     // threadpool size in use
-  uint8_t sha256[SHA256_DIGEST_LEN] = {};
 
   // ExecuTorch objects; the Method refers to all of them, so they stay in place.
-  std::unique_ptr<MmapDataLoader> loader;
-  std::unique_ptr<Program> program;
   std::vector<std::vector<uint8_t>> planned;     // [n buffers][bytes], zero-initialised
   std::vector<Span<uint8_t>> planned_spans;      // [n buffers]
   std::unique_ptr<HierarchicalAllocator> planned_allocator;
@@ -277,14 +296,120 @@ struct Model {
   // Input storage; the Method may point at it while executing.
   std::vector<int64_t> tokens;  // [max_seq_len]
   int64_t input_pos[1] = {0};
-  bool key_input = false;              // the program takes key_positions (input 2)
+  bool key_input = false;              // the method takes key_positions (input 2)
   std::vector<int64_t> key_positions;  // [max_seq_len]: 0, 1, ..., max_seq_len - 1
-  bool rows_input = false;             // the program takes logit_rows (input 3)
+  bool rows_input = false;             // the method takes logit_rows (input 3)
   int64_t max_rows = 1;                // most logit rows per call: the longest draft + 1
   std::vector<int64_t> rows;           // [max_rows]
 };
 
-// Loads the program. Returns 0, or -1 with one line (no prefix) in err.
+struct Model {
+  int64_t max_seq_len = 0;  // of the forward method
+  int64_t vocab = 0;
+  int64_t max_rows = 1;
+  float load_ms = 0;        // Program::load + load_method(s), milliseconds
+  uint32_t threads = 0;     // threadpool size in use
+  uint8_t sha256[SHA256_DIGEST_LEN] = {};
+
+  std::unique_ptr<MmapDataLoader> loader;
+  std::unique_ptr<Program> program;
+  Fn fwd;                   // "forward": the model
+  Fn draft;                 // "draft": a smaller model of the same vocabulary, if the program has one
+  bool has_draft = false;
+};
+
+// Checks the method's signature and loads it with its own planned memory. Returns 0, or -1
+// with one line (no prefix) in err.
+int load_fn(Program* program, Fn* f, const char* name, const char* path, char* err, size_t err_cap) {
+  f->name = name;
+  Result<MethodMeta> meta = program->method_meta(name);
+  if (!meta.ok()) {
+    std::snprintf(err, err_cap, "%s has no '%s' method (error 0x%x)", path, name, (unsigned)meta.error());
+    return -1;
+  }
+  const char* shape_error = nullptr;
+  if (meta->num_inputs() < 2 || meta->num_outputs() < 1) shape_error = "too few inputs or outputs";
+  auto tok_meta = meta->input_tensor_meta(0);
+  auto pos_meta = meta->input_tensor_meta(1);
+  auto out_meta = meta->output_tensor_meta(0);
+  if (!shape_error && (!tok_meta.ok() || !pos_meta.ok() || !out_meta.ok()))
+    shape_error = "an input or output is not a tensor";
+  if (!shape_error && (tok_meta->sizes().size() != 2 || tok_meta->scalar_type() != ScalarType::Long))
+    shape_error = "input 0 is not int64 tokens [1, T]";
+  if (!shape_error && pos_meta->scalar_type() != ScalarType::Long)
+    shape_error = "input 1 is not int64 input_pos";
+  if (!shape_error && (out_meta->sizes().size() < 1 || out_meta->scalar_type() != ScalarType::Float))
+    shape_error = "output 0 is not float logits";
+  if (!shape_error && meta->num_inputs() >= 3) {
+    auto key_meta = meta->input_tensor_meta(2);
+    if (!key_meta.ok() || key_meta->sizes().size() != 1 || key_meta->scalar_type() != ScalarType::Long ||
+        key_meta->sizes()[0] != tok_meta->sizes()[1])
+      shape_error = "input 2 is not int64 key_positions [input_pos + T] bounded by max_seq_len";
+    f->key_input = true;
+  }
+  if (!shape_error && meta->num_inputs() >= 4) {
+    auto rows_meta = meta->input_tensor_meta(3);
+    if (!rows_meta.ok() || rows_meta->sizes().size() != 1 || rows_meta->scalar_type() != ScalarType::Long ||
+        rows_meta->sizes()[0] < 1 || rows_meta->sizes()[0] > tok_meta->sizes()[1])
+      shape_error = "input 3 is not int64 logit_rows [R] with R at most max_seq_len";
+    else
+      f->max_rows = rows_meta->sizes()[0];
+    f->rows_input = true;
+  }
+  if (!shape_error && meta->num_inputs() > 4) shape_error = "takes more than 4 inputs";
+  if (shape_error) {
+    std::snprintf(err, err_cap, "%s is not an edgelm LLM program: '%s' %s", path, name, shape_error);
+    return -1;
+  }
+  f->max_seq_len = tok_meta->sizes()[1];
+  f->vocab = out_meta->sizes()[out_meta->sizes().size() - 1];
+  if (f->max_seq_len < 1 || f->vocab < 1 || f->vocab > (int64_t)UINT32_MAX) {
+    std::snprintf(err, err_cap, "%s has unusable shapes in '%s': max_seq_len %" PRId64 ", vocab %" PRId64,
+                  path, name, f->max_seq_len, f->vocab);
+    return -1;
+  }
+
+  for (size_t i = 0; i < meta->num_memory_planned_buffers(); i++) {
+    Result<int64_t> size = meta->memory_planned_buffer_size(i);
+    if (!size.ok() || *size < 0) {
+      std::snprintf(err, err_cap, "%s: bad planned buffer %zu of '%s'", path, i, name);
+      return -1;
+    }
+    f->planned.emplace_back((size_t)*size);  // zero-initialised
+  }
+  for (auto& b : f->planned) f->planned_spans.emplace_back(b.data(), b.size());
+  f->planned_allocator = std::make_unique<HierarchicalAllocator>(
+      Span<Span<uint8_t>>(f->planned_spans.data(), f->planned_spans.size()));
+  f->method_allocator = std::make_unique<MallocMemoryAllocator>();
+  f->temp_allocator = std::make_unique<MallocMemoryAllocator>();
+  f->memory = std::make_unique<MemoryManager>(f->method_allocator.get(), f->planned_allocator.get(),
+                                              f->temp_allocator.get());
+  Result<Method> method = program->load_method(name, f->memory.get());
+  if (!method.ok()) {
+    std::snprintf(err, err_cap, "%s: cannot load method '%s' (load_method error 0x%x)", path, name,
+                  (unsigned)method.error());
+    return -1;
+  }
+  f->method = std::make_unique<Method>(std::move(method.get()));
+  f->tokens.assign((size_t)f->max_seq_len, 0);
+  f->key_positions.resize((size_t)f->max_seq_len);
+  for (int64_t i = 0; i < f->max_seq_len; i++) f->key_positions[(size_t)i] = i;
+  f->rows.assign((size_t)f->max_rows, 0);
+  return 0;
+}
+
+void free_fn(Fn* f) {
+  f->method.reset();  // before the memory it uses
+  f->memory.reset();
+  f->temp_allocator.reset();
+  f->method_allocator.reset();
+  f->planned_allocator.reset();
+  f->planned_spans.clear();
+  f->planned.clear();
+}
+
+// Loads the program: its forward method, and its draft method if it has one. Returns 0, or -1
+// with one line (no prefix) in err.
 int build_model(Model* m, const char* path, long threads, char* err, size_t err_cap) {
   if (sha256_file(path, m->sha256) != 0) {
     std::snprintf(err, err_cap, "cannot read model %s: %s", path, std::strerror(errno));
@@ -313,104 +438,40 @@ int build_model(Model* m, const char* path, long threads, char* err, size_t err_
     return -1;
   }
   m->program = std::make_unique<Program>(std::move(program.get()));
-
-  Result<MethodMeta> meta = m->program->method_meta(METHOD_NAME);
-  if (!meta.ok()) {
-    std::snprintf(err, err_cap, "%s has no '%s' method (error 0x%x)", path, METHOD_NAME,
-                  (unsigned)meta.error());
-    return -1;
-  }
-  const char* shape_error = nullptr;
-  if (meta->num_inputs() < 2 || meta->num_outputs() < 1) shape_error = "too few inputs or outputs";
-  auto tok_meta = meta->input_tensor_meta(0);
-  auto pos_meta = meta->input_tensor_meta(1);
-  auto out_meta = meta->output_tensor_meta(0);
-  if (!shape_error && (!tok_meta.ok() || !pos_meta.ok() || !out_meta.ok()))
-    shape_error = "an input or output is not a tensor";
-  if (!shape_error && (tok_meta->sizes().size() != 2 || tok_meta->scalar_type() != ScalarType::Long))
-    shape_error = "input 0 is not int64 tokens [1, T]";
-  if (!shape_error && pos_meta->scalar_type() != ScalarType::Long)
-    shape_error = "input 1 is not int64 input_pos";
-  if (!shape_error && (out_meta->sizes().size() < 1 || out_meta->scalar_type() != ScalarType::Float))
-    shape_error = "output 0 is not float logits";
-  if (!shape_error && meta->num_inputs() >= 3) {
-    auto key_meta = meta->input_tensor_meta(2);
-    if (!key_meta.ok() || key_meta->sizes().size() != 1 || key_meta->scalar_type() != ScalarType::Long ||
-        key_meta->sizes()[0] != tok_meta->sizes()[1])
-      shape_error = "input 2 is not int64 key_positions [input_pos + T] bounded by max_seq_len";
-    m->key_input = true;
-  }
-  if (!shape_error && meta->num_inputs() >= 4) {
-    auto rows_meta = meta->input_tensor_meta(3);
-    if (!rows_meta.ok() || rows_meta->sizes().size() != 1 || rows_meta->scalar_type() != ScalarType::Long ||
-        rows_meta->sizes()[0] < 1 || rows_meta->sizes()[0] > tok_meta->sizes()[1])
-      shape_error = "input 3 is not int64 logit_rows [R] with R at most max_seq_len";
-    else
-      m->max_rows = rows_meta->sizes()[0];
-    m->rows_input = true;
-  }
-  if (!shape_error && meta->num_inputs() > 4) shape_error = "takes more than 4 inputs";
-  if (shape_error) {
-    std::snprintf(err, err_cap, "%s is not an edgelm LLM program: '%s' %s", path, METHOD_NAME,
-                  shape_error);
-    return -1;
-  }
-  m->max_seq_len = tok_meta->sizes()[1];
-  m->vocab = out_meta->sizes()[out_meta->sizes().size() - 1];
-  if (m->max_seq_len < 1 || m->vocab < 1 || m->vocab > (int64_t)UINT32_MAX) {
-    std::snprintf(err, err_cap, "%s has unusable shapes: max_seq_len %" PRId64 ", vocab %" PRId64,
-                  path, m->max_seq_len, m->vocab);
-    return -1;
-  }
-
-  for (size_t i = 0; i < meta->num_memory_planned_buffers(); i++) {
-    Result<int64_t> size = meta->memory_planned_buffer_size(i);
-    if (!size.ok() || *size < 0) {
-      std::snprintf(err, err_cap, "%s: bad planned buffer %zu", path, i);
+  if (load_fn(m->program.get(), &m->fwd, METHOD_NAME, path, err, err_cap) != 0) return -1;
+  m->max_seq_len = m->fwd.max_seq_len;
+  m->vocab = m->fwd.vocab;
+  m->max_rows = m->fwd.max_rows;
+  if (m->program->method_meta(DRAFT_METHOD_NAME).ok()) {
+    if (load_fn(m->program.get(), &m->draft, DRAFT_METHOD_NAME, path, err, err_cap) != 0) return -1;
+    // The draft must speak the model's tokens, reach as far, and rewind as far as a draft is long.
+    if (m->draft.vocab != m->vocab || m->draft.max_seq_len != m->max_seq_len || !m->draft.rows_input ||
+        m->draft.max_rows < m->max_rows) {
+      std::snprintf(err, err_cap, "%s: method '%s' does not fit '%s' (vocab %" PRId64 " vs %" PRId64
+                    ", max_seq_len %" PRId64 " vs %" PRId64 ", rewind %" PRId64 " vs %" PRId64 ")",
+                    path, DRAFT_METHOD_NAME, METHOD_NAME, m->draft.vocab, m->vocab, m->draft.max_seq_len,
+                    m->max_seq_len, m->draft.max_rows - 1, m->max_rows - 1);
       return -1;
     }
-    m->planned.emplace_back((size_t)*size);  // zero-initialised
+    m->has_draft = true;
   }
-  for (auto& b : m->planned) m->planned_spans.emplace_back(b.data(), b.size());
-  m->planned_allocator = std::make_unique<HierarchicalAllocator>(
-      Span<Span<uint8_t>>(m->planned_spans.data(), m->planned_spans.size()));
-  m->method_allocator = std::make_unique<MallocMemoryAllocator>();
-  m->temp_allocator = std::make_unique<MallocMemoryAllocator>();
-  m->memory = std::make_unique<MemoryManager>(m->method_allocator.get(), m->planned_allocator.get(),
-                                              m->temp_allocator.get());
-  Result<Method> method = m->program->load_method(METHOD_NAME, m->memory.get());
-  if (!method.ok()) {
-    std::snprintf(err, err_cap, "%s: cannot load method '%s' (load_method error 0x%x)", path,
-                  METHOD_NAME, (unsigned)method.error());
-    return -1;
-  }
-  m->method = std::make_unique<Method>(std::move(method.get()));
   m->load_ms = (float)(now_us() - t0) / 1000.0f;
-  m->tokens.assign((size_t)m->max_seq_len, 0);
-  m->key_positions.resize((size_t)m->max_seq_len);
-  for (int64_t i = 0; i < m->max_seq_len; i++) m->key_positions[(size_t)i] = i;
-  m->rows.assign((size_t)m->max_rows, 0);
   return 0;
 }
 
 void free_model(Model* m) {
-  m->method.reset();  // before the memory it uses
-  m->memory.reset();
-  m->temp_allocator.reset();
-  m->method_allocator.reset();
-  m->planned_allocator.reset();
-  m->planned_spans.clear();
-  m->planned.clear();
+  free_fn(&m->draft);
+  free_fn(&m->fwd);
   m->program.reset();
   m->loader.reset();
 }
 
-// One forward call on tokens[0 .. n-1] at input_pos pos. all_rows false: on success *logits
-// points at the V logits of the last position; true (a draft's verification, n <= max_rows): at
-// n rows of V logits, the one after each token. Valid until the next call. On failure returns
-// the error and writes which step failed into where.
-Error model_forward(Model* m, const uint32_t* toks, int64_t n, int64_t pos, bool all_rows,
-                    const float** logits, char* where, size_t where_cap) {
+// One forward call of method f on tokens[0 .. n-1] at input_pos pos. all_rows false: on success
+// *logits points at the V logits of the last position; true (a draft's verification, n <=
+// max_rows): at n rows of V logits, the one after each token. Valid until the next call. On
+// failure returns the error and writes which step failed into where.
+Error fn_forward(Fn* m, const uint32_t* toks, int64_t n, int64_t pos, bool all_rows,
+                 const float** logits, char* where, size_t where_cap) {
   if (n < 1 || n > m->max_seq_len) {
     std::snprintf(where, where_cap, "%" PRId64 " tokens do not fit max_seq_len %" PRId64, n,
                   m->max_seq_len);
@@ -624,7 +685,54 @@ struct Server {
   int64_t draft_max = 0;      // most draft tokens per forward call (0: plain decoding)
   std::vector<uint32_t> ctx;  // [max_seq_len]: the prompt, then the generated tokens
   std::vector<uint32_t> chunk;  // [max_rows]: the token to feed and its draft
+  bool context_drafts = true;   // draft from the context (prompt lookup)
+  bool model_drafts = false;    // draft with the program's draft method where lookup finds nothing
+  std::vector<uint32_t> dfed;   // [max_seq_len]: the tokens in the draft method's state, positions
+  int64_t dend = 0;             //   0 .. dend - 1
+  uint32_t dcalls = 0;          // forward calls of the draft method in this request
 };
+
+// The largest of v logits, its index in *best, and its softmax probability.
+float top_prob(const float* logits, int64_t v, uint32_t* best) {
+  int64_t b = 0;
+  for (int64_t i = 1; i < v; i++)
+    if (logits[i] > logits[b]) b = i;
+  double sum = 0;
+  for (int64_t i = 0; i < v; i++) sum += std::exp((double)(logits[i] - logits[b]));
+  *best = (uint32_t)b;
+  return (float)(1.0 / sum);
+}
+
+// Drafts at most max_k tokens to follow ctx[0 .. n-1] with the program's draft method, greedily,
+// stopping at the first token it is less than DRAFT_MIN_P sure of. First the draft's state is
+// brought up to ctx: it holds dfed[0 .. dend-1], and from the first position that differs from
+// ctx (a rejected draft, or tokens it has not seen) it is fed again, which rolls it back.
+// Returns how many tokens, or -1 with where set.
+int64_t draft_with_model(Server* s, int64_t n, int64_t max_k, uint32_t* out, char* where, size_t where_cap) {
+  Fn* d = &s->model->draft;
+  int64_t keep = 0;  // positions of the draft's state that hold ctx
+  while (keep < s->dend && keep < n && s->dfed[(size_t)keep] == s->ctx[(size_t)keep]) keep++;
+  if (keep == n) keep = n - 1;                          // feed the last token again, for its logits
+  if (s->dend - keep > d->max_rows - 1) keep = 0;      // further back than it can rewind: start over
+  const float* logits = nullptr;
+  s->dcalls++;
+  if (fn_forward(d, &s->ctx[(size_t)keep], n - keep, keep, false, &logits, where, where_cap) != Error::Ok)
+    return -1;
+  for (int64_t i = keep; i < n; i++) s->dfed[(size_t)i] = s->ctx[(size_t)i];
+  s->dend = n;
+  int64_t k = 0;
+  while (k < max_k) {
+    uint32_t best = 0;
+    if (top_prob(logits, d->vocab, &best) < DRAFT_MIN_P) break;
+    out[k++] = best;
+    if (k == max_k) break;
+    s->dcalls++;
+    if (fn_forward(d, &out[k - 1], 1, n + k - 1, false, &logits, where, where_cap) != Error::Ok) return -1;
+    s->dfed[(size_t)(n + k - 1)] = out[k - 1];
+    s->dend = n + k;
+  }
+  return k;
+}
 
 // Serves one parsed REQUEST received at t_request (us). Sends TOKENs and STATS, or an ERROR.
 void serve_request(Server* s, const Request* req, uint64_t t_request) {
@@ -652,7 +760,7 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
 
   char where[160];
   const float* logits = nullptr;
-  if (model_forward(m, s->ctx.data(), req->n_prompt, 0, false, &logits, where, sizeof where) != Error::Ok) {
+  if (fn_forward(&m->fwd, s->ctx.data(), req->n_prompt, 0, false, &logits, where, sizeof where) != Error::Ok) {
     send_error(l, ERR_RUNTIME, "prefill of %" PRIu32 " tokens: %s", req->n_prompt, where);
     return;
   }
@@ -668,7 +776,9 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   s->ctx[(size_t)n_ctx++] = tok;
   int64_t pos = req->n_prompt;  // tokens in the model's state: all of ctx but tok
   const bool speculate = s->draft_max > 0 && (req->flags & REQ_FLAG_NO_DRAFT) == 0;
-  uint32_t calls = 0, draft_calls = 0, drafted = 0, accepted = 0;
+  uint32_t calls = 0, draft_calls = 0, drafted = 0, accepted = 0, model_turns = 0;
+  s->dend = 0;  // a new sequence for the draft method too
+  s->dcalls = 0;
   // A draft that is wrong from its first token costs a call that is wider for nothing (on lfm2-350m
   // about 1.25x a one-token step): after `misses` such calls in a row, skip drafting for as many
   // calls (at most 8), so text that does not repeat its context costs little.
@@ -681,17 +791,28 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
     }
     if (generated >= req->max_new_tokens) break;
     // Draft k tokens to follow tok, no more than the request and the program have room for.
+    // The context's own repeats first (free), then the draft method; lookup backs off after misses.
     int64_t k = 0;
-    if (speculate && skip > 0) {
+    bool looked_up = false;
+    int64_t room = speculate ? s->draft_max : 0;
+    if (room > (int64_t)(req->max_new_tokens - generated) - 1) room = (int64_t)(req->max_new_tokens - generated) - 1;
+    if (room > m->max_seq_len - pos - 1) room = m->max_seq_len - pos - 1;
+    if (room > 0 && skip > 0) {
       skip--;
-    } else if (speculate) {
-      int64_t room = s->draft_max;
-      if (room > (int64_t)(req->max_new_tokens - generated) - 1) room = (int64_t)(req->max_new_tokens - generated) - 1;
-      if (room > m->max_seq_len - pos - 1) room = m->max_seq_len - pos - 1;
-      if (room > 0) k = (int64_t)draft_lookup(s->ctx.data(), (size_t)n_ctx, (size_t)room, &s->chunk[1]);
+    } else if (room > 0 && s->context_drafts) {
+      k = (int64_t)draft_lookup(s->ctx.data(), (size_t)n_ctx, (size_t)room, &s->chunk[1]);
+      looked_up = k > 0;
+    }
+    if (room > 0 && k == 0 && s->model_drafts) {
+      k = draft_with_model(s, n_ctx, room, &s->chunk[1], where, sizeof where);
+      if (k < 0) {
+        send_error(l, ERR_RUNTIME, "draft model at input_pos %" PRId64 ": %s", pos, where);
+        return;
+      }
+      model_turns++;
     }
     s->chunk[0] = tok;
-    if (model_forward(m, s->chunk.data(), k + 1, pos, k > 0, &logits, where, sizeof where) != Error::Ok) {
+    if (fn_forward(&m->fwd, s->chunk.data(), k + 1, pos, k > 0, &logits, where, sizeof where) != Error::Ok) {
       send_error(l, ERR_RUNTIME, "decode step %" PRIu32 " at input_pos %" PRId64 " (%" PRId64
                  " draft tokens): %s", generated, pos, k, where);
       return;
@@ -719,10 +840,10 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
       if ((use_stop && request_is_stop(req, tok)) || generated >= req->max_new_tokens) break;
     }
     pos += used;  // the next call starts here: rejected draft tokens are rolled back
-    if (k > 0 && accepted == accepted_before) {
+    if (looked_up && accepted == accepted_before) {
       misses++;
       skip = misses < 8 ? misses : 8;
-    } else if (k > 0) {
+    } else if (looked_up) {
       misses = 0;
     }
   }
@@ -742,11 +863,14 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   st.draft_calls = draft_calls;
   st.drafted = drafted;
   st.accepted = accepted;
+  st.draft_model_calls = s->dcalls;
   link_send(l, MSG_STATS, proto_pack_stats(l->body, sizeof l->body, &st));
   log_line("done: %" PRIu32 " tokens (%s), ttft %.2f ms, prefill %.1f tok/s, decode %.1f tok/s, "
-           "%" PRIu32 " decode calls, %" PRIu32 " of %" PRIu32 " draft tokens accepted, peak rss %" PRIu64 " kB",
+           "%" PRIu32 " decode calls, %" PRIu32 " of %" PRIu32 " draft tokens accepted (%" PRIu32
+           " turns of the draft model, %" PRIu32 " calls), peak rss %" PRIu64 " kB",
            generated, stop == STOP_TOKEN ? "stop token" : "max_new_tokens", (double)st.ttft_ms,
-           (double)st.prefill_tok_s, (double)st.decode_tok_s, calls, accepted, drafted, st.peak_rss_kb);
+           (double)st.prefill_tok_s, (double)st.decode_tok_s, calls, accepted, drafted, model_turns,
+           s->dcalls, st.peak_rss_kb);
 }
 
 // Handles one frame reader event. Returns true when the host asked to quit.
@@ -850,9 +974,9 @@ int main(int argc, char** argv) {
   char hex[SHA256_HEX_LEN + 1];
   sha256_hex(model.sha256, hex);
   log_line("loaded %s (sha256 %s): max_seq_len %" PRId64 ", vocab %" PRId64 ", %u threads, %.1f ms, "
-           "verifies drafts of up to %" PRId64 " tokens",
+           "verifies drafts of up to %" PRId64 " tokens%s",
            opt.model, hex, model.max_seq_len, model.vocab, model.threads, (double)model.load_ms,
-           model.max_rows - 1);
+           model.max_rows - 1, model.has_draft ? ", drafts with its draft method" : "");
 
   Server server;
   server.model = &model;
@@ -860,6 +984,9 @@ int main(int argc, char** argv) {
   server.chunk.assign((size_t)model.max_rows, 0);
   server.draft_max = model.max_rows - 1;
   if (opt.draft >= 0 && opt.draft < server.draft_max) server.draft_max = opt.draft;
+  server.context_drafts = opt.draft_context;
+  server.model_drafts = model.has_draft && opt.draft_model && server.draft_max > 0;
+  server.dfed.assign((size_t)model.max_seq_len, 0);
   if (build_sampler(&server.sampler, (uint32_t)model.vocab) != 0) {
     log_line("out of memory for the sampler (vocab %" PRId64 ")", model.vocab);
     free_model(&model);

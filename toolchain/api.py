@@ -56,8 +56,13 @@ def default_embedding(quant: str) -> str:
 
 def export_model(model: str, out: Path, *, quant: str = "8da4w", group_size: int = 32,
                  embedding: str | None = None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                 backend: str = "xnnpack", progress: Progress = _noop) -> ExportResult:
-    """Load ``model`` (preset name or HF folder), quantize, lower and write ``out/model.pte`` + manifest."""
+                 backend: str = "xnnpack", draft_model: str | None = None,
+                 progress: Progress = _noop) -> ExportResult:
+    """Load ``model`` (preset name or HF folder), quantize, lower and write ``out/model.pte`` + manifest.
+
+    ``draft_model``: a smaller model with the same tokenizer, quantized the same way and carried in
+    the program as its ``draft`` method: the runner drafts with it and verifies with the model.
+    """
     import torch
 
     from toolchain.export import lower, manifest, quantize
@@ -79,19 +84,41 @@ def export_model(model: str, out: Path, *, quant: str = "8da4w", group_size: int
     tok = tokenizer.for_model(source.tokenizer_path, source.config.vocab_size)
     timings["load"] = time.monotonic() - t
 
+    draft_net = draft_source = None
+    if draft_model is not None:
+        draft_net, draft_source = checkpoint.load(draft_model, max_seq_len=max_seq_len)
+        draft_tok = tokenizer.for_model(draft_source.tokenizer_path, draft_source.config.vocab_size)
+        check_draft(source, tok, draft_source, draft_tok)
+        timings["load"] = time.monotonic() - t
+
     t = step("quantize", spec.name)
     qplan = quantize.plan(net, spec)  # refuses an impossible group size before any work
+    draft_plan = quantize.plan(draft_net, spec) if draft_net is not None else None
     quantize.apply(net, qplan)
+    if draft_net is not None and draft_plan is not None:
+        quantize.apply(draft_net, draft_plan)
     timings["quantize"] = time.monotonic() - t
 
     t = step("export", f"torch.export, tokens dynamic in [1, {max_seq_len}]")
     with torch.no_grad():
         exported = lower.export(net)
+        draft_exported = lower.export(draft_net) if draft_net is not None else None
     timings["export"] = time.monotonic() - t
 
     t = step("lower", f"to_edge_transform_and_lower ({backend})")
-    edge = lower.lower(exported, backend)
+    edge = lower.lower(exported, backend, draft=draft_exported)
     delegation = lower.delegation_report(edge, backend, source.config.layer_types)
+    draft = None
+    if draft_net is not None and draft_source is not None and draft_plan is not None:
+        report = lower.delegation_report(edge, backend, draft_source.config.layer_types, lower.DRAFT_METHOD)
+        draft = {"method": lower.DRAFT_METHOD, "max_draft": draft_net.max_draft,
+                 "model": {"name": draft_source.name, "kind": draft_source.kind,
+                           "config": draft_source.config.to_dict(),
+                           "parameters": draft_source.config.num_parameters(),
+                           "weights_sha256": draft_source.weights_sha256, "seed": draft_source.seed},
+                 "quantization": draft_plan.to_dict(),
+                 "delegation": {k: report[k] for k in ("delegated_total", "non_delegated_total",
+                                                       "decoder_layers_fully_delegated")}}
     timings["lower"] = time.monotonic() - t
 
     t = step("emit", "memory planning and serialization")
@@ -108,11 +135,23 @@ def export_model(model: str, out: Path, *, quant: str = "8da4w", group_size: int
         tokens={"bos_token_id": source.config.bos_token_id, "eos_token_ids": list(source.eos_token_ids),
                 "pad_token_id": source.config.pad_token_id,
                 "tokenizer": {"kind": tok.name, "sha256": tok.sha256, "vocab_size": tok.vocab_size}},
-        versions=_versions(), timings=timings)
+        versions=_versions(), timings=timings, draft=draft)
     pte, man = manifest.write(out, program, body)
     timings["write"] = time.monotonic() - t
     log.info("wrote %s (%d bytes) and %s", pte, len(program), man)
     return ExportResult(pte=pte, manifest_path=man, manifest=body)
+
+
+def check_draft(source: Any, tok: Any, draft_source: Any, draft_tok: Any) -> None:
+    """Refuse a draft model that does not speak the model's tokens: another vocabulary or tokenizer."""
+    if draft_source.config.vocab_size != source.config.vocab_size:
+        raise UsageError(f"--draft-model {draft_source.name} has a vocabulary of {draft_source.config.vocab_size} "
+                         f"tokens, {source.name} of {source.config.vocab_size}: a draft must share the "
+                         "model's tokenizer")
+    if draft_tok.sha256 != tok.sha256:
+        raise UsageError(f"--draft-model {draft_source.name} has another tokenizer than {source.name} "
+                         f"(tokenizer.json sha256 {str(draft_tok.sha256)[:12]}... against "
+                         f"{str(tok.sha256)[:12]}...): a draft must share the model's tokenizer")
 
 
 def _versions() -> dict[str, str]:
@@ -169,12 +208,14 @@ def _toolchain_sources_hash() -> str:
 
 
 def cached_export(model: str, workdir: Path, *, quant: str, group_size: int = 32, embedding: str | None = None,
-                  max_seq_len: int = DEFAULT_MAX_SEQ_LEN, progress: Progress = _noop) -> tuple[ExportResult, bool]:
+                  max_seq_len: int = DEFAULT_MAX_SEQ_LEN, draft_model: str | None = None,
+                  progress: Progress = _noop) -> tuple[ExportResult, bool]:
     """export_model, reusing an earlier export of exactly the same inputs. Returns (result, reused)."""
     from toolchain.export import manifest
 
     key = _digest({"model": _model_identity(model), "quant": quant, "group": group_size, "emb": embedding,
-                   "seq": max_seq_len, "versions": _versions(), "src": _toolchain_sources_hash()})
+                   "seq": max_seq_len, "versions": _versions(), "src": _toolchain_sources_hash(),
+                   **({"draft": _model_identity(draft_model)} if draft_model is not None else {})})
     out = workdir / "exports" / key
     pte = out / manifest.PROGRAM_FILE
     if pte.exists():
@@ -185,7 +226,7 @@ def cached_export(model: str, workdir: Path, *, quant: str, group_size: int = 32
         except EdgelmError:
             pass  # damaged cache entry: export again
     return export_model(model, out, quant=quant, group_size=group_size, embedding=embedding,
-                        max_seq_len=max_seq_len, progress=progress), False
+                        max_seq_len=max_seq_len, draft_model=draft_model, progress=progress), False
 
 
 def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = False, sdk_wheel: Path | None = None,
@@ -424,7 +465,8 @@ class RunRequest:
     top_p: float = 1.0
     seed: int = 0
     ignore_eos: bool = False
-    draft: bool = True  # the board may verify drafts from the context (speculative decoding)
+    draft: bool = True  # the board may verify drafts (speculative decoding)
+    draft_model: str | None = None  # export with this draft model (the program's draft method)
     fidelity: bool = True  # also measure the board's tokens against the eager fp32 model
     min_agreement: float | None = None  # fail below this top-1 agreement with fp32 (needs fidelity)
     tolerance: float | None = None
@@ -602,6 +644,10 @@ def _given_program(req: RunRequest, progress: Progress) -> ExportResult:
         raise UsageError(f"--pte {req.pte} was exported from {made_from!r}, not --model {req.model}")
     if req.quant is not None and req.quant != man["quantization"]["linear"]:
         raise UsageError(f"--pte {req.pte} is {man['quantization']['linear']}, not --quant {req.quant}")
+    drafted_by = (man.get("draft") or {}).get("model", {}).get("name")
+    if req.draft_model is not None and req.draft_model != drafted_by:
+        raise UsageError(f"--pte {req.pte} carries " + (f"the draft model {drafted_by!r}" if drafted_by else
+                                                        "no draft model") + f", not --draft-model {req.draft_model}")
     progress("export", f"using {req.pte} ({man['quantization']['scheme']})")
     return ExportResult(req.pte, req.pte.parent / manifest.MANIFEST_FILE, man)
 
@@ -665,7 +711,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
     else:
         quant = req.quant or board.default_quant
         exported, reused_export = cached_export(req.model, req.workdir, quant=quant, max_seq_len=req.max_seq_len,
-                                                progress=progress)
+                                                draft_model=req.draft_model, progress=progress)
     man = exported.manifest
     tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
     request = _request_for(req, man, tok)
@@ -703,7 +749,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
     board_stats = ({"load_ms": hello.load_ms, "ttft_ms": stats.ttft_ms, "prefill_tok_s": stats.prefill_tok_s,
                     "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb,
                     "decode_calls": stats.decode_calls, "draft_calls": stats.draft_calls, "drafted": stats.drafted,
-                    "accepted": stats.accepted}
+                    "accepted": stats.accepted, "draft_model_calls": stats.draft_model_calls}
                    if stats else
                    {"load_ms": hello.load_ms})
     return RunReport(

@@ -172,24 +172,29 @@ def main(verbose: bool) -> None:
 
 @main.command()
 @click.option("--model", "-m", required=True,
-              help="Preset (lfm2-350m, lfm2.5-350m, tiny), a shipped model (fortune) or a Hugging Face folder.")
+              help="Preset (lfm2-350m, lfm2.5-350m, tiny), a shipped model (fortune, fortune-draft) or a "
+                   "Hugging Face folder.")
 @click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w"]), default="8da4w", show_default=True)
 @click.option("--group-size", type=int, default=32, show_default=True, help="Weight group size for 8da4w / int4.")
 @click.option("--embedding", type=click.Choice(["none", "int8", "int4"]), default=None,
               help="Embedding quantization [default: int8, none with fp32].")
 @click.option("--max-seq-len", type=int, default=512, show_default=True, help="KV-cache length in the program.")
 @click.option("--backend", default="xnnpack", show_default=True, help="Delegate backend (see `edgelm backends`).")
+@click.option("--draft-model", default=None,
+              help="A smaller model with the same tokenizer (e.g. fortune-draft for fortune), carried as the "
+                   "program's draft method: the runner drafts with it and the model verifies.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @command
 def export(model: str, quant: str, group_size: int, embedding: str | None, max_seq_len: int, backend: str,
-           out: Path, as_json: bool) -> None:
+           draft_model: str | None, out: Path, as_json: bool) -> None:
     """Quantize and lower a model to an ExecuTorch program (model.pte + manifest.json)."""
     from toolchain import api
 
     with StepProgress(enabled=not as_json) as progress:
         result = api.export_model(model, out, quant=quant, group_size=group_size, embedding=embedding,
-                                  max_seq_len=max_seq_len, backend=backend, progress=progress)
+                                  max_seq_len=max_seq_len, backend=backend, draft_model=draft_model,
+                                  progress=progress)
     summary = result.summary()
     if as_json:
         emit_json(summary)
@@ -519,7 +524,9 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--min-agreement", type=float, default=None,
               help="Fail (exit 7) when the board's top-1 agreement with the eager fp32 model is below this fraction.")
 @click.option("--no-draft", is_flag=True,
-              help="One token per forward call: no speculative drafts from the context (same tokens, for comparison).")
+              help="One token per forward call: no speculative drafts (same tokens, for comparison).")
+@click.option("--draft-model", default=None,
+              help="Also draft with this smaller model of the same tokenizer (see `edgelm export --draft-model`).")
 @click.option("--threads", type=int, default=None, help="Runner threads [default: the board's].")
 @click.option("--tolerance", type=float, default=None,
               help="Board vs host logit difference accepted as rounding, in std of the host logits "
@@ -542,7 +549,7 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
         temperature: float, top_k: int, top_p: float, seed: int, ignore_eos: bool, no_fidelity: bool,
-        min_agreement: float | None, no_draft: bool,
+        min_agreement: float | None, no_draft: bool, draft_model: str | None,
         threads: int | None, tolerance: float | None, near_tie_budget: float | None, retries: int,
         byte_tokenizer: bool, workdir: Path,
         sign_key: Path | None, force: bool, pte: Path | None, as_json: bool, **kw: Any) -> None:
@@ -553,7 +560,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
 
     req = api.RunRequest(board=board, model=model, prompt=prompt, tokens=tokens, quant=quant, target=target,
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                         ignore_eos=ignore_eos, draft=not no_draft, fidelity=not no_fidelity,
+                         ignore_eos=ignore_eos, draft=not no_draft, draft_model=draft_model,
+                         fidelity=not no_fidelity,
                          min_agreement=min_agreement, tolerance=tolerance, threads=threads,
                          workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,

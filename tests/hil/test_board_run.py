@@ -101,3 +101,21 @@ def test_the_shipped_model_speaks_on_the_board(hil_board, hil_workdir, record_pr
         texts[prompt] = r["text"]
     record_property("texts", texts)
     assert len(set(texts.values())) == 3
+
+
+def test_the_shipped_model_drafts_with_its_draft_model_on_the_board(hil_board, hil_workdir):
+    """fortune with fortune-draft in the program (8da8w, what `make demo` runs): the board drafts with the
+    draft method, the stream validates unchanged, and the tokens are those of decoding without drafts."""
+    runs = {}
+    for draft in (True, False):
+        req = api.RunRequest(board=hil_board.board, target=hil_board.target, model="fortune", quant="8da8w",
+                             prompt="A wise old owl", tokens=64, ignore_eos=True, draft_model="fortune-draft",
+                             draft=draft, fidelity=False, workdir=hil_workdir)
+        runs[draft] = api.run_job(req).to_dict()
+        assert runs[draft]["validation"]["verdict"] == "PASS", runs[draft]["validation"]["reason"]
+    s = runs[True]["board_stats"]
+    print(f"\n{hil_board}: {s['accepted']}/{s['drafted']} draft tokens accepted, {s['decode_calls']} calls, "
+          f"{s['draft_model_calls']} draft-model calls")
+    assert s["draft_model_calls"] > 0 and s["accepted"] > 0 and s["decode_calls"] < 63
+    assert runs[False]["board_stats"]["decode_calls"] == 63 and runs[False]["board_stats"]["drafted"] == 0
+    assert runs[True]["generated_token_ids"] == runs[False]["generated_token_ids"]

@@ -134,3 +134,25 @@ def test_run_with_pte_refuses_another_models_program_another_quant_and_a_damaged
     (bad / src.name).write_bytes(bytes(data))
     code, line = run("--model", "tiny", "--pte", str(bad / src.name))
     assert code == 3 and "sha256" in line.lower()
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2], ids=["one KV head (multi-query)", "grouped"])
+def test_a_program_with_one_kv_head_writes_its_cache_in_place(kv_heads):
+    """Python's index assignment strips a value's leading size-1 dims: with one KV head the cache write
+    reached the in-place index_put kernel as a rank-2 value and every call failed (error 0x12)."""
+    from toolchain.export import lower
+    from toolchain.model.config import LAYER_ATTENTION, LAYER_CONV, Lfm2Config
+    from toolchain.model.lfm2 import Lfm2Model
+
+    cfg = Lfm2Config(vocab_size=259, hidden_size=64, intermediate_size=96, num_attention_heads=2,
+                     num_key_value_heads=kv_heads, layer_types=(LAYER_CONV, LAYER_ATTENTION), block_multiple_of=32,
+                     max_position_embeddings=1024, rope_theta=10000.0)
+    torch.manual_seed(0)
+    eager = Lfm2Model(cfg, max_seq_len=64).eval()
+    runner = ProgramRunner(lower.to_program_bytes(lower.lower(lower.export(eager))))
+    with torch.no_grad():
+        ref = eager(torch.tensor([TOKENS[:9]]), torch.tensor([0]))[0]
+        assert (runner.step(TOKENS[:9], 0) - ref).abs().max().item() < 1e-4
+        for pos in range(9, 14):
+            ref = eager(torch.tensor([[TOKENS[pos]]]), torch.tensor([pos]))[0]
+            assert (runner.step([TOKENS[pos]], pos) - ref).abs().max().item() < 1e-4

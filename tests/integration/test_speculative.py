@@ -2,26 +2,21 @@
 token for token, what plain decoding gives (the model, the program, the real runner), and a runner that
 sends its drafts unverified is caught by the unchanged validation."""
 
-import subprocess
-
 import pytest
 import torch
+from runner_io import TIMEOUTS, lying_bundle, serve
 
 from toolchain import api, boards
-from toolchain.bundle import cross, package, render, sdk
 from toolchain.deploy import local
 from toolchain.deploy.bringup import bring_up
-from toolchain.export import lower, manifest
+from toolchain.export import lower
 from toolchain.link import protocol as P
-from toolchain.link.session import BoardSession, Timeouts
-from toolchain.link.transport import PipeTransport
 from toolchain.model import checkpoint
 from toolchain.model.tokenizer import ByteTokenizer
 from toolchain.validate.reference import ProgramRunner
 
 pytestmark = pytest.mark.slow
 
-TIMEOUTS = Timeouts(hello_s=60, first_token_s=60, token_s=30)
 # The tiny preset has learned its corpus: with a sentence of it in the prompt, the continuation
 # repeats text the prompt already holds, so drafts from the context are often right (and sometimes not).
 REPEATING = [1, *ByteTokenizer().encode("The quick brown fox jumps over the lazy dog. One, two, three. The quick")]
@@ -90,27 +85,11 @@ def test_a_rejected_draft_rolls_back_in_the_program():
         spec.rows(list(range(9)), 0)
 
 
-def _serve(bundle, req: P.Request, *runner_args: str) -> tuple[list[P.Token], P.Stats]:
-    root = bundle.root
-    proc = subprocess.Popen([str(root / "runner"), "--model", str(root / "model.pte"), "--serial", "-", *runner_args],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    link = PipeTransport.of(proc, "runner stdio")
-    try:
-        s = BoardSession(link, TIMEOUTS)
-        s.wait_hello()
-        got = list(s.generate(req))
-        s.quit()
-        assert proc.wait(30) == 0
-    finally:
-        link.close()
-    return [m for m in got if isinstance(m, P.Token)], got[-1]
-
-
 @pytest.mark.parametrize("sampling", [{}, {"temperature": 0.9, "top_k": 4, "seed": 5}], ids=["greedy", "sampled"])
 def test_the_runner_gives_the_same_tokens_with_and_without_drafts(host_bundle, sampling):
     req = P.Request(tuple(REPEATING), max_new_tokens=48, ignore_eos=True, report_logits=True, **sampling)
-    plain, plain_stats = _serve(host_bundle, P.Request(**{**req.__dict__, "draft": False}))
-    spec, spec_stats = _serve(host_bundle, req)
+    plain, plain_stats = serve(host_bundle, P.Request(**{**req.__dict__, "draft": False}))
+    spec, spec_stats = serve(host_bundle, req)
     assert [t.token for t in spec] == [t.token for t in plain]
     assert [t.index for t in spec] == list(range(48))
     assert max(abs(a.logit - b.logit) for a, b in zip(spec, plain, strict=True)) < 1e-3
@@ -120,25 +99,19 @@ def test_the_runner_gives_the_same_tokens_with_and_without_drafts(host_bundle, s
     assert spec_stats.decode_calls == 47 - spec_stats.accepted < 47
     assert spec_stats.accepted < spec_stats.drafted  # ... and some were wrong and rolled back
     # --draft 0 on the runner's command line turns drafting off as well
-    off, off_stats = _serve(host_bundle, req, "--draft", "0")
+    off, off_stats = serve(host_bundle, req, "--draft", "0")
     assert [t.token for t in off] == [t.token for t in plain] and off_stats.drafted == 0
 
 
 @pytest.fixture(scope="module")
-def lying_bundle(hil_workdir, tmp_path_factory):
+def lying(hil_workdir, tmp_path_factory):
     """A host runner built to send its draft tokens without checking them against the model."""
     exported, _ = api.cached_export("tiny", hil_workdir, quant="8da4w")
-    tmp = tmp_path_factory.mktemp("draft-bug")
-    board = boards.get("host")
-    runtime = sdk.sdk_for(board.arch)
-    project = render.render(board, tmp / "project")
-    runner = cross.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_DRAFT_BUG": "ON"})
-    return package.assemble(board, runner, runtime, exported.pte, tmp / "bundle", render.firmware_version(),
-                            manifest.read(exported.pte)), exported.pte
+    return lying_bundle(exported.pte, tmp_path_factory.mktemp("draft-bug")), exported.pte
 
 
-def test_the_verdict_fails_a_runner_that_sends_unverified_drafts(lying_bundle, tmp_path):
-    bundle, pte = lying_bundle
+def test_the_verdict_fails_a_runner_that_sends_unverified_drafts(lying, tmp_path):
+    bundle, pte = lying
     reference = ProgramRunner(pte)
     target = local.create("local", boards.get("host"), tmp_path / "targets")
     prompts = [REPEATING, [1, *ByteTokenizer().encode("Once upon a time, a small board")]]

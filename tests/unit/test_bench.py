@@ -156,3 +156,26 @@ def test_a_speculative_row_is_summarized_apart_and_never_counts_as_the_share_of_
     results = {"summary": s, "artifacts": {}, "passes": passes, "ratios": [], "meta": {}}
     share = next(m for t, m, _ in report.targets(results) if t.startswith("decode ≥ 85%"))
     assert "lookup drafts" not in share
+
+
+def test_the_quality_section_shows_each_drafting_mode_and_reads_the_older_form():
+    base = {"scheme": "8da8w 32 int8", "prompts": 12, "tokens": 96, "all_pass": True, "all_same_tokens": True,
+            "draft_calls": 40, "calls": 900, "plain_calls": 1140, "tokens_per_call": 1.2, "decode_tok_s_plain": 900.0,
+            "decode_tok_s_drafts": 950.0}
+    lookup = {**base, "accepted": 88, "drafted": 298, "acceptance": 88 / 298, "projected_speedup": 1.07,
+              "draft_model": None}
+    model = {**base, "accepted": 300, "drafted": 400, "acceptance": 0.75, "projected_speedup": 1.3,
+             "draft_model": "fortune-draft", "draft_model_calls": 500, "draft_cost": 0.161,
+             "command": "edgelm export --model fortune --draft-model fortune-draft"}
+    results = {"model": "fortune", "heldout_docs": 3, "heldout_tokens": 40, "when": "2026-11-30T00:00:00+00:00",
+               "host": "vm", "training": {"parameters": 5.5e6, "train_seconds": 1380.0, "heldout_perplexity": 21.5},
+               "schemes": {}, "speculative": [lookup, model]}
+    block = report.render_quality(results, Path("benchmarks/results/x-quality.json"))
+    assert "| the context | 88/298 (30%) |" in block
+    assert "| the context, then fortune-draft | 300/400 (75%) | 40 | 900 (1140) | 1.20 | 500 |" in block
+    assert "0.161 x draft-model calls" in block and "all PASS" in block
+    older = report.render_quality({**results, "speculative": lookup}, Path("x.json"))
+    assert "| the context | 88/298 (30%) |" in older and "draft-model calls, a draft-model" not in older
+    failing = report.render_quality({**results, "speculative": [lookup, {**model, "all_same_tokens": False}]},
+                                    Path("x.json"))
+    assert "DIFFERENT" in failing

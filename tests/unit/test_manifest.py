@@ -46,6 +46,23 @@ def test_state_bytes_counts_kv_and_conv_state():
     assert manifest.state_bytes(cfg, 64, max_draft=8) == caches + attended + 2 * (64 * (2 + 8) * 4)
 
 
+def test_a_draft_method_adds_its_state_and_is_covered_by_the_digest(tmp_path: Path, _body):
+    body = _body(FAKE_PTE)
+    cfg = PRESETS["tiny"].to_dict()
+    args = dict(program=FAKE_PTE, max_seq_len=64, model={"config": cfg}, quantization={}, delegation={},
+                tokens={}, versions={}, timings={}, max_draft=7)
+    alone = manifest.build(**args)
+    draft = {"method": "draft", "max_draft": 7, "model": {"name": "tiny", "config": cfg}}
+    drafted = manifest.build(**args, draft=draft)
+    assert drafted["program"]["state_bytes"] == 2 * alone["program"]["state_bytes"]
+    body["draft"] = drafted["draft"]
+    pte, man = manifest.write(tmp_path, FAKE_PTE, body)
+    assert manifest.read(pte)["draft"]["model"]["name"] == "tiny"
+    _edit(man, lambda b: b["draft"]["model"].__setitem__("name", "lfm2-350m"))
+    with pytest.raises(InputError, match="was changed after export"):
+        manifest.read(pte)
+
+
 # The manifest's own digest ------------------------------------------------------------------------
 
 def _edit(man: Path, edit, reseal: bool = False) -> None:
@@ -103,7 +120,11 @@ def test_a_manifest_without_a_digest_is_stale(tmp_path: Path, _body):
     (lambda b: b["model"]["config"].pop("vocab_size"), "model.config.vocab_size is missing"),
     (lambda b: b["delegation"]["non_delegated_ops"].__setitem__("x", 1), "needs a count and a why"),
     (lambda b: b.__setitem__("program", []), "program is [], expected an object"),
-], ids=["program", "tokens", "eos", "str seq", "bool seq", "zero seq", "sha", "str eos", "vocab", "op", "list"])
+    (lambda b: b.__setitem__("draft", "tiny"), "is not a draft method"),
+    (lambda b: b.__setitem__("draft", {"method": "forward", "model": {"name": "tiny"}}), "is not a draft method"),
+    (lambda b: b.__setitem__("draft", {"method": "draft", "model": {}}), "is not a draft method"),
+], ids=["program", "tokens", "eos", "str seq", "bool seq", "zero seq", "sha", "str eos", "vocab", "op", "list",
+        "draft str", "draft method", "draft model"])
 def test_a_manifest_lacking_a_field_is_refused_in_one_line(tmp_path: Path, _body, edit, needle):
     """Even with its digest recomputed: a missing key is an input error, never a KeyError (exit 70)."""
     pte, man = manifest.write(tmp_path, FAKE_PTE, _body(FAKE_PTE))

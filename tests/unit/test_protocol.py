@@ -9,6 +9,7 @@ def test_round_trips():
         (P.TOKEN, P.Token(3, 70000, 123456789012)),
         (P.STATS, P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456)),
         (P.STATS, P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 9, 30, 23)),
+        (P.STATS, P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 9, 30, 23, 61)),
         (P.REQUEST, P.Request((1, 2), 8, draft=False)),
         (P.ERROR, P.Error(P.ERR_SEQ_TOO_LONG, "prompt 10 + 600 > 512")),
         (P.REQUEST, P.Request((1, 2, 3), 64, 0.75, 40, 0.5, 1234, (2, 7), True)),
@@ -29,13 +30,16 @@ def test_truncated_and_trailing_bodies_are_refused():
         P.parse(P.TOKEN, with_logits + b"\x00")
 
 
-def test_stats_in_both_forms_and_no_other():
+def test_stats_in_three_forms_and_no_other():
     old = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456)
-    new = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 9, 30, 23)
-    assert len(new.pack()) == len(old.pack()) + 16
+    mid = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 9, 30, 23)
+    new = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 9, 30, 23, 61)
+    assert len(new.pack()) == len(mid.pack()) + 4 == len(old.pack()) + 20
     assert P.parse(P.STATS, old.pack()).drafted is None  # a board from before the draft counters
-    with pytest.raises(P.ProtocolError, match="truncated"):
-        P.parse(P.STATS, new.pack()[:-1])
+    assert P.parse(P.STATS, mid.pack()).draft_model_calls is None  # ... and from before draft models
+    for body in (mid.pack()[:-1], mid.pack() + b"\x00", new.pack()[:-1]):
+        with pytest.raises(P.ProtocolError, match="truncated"):
+            P.parse(P.STATS, body)
     with pytest.raises(P.ProtocolError, match="trailing"):
         P.parse(P.STATS, new.pack() + b"\x00")
     lying = P.Stats(5, 64, P.STOP_LIMIT, 10.0, 20.0, 300.0, 50.0, 123456, 40, 2, 3, 7)

@@ -26,12 +26,15 @@ import torch
 
 from toolchain import logs
 from toolchain.errors import UsageError
+from toolchain.export.manifest import DRAFT_METHOD
 from toolchain.model.lfm2 import Lfm2Model
 
 log = logging.getLogger(__name__)
 logs.quiet_torch()
 
 METHOD = "forward"
+# DRAFT_METHOD: a program exported with a draft model carries it as a second method with the same
+# inputs and outputs (and its own state): the runner drafts with it, the forward method verifies.
 STATE_BUFFERS = ("k_cache", "v_cache", "conv_state", "seq_end")
 
 
@@ -106,12 +109,17 @@ def export(model: Lfm2Model) -> torch.export.ExportedProgram:
                                    strict=False)
 
 
-def lower(exported: torch.export.ExportedProgram, backend: str = "xnnpack"):
-    """Partition and lower to the backend; returns the EdgeProgramManager."""
+def lower(exported: torch.export.ExportedProgram, backend: str = "xnnpack",
+          draft: torch.export.ExportedProgram | None = None):
+    """Partition and lower to the backend; returns the EdgeProgramManager.
+
+    ``draft``: a draft model's program, lowered alongside as the method ``draft``.
+    """
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
     parts = get_backend(backend).make_partitioners()
-    return to_edge_transform_and_lower(exported, partitioner=parts,
+    programs = {METHOD: exported} if draft is None else {METHOD: exported, DRAFT_METHOD: draft}
+    return to_edge_transform_and_lower(programs, partitioner=parts,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
 
 
@@ -176,9 +184,9 @@ _VIEW_OPS = {"aten.view_copy.default", "aten.unsqueeze_copy.default", "aten.sque
              "aten.squeeze_copy.dim", "aten.alias_copy.default"}
 
 
-def delegation_report(edge, backend: str, layer_types: tuple[str, ...]) -> dict[str, Any]:
-    """Counts of delegated and non-delegated operators, overall and per decoder layer."""
-    gm = edge.exported_program().graph_module
+def delegation_report(edge, backend: str, layer_types: tuple[str, ...], method: str = METHOD) -> dict[str, Any]:
+    """Counts of delegated and non-delegated operators of one method, overall and per decoder layer."""
+    gm = edge.exported_program(method).graph_module
     delegated: collections.Counter[str] = collections.Counter()
     outside: collections.Counter[str] = collections.Counter()
     per_layer: dict[int, dict[str, collections.Counter[str]]] = {

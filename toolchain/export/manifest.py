@@ -16,6 +16,7 @@ from toolchain.errors import InputError
 
 FORMAT = "edgelm-manifest/1"
 PROGRAM_FILE = "model.pte"
+DRAFT_METHOD = "draft"  # the draft model's method in a program exported with one (export.lower)
 MANIFEST_FILE = "manifest.json"
 # ExecuTorch programs are flatbuffers with file identifier "ET" + 2-digit schema version at offset 4.
 PTE_MAGIC_OFFSET = 4
@@ -93,8 +94,12 @@ def state_bytes(config: dict[str, Any], max_seq_len: int, max_draft: int = 0) ->
 
 def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantization: dict[str, Any],
           delegation: dict[str, Any], tokens: dict[str, Any], versions: dict[str, str],
-          timings: dict[str, float], max_draft: int) -> dict[str, Any]:
+          timings: dict[str, float], max_draft: int, draft: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a program. ``draft``: the draft model's method, when the program carries one."""
     vocab = model["config"]["vocab_size"]
+    state = state_bytes(model["config"], max_seq_len, max_draft) + 8
+    if draft is not None:
+        state += state_bytes(draft["model"]["config"], max_seq_len, draft["max_draft"]) + 8
     return seal({
         "format": FORMAT,
         "program": {
@@ -111,12 +116,13 @@ def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantizati
             "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "len(logit_rows)", vocab]}],
             "max_seq_len": max_seq_len,
             "max_draft": max_draft,
-            "state_bytes": state_bytes(model["config"], max_seq_len, max_draft) + 8,
+            "state_bytes": state,
             "reset": "a call with input_pos == 0 starts a new sequence",
             "rewind": f"a call may start up to max_draft ({max_draft}) positions before the end of the last one "
                       "(a rejected draft is dropped)",
         },
         "model": model,
+        **({"draft": draft} if draft is not None else {}),
         "quantization": quantization,
         "delegation": delegation,
         "tokens": tokens,
@@ -192,6 +198,12 @@ def check(body: Any, name: str) -> None:
     eos = body["tokens"]["eos_token_ids"]
     if not all(isinstance(x, int) and not isinstance(x, bool) for x in eos):
         raise InputError(f"{name}: tokens.eos_token_ids {repr(eos)[:40]} must be integers", hint=stale)
+    draft = body.get("draft")
+    if draft is not None and not (isinstance(draft, dict) and draft.get("method") == DRAFT_METHOD
+                                  and isinstance(draft.get("model"), dict)
+                                  and isinstance(draft["model"].get("name"), str)):
+        raise InputError(f"{name}: draft {repr(draft)[:40]} is not a draft method ('{DRAFT_METHOD}' and its model)",
+                         hint=stale)
     for op, info in body["delegation"]["non_delegated_ops"].items():
         if not (isinstance(info, dict) and isinstance(info.get("count"), int) and isinstance(info.get("why"), str)):
             raise InputError(f"{name}: delegation.non_delegated_ops[{op!r}] needs a count and a why", hint=stale)

@@ -132,6 +132,7 @@ class Stats:
     draft_calls: int | None = None  # ... of which verified a draft
     drafted: int | None = None  # draft tokens proposed for verification
     accepted: int | None = None  # ... and confirmed by the model
+    draft_model_calls: int | None = None  # forward calls of the program's draft method (None: an older board)
 
     def pack(self) -> bytes:
         body = struct.pack("<IIBffffQ", self.prompt_tokens, self.generated, self.stop, self.load_ms, self.ttft_ms,
@@ -139,6 +140,8 @@ class Stats:
         if self.decode_calls is not None:
             body += struct.pack("<IIII", self.decode_calls, self.draft_calls or 0, self.drafted or 0,
                                 self.accepted or 0)
+            if self.draft_model_calls is not None:
+                body += struct.pack("<I", self.draft_model_calls)
         return body
 
     @classmethod
@@ -149,13 +152,14 @@ class Stats:
         if r.pos == len(body):  # the form without the draft counters
             return base
         calls, draft_calls, drafted, accepted = r.take("IIII")
+        model_calls = r.take("I")[0] if r.pos < len(body) else None  # absent before draft models
         r.done()
         if accepted > drafted:
             raise ProtocolError(f"STATS says {accepted} of {drafted} draft tokens were accepted")
         if draft_calls > calls or draft_calls > drafted or (drafted and not draft_calls):
             raise ProtocolError(f"STATS says {draft_calls} of {calls} calls verified {drafted} draft tokens")
         return dataclasses.replace(base, decode_calls=calls, draft_calls=draft_calls, drafted=drafted,
-                                   accepted=accepted)
+                                   accepted=accepted, draft_model_calls=model_calls)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from toolchain.paths import REPO
 log = logging.getLogger(__name__)
 
 # Checkpoint folders that ship with the project, by name (`make demo-model` trains them).
-SHIPPED = {"fortune": REPO / "models" / "fortune"}
+SHIPPED = {"fortune": REPO / "models" / "fortune", "fortune-draft": REPO / "models" / "fortune-draft"}
 
 
 def folder_of(name: str) -> Path:

@@ -179,10 +179,13 @@ class Attention(nn.Module):
         q = self._rope(self.q_layernorm(self.q_proj(x).view(1, T, self.n_heads, self.head_dim)), cos, sin)
         k = self._rope(self.k_layernorm(self.k_proj(x).view(1, T, self.n_kv, self.head_dim)), cos, sin)
         v = self.v_proj(x).view(1, T, self.n_kv, self.head_dim)
-        # Index assignment (index_put_), which the ExecuTorch emitter re-inplaces (lower.to_program_bytes):
-        # the new rows land in the buffer itself, with no copy of the cache per call.
-        self.k_cache[:, :, positions] = k.view(T, self.n_kv, self.head_dim).permute(1, 2, 0)
-        self.v_cache[:, positions] = v.view(T, self.n_kv, self.head_dim).transpose(0, 1)
+        # index_put_, which the ExecuTorch emitter re-inplaces (lower.to_program_bytes): the new rows
+        # land in the buffer itself, with no copy of the cache per call. Called as the operator, not
+        # as `cache[:, :, positions] = ...`: Python's index assignment strips the value's leading
+        # size-1 dims, and with one KV head that rank-2 value fails the in-place kernel's check.
+        index_put_ = torch.ops.aten.index_put_.default
+        index_put_(self.k_cache, [None, None, positions], k.view(T, self.n_kv, self.head_dim).permute(1, 2, 0))
+        index_put_(self.v_cache, [None, positions], v.view(T, self.n_kv, self.head_dim).transpose(0, 1))
         # The n_rep query heads sharing a KV head are stacked along the rows, so every KV head is
         # read from the cache as is (no repeat_interleave copy of the cache per step).
         qg = q.view(T, self.n_heads, self.head_dim).transpose(0, 1).contiguous()

@@ -18,6 +18,7 @@ about the entry's topic (what the checkpoint's chat template renders), so both p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -73,6 +74,13 @@ class Recipe:
     warmup: int = 100
     weight_decay: float = 0.05
     threads: int = 2
+
+
+# The draft model for speculative decoding (`edgelm export --draft-model fortune-draft`): the same
+# corpus, seed and vocabulary size, so the same tokenizer, and a twentieth of the work per token.
+DRAFT = Recipe(hidden_size=128, ff_dim=384, heads=2, kv_heads=1,
+               layer_types=("conv", "full_attention", "conv"))
+RECIPES = {"fortune": Recipe(), "fortune-draft": DRAFT}
 
 
 # 1. The corpus -----------------------------------------------------------------------------------
@@ -160,7 +168,7 @@ def perplexity(model, docs: list[list[int]], seq_len: int) -> float:
     return math.exp(total / count)
 
 
-def train(out: Path, r: Recipe, corpus: Path = CORPUS_DIR) -> dict:
+def train(out: Path, r: Recipe, corpus: Path = CORPUS_DIR, name: str = "fortune") -> dict:
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
     t0 = time.monotonic()
@@ -208,13 +216,13 @@ def train(out: Path, r: Recipe, corpus: Path = CORPUS_DIR) -> dict:
               "final_train_loss": round(sum(losses[-100:]) / len(losses[-100:]), 4),
               "heldout_entries": len(test_e), "heldout_tokens": sum(len(d) - 1 for d in test_docs),
               "heldout_perplexity": round(ppl, 3)}
-    write_folder(out, model.to(torch.bfloat16), tok, r, result)
+    write_folder(out, model.to(torch.bfloat16), tok, r, result, name)
     return result
 
 
 # 4. The folder -----------------------------------------------------------------------------------
 
-def write_folder(out: Path, model, tok, r: Recipe, result: dict) -> None:
+def write_folder(out: Path, model, tok, r: Recipe, result: dict, name: str = "fortune") -> None:
     from safetensors.torch import save_file
 
     out.mkdir(parents=True, exist_ok=True)
@@ -231,7 +239,7 @@ def write_folder(out: Path, model, tok, r: Recipe, result: dict) -> None:
     (out / "training.json").write_text(json.dumps({"recipe": {**r.__dict__, "layer_types": list(r.layer_types)},
                                                    "result": result}, indent=2) + "\n")
     (out / "CORPUS.md").write_text(corpus_notice())
-    (out / "README.md").write_text(model_card(r, result))
+    (out / "README.md").write_text(model_card(r, result, name))
 
 
 def corpus_notice() -> str:
@@ -241,19 +249,24 @@ def corpus_notice() -> str:
             f"{', '.join(TOPICS)}). Its licence, as Debian ships it (`{src}`):\n\n```\n{text}\n```\n")
 
 
-def model_card(r: Recipe, result: dict) -> str:
-    return f"""# fortune: a small LFM2 trained by edgelm
-
+def model_card(r: Recipe, result: dict, name: str = "fortune") -> str:
+    role = ("" if name == "fortune" else
+            "\nThe draft model of `fortune` for speculative decoding (`edgelm export --model fortune --draft-model "
+            "fortune-draft`):\nthe same corpus, seed and tokenizer, a sixth of the parameters.\n")
+    return f"""# {name}: a small LFM2 trained by edgelm
+{role}
 A {result['parameters'] / 1e6:.1f}M-parameter model in the LFM2 architecture (`Lfm2ForCausalLM`:
 {r.layer_types.count('conv')} gated short-convolution blocks and {r.layer_types.count('full_attention')} grouped-query
 attention blocks, hidden size {r.hidden_size}, {r.heads} heads / {r.kv_heads} KV heads, feed-forward {r.ff_dim}),
-with its own {r.vocab_size}-token byte-level BPE tokenizer. Weights are stored as bfloat16.
+with {"its own" if name == "fortune" else "fortune's"} {r.vocab_size}-token byte-level BPE tokenizer. Weights are
+stored as bfloat16.
 
 - **Data**: Debian's `fortunes` package, {LICENCE}; the files used and left out are listed in
   `toolchain/model/train.py`. {result['heldout_entries']} entries (one in twenty, chosen by a hash of
   their text) are held out. Every training entry appears as plain text and as the answer to the chat
   turn "Tell me a fortune about TOPIC." ({result['train_tokens']} training tokens).
-- **Training**: `make demo-model` (`python -m toolchain.model.train --out models/fortune`), seed {r.seed},
+- **Training**: `make demo-model` (`python -m toolchain.model.train --recipe {name} --out models/{name}`),
+  seed {r.seed},
   {r.steps} AdamW steps of {r.batch} x {r.seq_len} tokens ({result['tokens_seen'] / 1e6:.1f}M tokens seen),
   learning rate {r.lr} with warm-up and cosine decay, on {r.threads} CPU threads: {result['train_seconds'] / 60:.1f}
   minutes. Final training loss {result['final_train_loss']}.
@@ -262,7 +275,7 @@ with its own {r.vocab_size}-token byte-level BPE tokenizer. Weights are stored a
   {math.exp(result['final_train_loss']):.1f} on text seen {result['tokens_seen'] / result['train_tokens']:.1f} times)
   this says the model has memorised much of its small corpus: it recombines fortunes it has read
   more than it writes new ones. More data or fewer passes would generalise better.
-- **Use**: `edgelm run --model fortune --prompt "..."`; the chat template (tokenizer_config.json)
+- **Use**: `edgelm run --model {name} --prompt "..."`; the chat template (tokenizer_config.json)
   renders `<|im_start|>user ... <|im_end|>` turns.
 
 It has learned English words and the shape of a fortune, not facts: it is a test subject for
@@ -273,6 +286,7 @@ quantization and a demo that speaks, nothing more.
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="fortune")
     ap.add_argument("--steps", type=int, default=Recipe.steps)
     ap.add_argument("--corpus", type=Path, default=CORPUS_DIR)
     ap.add_argument("--card-only", action="store_true",
@@ -281,10 +295,11 @@ def main() -> None:
     if args.card_only:
         facts = json.loads((args.out / "training.json").read_text())
         recipe = Recipe(**{**facts["recipe"], "layer_types": tuple(facts["recipe"]["layer_types"])})
-        (args.out / "README.md").write_text(model_card(recipe, facts["result"]))
+        (args.out / "README.md").write_text(model_card(recipe, facts["result"], args.recipe))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    result = train(args.out, Recipe(steps=args.steps), args.corpus)
+    recipe = dataclasses.replace(RECIPES[args.recipe], steps=args.steps)
+    result = train(args.out, recipe, args.corpus, args.recipe)
     print(json.dumps(result, indent=2))
 
 

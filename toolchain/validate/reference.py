@@ -49,7 +49,10 @@ class ProgramRunner:
         runtime = Runtime.get()
         try:
             with native_stderr_to_log("load"):
-                program = runtime.load_program(pte if isinstance(pte, bytes) else str(pte))
+                # The runtime reads a program given as bytes in place: they, and the program the
+                # method belongs to, must outlive the method (a freed buffer crashes the next call).
+                self._bytes = pte if isinstance(pte, bytes) else None
+                self._program = program = runtime.load_program(pte if isinstance(pte, bytes) else str(pte))
                 self._method = program.load_method("forward")
                 self._warm = False
         except (RuntimeError, ValueError) as exc:

@@ -16,7 +16,8 @@ def _drafts(s: dict[str, Any]) -> str:
         return f", {s['decode_calls']} calls (no drafts)"
     return (f", {s['decode_calls']} calls ({s.get('draft_calls')} with a draft): {s['accepted']} of {s['drafted']} "
             "draft tokens accepted "
-            f"({100 * s['accepted'] / s['drafted']:.0f}%)")
+            f"({100 * s['accepted'] / s['drafted']:.0f}%)"
+            + (f", {s['draft_model_calls']} draft-model calls" if s.get("draft_model_calls") else ""))
 
 
 def render(report: dict[str, Any], console: Console) -> None:

@@ -723,7 +723,7 @@ int64_t draft_with_model(Server* s, int64_t n, int64_t max_k, uint32_t* out, cha
   int64_t k = 0;
   while (k < max_k) {
     uint32_t best = 0;
-    if (top_prob(logits, d->vocab, &best) < DRAFT_MIN_P) break;
+    if (!(top_prob(logits, d->vocab, &best) >= DRAFT_MIN_P)) break;  // a NaN stops it too
     out[k++] = best;
     if (k == max_k) break;
     s->dcalls++;

@@ -29,12 +29,17 @@ def serve(bundle, req: P.Request, *runner_args: str) -> tuple[list[P.Token], P.S
     return [m for m in got if isinstance(m, P.Token)], got[-1]
 
 
-def lying_bundle(pte, folder):
-    """A host bundle of ``pte`` whose runner (EDGELM_TEST_DRAFT_BUG) sends its draft tokens as its picks,
-    unchecked against the model."""
+def faulty_bundle(pte, folder, fault: str):
+    """A host bundle of ``pte`` whose runner is built with a test-only fault (a CMake option, e.g.
+    EDGELM_TEST_DRAFT_BUG: it sends its draft tokens as its picks, unchecked against the model)."""
     board = boards.get("host")
     runtime = sdk.sdk_for(board.arch)
     project = render.render(board, folder / "project")
-    runner = cross.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_DRAFT_BUG": "ON"})
+    runner = cross.configure_and_build(board, project, runtime, cmake_defs={fault: "ON"})
     return package.assemble(board, runner, runtime, pte, folder / "bundle", render.firmware_version(),
                             manifest.read(pte))
+
+
+def lying_bundle(pte, folder):
+    """A runner that takes its drafts on trust."""
+    return faulty_bundle(pte, folder, "EDGELM_TEST_DRAFT_BUG")

@@ -6,12 +6,11 @@ so those exact f32 logits are all the replay needs: every other id is -inf to th
 
 import numpy as np
 import pytest
+import runner_io
 
 from toolchain import api, boards
-from toolchain.bundle import cross, package, render, sdk
 from toolchain.deploy import local
 from toolchain.deploy.bringup import bring_up
-from toolchain.export import manifest
 from toolchain.link import protocol as P
 from toolchain.link.session import Timeouts
 from toolchain.validate import sampler as S
@@ -56,13 +55,7 @@ def test_every_sampled_token_replays_on_the_host(tiny_pte, hil_workdir, tmp_path
 @pytest.fixture(scope="module")
 def faulty_bundle(tiny_pte, tmp_path_factory):
     """A host runner built with the test-only sampler fault: uniform draws over the vocabulary."""
-    tmp = tmp_path_factory.mktemp("sampler-bug")
-    board = boards.get("host")
-    runtime = sdk.sdk_for(board.arch)
-    project = render.render(board, tmp / "project")
-    runner = cross.configure_and_build(board, project, runtime, cmake_defs={"EDGELM_TEST_SAMPLER_BUG": "ON"})
-    return package.assemble(board, runner, runtime, tiny_pte, tmp / "bundle", render.firmware_version(),
-                               manifest.read(tiny_pte))
+    return runner_io.faulty_bundle(tiny_pte, tmp_path_factory.mktemp("sampler-bug"), "EDGELM_TEST_SAMPLER_BUG")
 
 
 def test_a_runner_with_the_sampler_fault_is_caught(faulty_bundle, tmp_path):

@@ -280,7 +280,6 @@ int parse_options(int argc, char** argv, Options* o) {
 
 // One method of the program: its shapes, its memory plan (its state lives there) and its inputs.
 struct Fn {
-  const char* name = nullptr;
   int64_t max_seq_len = 0;  // tokens: upper bound of input 0, dim 1
   int64_t vocab = 0;        // V: last dim of output 0
 
@@ -321,7 +320,6 @@ struct Model {
 // Checks the method's signature and loads it with its own planned memory. Returns 0, or -1
 // with one line (no prefix) in err.
 int load_fn(Program* program, Fn* f, const char* name, const char* path, char* err, size_t err_cap) {
-  f->name = name;
   Result<MethodMeta> meta = program->method_meta(name);
   if (!meta.ok()) {
     std::snprintf(err, err_cap, "%s has no '%s' method (error 0x%x)", path, name, (unsigned)meta.error());

@@ -125,6 +125,8 @@ def test_run_with_pte_refuses_another_models_program_another_quant_and_a_damaged
     assert code == 2 and "was exported from 'tiny', not --model lfm2-350m" in line
     code, line = run("--model", "tiny", "--pte", str(src), "--quant", "fp32")
     assert code == 2 and "is 8da4w, not --quant fp32" in line
+    code, line = run("--model", "tiny", "--pte", str(src), "--draft-model", "tiny")
+    assert code == 2 and "carries no draft model, not --draft-model tiny" in line
     bad = tmp_path / "bad"
     bad.mkdir()
     shutil.copy(src, bad / src.name)

@@ -284,7 +284,9 @@ struct Fn {
   int64_t vocab = 0;        // V: last dim of output 0
 
   // ExecuTorch objects; the Method refers to all of them, so they stay in place.
-  std::vector<std::vector<uint8_t>> planned;     // [n buffers][bytes], zero-initialised
+  // [n buffers][bytes]. calloc, not a zero-filled vector: the arena is planned for the largest
+  // chunk (T = max_seq_len), and pages a run never touches should not be resident.
+  std::vector<std::unique_ptr<uint8_t, decltype(&std::free)>> planned;
   std::vector<Span<uint8_t>> planned_spans;      // [n buffers]
   std::unique_ptr<HierarchicalAllocator> planned_allocator;
   std::unique_ptr<MallocMemoryAllocator> method_allocator;
@@ -373,9 +375,15 @@ int load_fn(Program* program, Fn* f, const char* name, const char* path, char* e
       std::snprintf(err, err_cap, "%s: bad planned buffer %zu of '%s'", path, i, name);
       return -1;
     }
-    f->planned.emplace_back((size_t)*size);  // zero-initialised
+    uint8_t* bytes = (uint8_t*)std::calloc(*size > 0 ? (size_t)*size : 1, 1);  // zeroed, as the plan expects
+    if (!bytes) {
+      std::snprintf(err, err_cap, "%s: out of memory for planned buffer %zu of '%s' (%" PRId64 " bytes)", path, i,
+                    name, *size);
+      return -1;
+    }
+    f->planned.emplace_back(bytes, &std::free);
+    f->planned_spans.emplace_back(bytes, (size_t)*size);
   }
-  for (auto& b : f->planned) f->planned_spans.emplace_back(b.data(), b.size());
   f->planned_allocator = std::make_unique<HierarchicalAllocator>(
       Span<Span<uint8_t>>(f->planned_spans.data(), f->planned_spans.size()));
   f->method_allocator = std::make_unique<MallocMemoryAllocator>();

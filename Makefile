@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev openssh-client openssh-server \
-	qemu-system-arm e2fsprogs faketime
+	qemu-system-arm e2fsprogs faketime chromium
 STAMP := $(VENV)/.edgelm-setup
 
 FUZZ_SECONDS ?= 60
@@ -22,6 +22,7 @@ setup: $(STAMP)
 # target) is made of Debian's arm64 packages (kernel, busybox-static, dropbear), downloaded by apt once
 # the arm64 architecture is added; it boots under qemu-system-arm's qemu-system-aarch64, its data disk
 # is made by e2fsprogs' mke2fs under faketime (fixed timestamps: the same inputs give the same bytes).
+# chromium: the test of `edgelm run --report` opens the HTML report headless and reads its screenshot.
 apt:
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); update=""; \
 	if ! dpkg --print-foreign-architectures | grep -qx arm64; then \
@@ -51,14 +52,17 @@ demo: setup
 	$(BIN)/edgelm run --board rpi5 --target qemu --model fortune --quant $(DEMO_QUANT) --prompt "$(DEMO_PROMPT)" \
 	  $(if $(DEMO_DRAFT),--draft-model $(DEMO_DRAFT))
 
+# Then an outside project's hardware-in-the-loop tests (examples/hil) on the emulated Pi 5, through
+# the pytest plugin; --edgelm-require turns a board it cannot reach into a failure, not a skip.
 test: setup
 	$(BIN)/python -m pytest -ra
+	$(BIN)/python -m pytest -ra examples/hil --edgelm-board rpi5 --edgelm-target qemu --edgelm-require
 
 test-fast: setup
 	$(BIN)/python -m pytest -ra -m "not slow and not hil"
 
 lint: setup
-	$(BIN)/ruff check toolchain tests benchmarks
+	$(BIN)/ruff check toolchain tests benchmarks examples
 	$(BIN)/mypy
 
 # Coverage-guided fuzzing (libFuzzer + ASan + UBSan) of the runner's frame reader and REQUEST
@@ -88,4 +92,4 @@ demo-model: setup
 	$(BIN)/python -m toolchain.model.train --recipe fortune-draft --out models/fortune-draft
 
 clean:
-	rm -rf out build .pytest_cache
+	rm -rf out build .pytest_cache examples/hil/.pytest_cache

@@ -238,6 +238,7 @@ long proto_pack_stats(uint8_t *out, size_t cap, const Stats *s) {
     bw_u32(&w, s->drafted);
     bw_u32(&w, s->accepted);
     bw_u32(&w, s->draft_model_calls);
+    bw_u32(&w, s->kept);
     return bw_result(&w);
 }
 

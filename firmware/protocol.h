@@ -28,6 +28,7 @@ extern "C" {
 /* Message types: host -> board */
 #define MSG_REQUEST 0x81
 #define MSG_QUIT 0x82
+#define MSG_CANCEL 0x83 /* stop the generation under way (empty body); the board ends it with STATS */
 
 /* ERROR codes */
 #define ERR_BAD_FRAME 1    /* COBS or length */
@@ -40,11 +41,14 @@ extern "C" {
 /* STATS.stop */
 #define STOP_TOKEN 0      /* EOS or a stop token */
 #define STOP_MAX_TOKENS 1 /* max_new_tokens reached */
+#define STOP_CANCELLED 2  /* the host sent CANCEL */
 
 /* REQUEST.flags */
 #define REQ_FLAG_IGNORE_STOP 0x1u /* bit 0: ignore the stop list (EOS ids included) */
 #define REQ_FLAG_REPORT_LOGITS 0x2u /* bit 1: TOKEN frames carry the board's logits (see TokenMsg) */
 #define REQ_FLAG_NO_DRAFT 0x4u /* bit 2: one token per forward call (no speculative drafts) */
+#define REQ_FLAG_KEEP_STATE 0x8u /* bit 3: a prompt that starts with everything the model's state holds
+                                    (the last request's prompt and reply: a chat turn) is fed from there */
 #define TOKEN_MAX_TOP 4 /* candidates a TOKEN frame reports with REQ_FLAG_REPORT_LOGITS */
 
 #define PROTO_SHA256_LEN 32
@@ -150,7 +154,7 @@ typedef struct {
 typedef struct {
     uint32_t prompt_tokens;
     uint32_t generated;
-    uint8_t stop;          /* STOP_TOKEN or STOP_MAX_TOKENS */
+    uint8_t stop;          /* STOP_TOKEN, STOP_MAX_TOKENS or STOP_CANCELLED */
     float load_ms;         /* milliseconds */
     float ttft_ms;         /* milliseconds, request frame -> first token */
     float prefill_tok_s;   /* tokens per second */
@@ -161,6 +165,7 @@ typedef struct {
     uint32_t drafted;      /* draft tokens proposed to the model for verification */
     uint32_t accepted;     /* draft tokens the model confirmed (each saved one call) */
     uint32_t draft_model_calls; /* forward calls of the program's draft method */
+    uint32_t kept;         /* prompt tokens the state already held (REQ_FLAG_KEEP_STATE), not fed again */
 } Stats;
 
 long proto_pack_hello(uint8_t *out, size_t cap, const Hello *h);

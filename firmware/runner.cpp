@@ -37,6 +37,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -566,6 +567,8 @@ struct Link {
   size_t last_len;                   //   drop a duplicate (the same frame again, same seq)
   uint32_t last_crc;
   FrameReader reader;
+  uint8_t rx[4096];                  // bytes read from the host, fed to the reader from rx_off
+  size_t rx_off, rx_len;
   uint8_t body[FRAME_MAX_BODY];      // outgoing body scratch
   uint8_t wire[FRAME_MAX_WIRE];      // outgoing frame scratch
 };
@@ -608,6 +611,36 @@ int take_stdout(char* err, size_t err_cap) {
 [[noreturn]] void link_lost(const Link* l, const char* what) {
   log_line("link lost: %s on %s; exiting with status %d", what, l->path, EXIT_LINK_LOST);
   std::exit(EXIT_LINK_LOST);
+}
+
+// The next frame reader event (a frame, or a framing error) from the host. With wait, blocks
+// until there is one; without, reads only what has already arrived and returns FRAME_NONE when
+// that holds no complete frame (the partial one stays in the reader). A closed or failed link
+// ends the process.
+int link_next_event(Link* l, bool wait, Frame* f) {
+  for (;;) {
+    while (l->rx_off < l->rx_len) {
+      size_t used = 0;
+      int event = frame_reader_feed(&l->reader, l->rx + l->rx_off, l->rx_len - l->rx_off, &used, f);
+      l->rx_off += used;
+      if (event != FRAME_NONE) return event;
+    }
+    if (!wait) {
+      struct pollfd p = {l->in_fd, POLLIN, 0};
+      int ready = poll(&p, 1, 0);
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0 || (p.revents & (POLLIN | POLLHUP | POLLERR)) == 0) return FRAME_NONE;
+    }
+    ssize_t n = serial_read(l->in_fd, l->rx, sizeof l->rx);
+    if (n == 0) link_lost(l, "end of file");
+    if (n < 0) {
+      char what[128];
+      std::snprintf(what, sizeof what, "read: %s", std::strerror(errno));
+      link_lost(l, what);
+    }
+    l->rx_off = 0;
+    l->rx_len = (size_t)n;
+  }
 }
 
 // Frames and writes one message; a write failure means the host is gone.
@@ -696,7 +729,34 @@ struct Server {
   std::vector<uint32_t> dfed;   // [max_seq_len]: the tokens in the draft method's state, positions
   int64_t dend = 0;             //   0 .. dend - 1
   uint32_t dcalls = 0;          // forward calls of the draft method in this request
+  bool quit = false;            // QUIT arrived (during a generation, or between requests)
+  int64_t fed = 0;              // ctx[0 .. fed-1] is what the model's state holds after the last request
 };
+
+void send_framing_error(Link* l, int event);
+bool accept_frame(Link* l, const Frame* f);
+
+// Between tokens: whether the host has asked to stop this generation (CANCEL, or QUIT, which
+// also ends the session). Anything else that arrives now is refused with an ERROR: the host
+// waits for STATS before its next request.
+bool stop_asked(Server* s) {
+  Link* l = s->link;
+  Frame f;
+  for (int event; (event = link_next_event(l, false, &f)) != FRAME_NONE;) {
+    if (event < 0) {
+      send_framing_error(l, event);
+      continue;
+    }
+    if (!accept_frame(l, &f)) continue;
+    if (f.type == MSG_CANCEL || f.type == MSG_QUIT) {
+      log_line("%s received during generation", f.type == MSG_CANCEL ? "CANCEL" : "QUIT");
+      s->quit = s->quit || f.type == MSG_QUIT;
+      return true;
+    }
+    send_error(l, ERR_BAD_REQUEST, "message type 0x%02x while generating: only CANCEL or QUIT until STATS", f.type);
+  }
+  return false;
+}
 
 // The largest of v logits, its index in *best, and its softmax probability.
 float top_prob(const float* logits, int64_t v, uint32_t* best) {
@@ -749,6 +809,15 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
                " exceeds max_seq_len %" PRId64, req->n_prompt, req->max_new_tokens, m->max_seq_len);
     return;
   }
+  // REQ_FLAG_KEEP_STATE: when the prompt starts with all the state holds (and goes on past it),
+  // only the rest is fed. Anything less is fed whole: the state cannot rewind that far.
+  int64_t kept = 0;
+  if ((req->flags & REQ_FLAG_KEEP_STATE) && s->fed > 0 && s->fed < (int64_t)req->n_prompt && m->fwd.key_input) {
+    kept = s->fed;
+    for (int64_t i = 0; i < kept; i++)
+      if (s->ctx[(size_t)i] != request_prompt_at(req, (uint32_t)i)) kept = 0;
+  }
+  s->fed = 0;  // from here on the state changes; set again when the request has been served
   for (uint32_t i = 0; i < req->n_prompt; i++) {
     uint32_t t = request_prompt_at(req, i);
     if ((int64_t)t >= m->vocab) {
@@ -766,8 +835,10 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
 
   char where[160];
   const float* logits = nullptr;
-  if (fn_forward(&m->fwd, s->ctx.data(), req->n_prompt, 0, false, &logits, where, sizeof where) != Error::Ok) {
-    send_error(l, ERR_RUNTIME, "prefill of %" PRIu32 " tokens: %s", req->n_prompt, where);
+  if (fn_forward(&m->fwd, s->ctx.data() + kept, req->n_prompt - kept, kept, false, &logits, where,
+                 sizeof where) != Error::Ok) {
+    send_error(l, ERR_RUNTIME, "prefill of %" PRId64 " tokens at input_pos %" PRId64 ": %s",
+               (int64_t)req->n_prompt - kept, kept, where);
     return;
   }
   sampler_seed(&s->sampler, req->seed);
@@ -778,6 +849,7 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   uint32_t generated = 1;
   uint64_t t_last = t_first;
   uint8_t stop = STOP_MAX_TOKENS;
+  bool cancelled = false;  // CANCEL (or QUIT) arrived between two tokens of one call
   int64_t n_ctx = req->n_prompt;
   s->ctx[(size_t)n_ctx++] = tok;
   int64_t pos = req->n_prompt;  // tokens in the model's state: all of ctx but tok
@@ -796,6 +868,10 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
       break;
     }
     if (generated >= req->max_new_tokens) break;
+    if (cancelled || stop_asked(s)) {  // the host's CANCEL is read between tokens
+      stop = STOP_CANCELLED;
+      break;
+    }
     // Draft k tokens to follow tok, no more than the request and the program have room for.
     // The context's own repeats first (free), then the draft method; lookup backs off after misses.
     int64_t k = 0;
@@ -844,6 +920,10 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
       if (used > k || tok != s->chunk[(size_t)used]) break;  // the last row, or the draft is wrong here
       accepted++;
       if ((use_stop && request_is_stop(req, tok)) || generated >= req->max_new_tokens) break;
+      if (stop_asked(s)) {  // between the tokens of one call, too: a long draft is not waited out
+        cancelled = true;
+        break;
+      }
     }
     pos += used;  // the next call starts here: rejected draft tokens are rolled back
     if (looked_up && accepted == accepted_before) {
@@ -862,7 +942,7 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   double ttft_s = (double)(t_first - t_request) / 1e6;
   double decode_s = (double)(t_last - t_first) / 1e6;
   st.ttft_ms = (float)(ttft_s * 1e3);
-  st.prefill_tok_s = ttft_s > 0 ? (float)(req->n_prompt / ttft_s) : 0.0f;
+  st.prefill_tok_s = ttft_s > 0 ? (float)((double)(req->n_prompt - kept) / ttft_s) : 0.0f;
   st.decode_tok_s = (generated > 1 && decode_s > 0) ? (float)((generated - 1) / decode_s) : 0.0f;
   st.peak_rss_kb = peak_rss_kb();
   st.decode_calls = calls;
@@ -870,27 +950,29 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   st.drafted = drafted;
   st.accepted = accepted;
   st.draft_model_calls = s->dcalls;
+  st.kept = (uint32_t)kept;
+  s->fed = pos;
   link_send(l, MSG_STATS, proto_pack_stats(l->body, sizeof l->body, &st));
   log_line("done: %" PRIu32 " tokens (%s), ttft %.2f ms, prefill %.1f tok/s, decode %.1f tok/s, "
            "%" PRIu32 " decode calls, %" PRIu32 " of %" PRIu32 " draft tokens accepted (%" PRIu32
            " turns of the draft model, %" PRIu32 " calls), peak rss %" PRIu64 " kB",
-           generated, stop == STOP_TOKEN ? "stop token" : "max_new_tokens", (double)st.ttft_ms,
+           generated, stop == STOP_TOKEN ? "stop token" : stop == STOP_CANCELLED ? "cancelled" : "max_new_tokens",
+           (double)st.ttft_ms,
            (double)st.prefill_tok_s, (double)st.decode_tok_s, calls, accepted, drafted, model_turns,
            s->dcalls, st.peak_rss_kb);
 }
 
-// Handles one frame reader event. Returns true when the host asked to quit.
-bool handle_event(Server* s, int event, const Frame* f) {
-  Link* l = s->link;
-  if (event < 0) {
-    uint16_t code = proto_error_for_frame(event);
-    const char* what = code == ERR_BAD_CRC    ? "frame CRC mismatch"
-                       : code == ERR_TOO_LONG ? "frame over 16384 payload bytes, discarded up to the next 0x00"
-                                              : "frame is not valid COBS or is shorter than 9 bytes";
-    send_error(l, code, "%s", what);
-    return false;
-  }
-  uint64_t t_request = now_us();
+void send_framing_error(Link* l, int event) {
+  uint16_t code = proto_error_for_frame(event);
+  const char* what = code == ERR_BAD_CRC    ? "frame CRC mismatch"
+                     : code == ERR_TOO_LONG ? "frame over 16384 payload bytes, discarded up to the next 0x00"
+                                            : "frame is not valid COBS or is shorter than 9 bytes";
+  send_error(l, code, "%s", what);
+}
+
+// Sequence bookkeeping for a well-formed frame. Returns false for a duplicate of the last frame
+// (a link that repeats bytes must not make us serve a request twice), which is dropped.
+bool accept_frame(Link* l, const Frame* f) {
   uint32_t crc = crc32_update(0, f->body, f->body_len);
   if (l->rx_started && f->seq + 1 == l->rx_seq && f->type == l->last_type && f->body_len == l->last_len &&
       crc == l->last_crc) {
@@ -906,6 +988,18 @@ bool handle_event(Server* s, int event, const Frame* f) {
   l->last_type = f->type;
   l->last_len = f->body_len;
   l->last_crc = crc;
+  return true;
+}
+
+// Handles one frame reader event. Returns true when the host asked to quit.
+bool handle_event(Server* s, int event, const Frame* f) {
+  Link* l = s->link;
+  if (event < 0) {
+    send_framing_error(l, event);
+    return false;
+  }
+  uint64_t t_request = now_us();
+  if (!accept_frame(l, f)) return false;
 
   if (f->type == MSG_QUIT) {
     if (f->body_len != 0) {
@@ -914,6 +1008,10 @@ bool handle_event(Server* s, int event, const Frame* f) {
     }
     log_line("QUIT received");
     return true;
+  }
+  if (f->type == MSG_CANCEL) {  // late: the generation it was for has ended
+    log_line("CANCEL received with no generation under way; ignored");
+    return false;
   }
   if (f->type != MSG_REQUEST) {
     send_error(l, ERR_BAD_REQUEST, "unknown message type 0x%02x", f->type);
@@ -926,7 +1024,7 @@ bool handle_event(Server* s, int event, const Frame* f) {
     return false;
   }
   serve_request(s, &req, t_request);
-  return false;
+  return s->quit;
 }
 
 }  // namespace
@@ -1031,24 +1129,11 @@ int main(int argc, char** argv) {
              opt.baud, EDGELM_BOARD, EDGELM_FIRMWARE_VERSION);
   }
 
-  uint8_t rx[4096];
   bool quit = false;
   while (!quit) {
-    ssize_t n = serial_read(link->in_fd, rx, sizeof rx);
-    if (n == 0) link_lost(link, "end of file");
-    if (n < 0) {
-      char what[128];
-      std::snprintf(what, sizeof what, "read: %s", std::strerror(errno));
-      link_lost(link, what);
-    }
-    size_t off = 0;
-    while (off < (size_t)n && !quit) {
-      size_t used = 0;
-      Frame f;
-      int event = frame_reader_feed(&link->reader, rx + off, (size_t)n - off, &used, &f);
-      off += used;
-      if (event != FRAME_NONE) quit = handle_event(&server, event, &f);
-    }
+    Frame f;
+    int event = link_next_event(link, true, &f);
+    quit = handle_event(&server, event, &f);
   }
 
   free_link(link);

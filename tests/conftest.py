@@ -19,6 +19,8 @@ import pytest
 from fakebundle import FAKE_PTE, full_manifest, rewrite_info, snapshot, write_bundle
 from sshd import start_sshd
 
+pytest_plugins = ["pytester"]
+
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 warnings.filterwarnings("ignore")

@@ -46,6 +46,7 @@ class ExportResult:
             "decoder_layers_fully_delegated": m["delegation"]["decoder_layers_fully_delegated"],
             "delegated_ops": m["delegation"]["delegated_total"],
             "non_delegated_ops": m["delegation"]["non_delegated_total"],
+            "draft_model": (m.get("draft") or {}).get("model", {}).get("name"),  # None: no draft method
             "timings_s": m["timings_s"],
         }
 
@@ -135,7 +136,7 @@ def export_model(model: str, out: Path, *, quant: str = "8da4w", group_size: int
         tokens={"bos_token_id": source.config.bos_token_id, "eos_token_ids": list(source.eos_token_ids),
                 "pad_token_id": source.config.pad_token_id,
                 "tokenizer": {"kind": tok.name, "sha256": tok.sha256, "vocab_size": tok.vocab_size}},
-        versions=_versions(), timings=timings, draft=draft)
+        versions=versions(), timings=timings, draft=draft)
     pte, man = manifest.write(out, program, body)
     timings["write"] = time.monotonic() - t
     log.info("wrote %s (%d bytes) and %s", pte, len(program), man)
@@ -154,7 +155,7 @@ def check_draft(source: Any, tok: Any, draft_source: Any, draft_tok: Any) -> Non
                          f"{str(tok.sha256)[:12]}...): a draft must share the model's tokenizer")
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     from importlib.metadata import version
 
     return {"edgelm": __version__, "executorch": version("executorch"), "torch": version("torch"),
@@ -214,7 +215,7 @@ def cached_export(model: str, workdir: Path, *, quant: str, group_size: int = 32
     from toolchain.export import manifest
 
     key = _digest({"model": _model_identity(model), "quant": quant, "group": group_size, "emb": embedding,
-                   "seq": max_seq_len, "versions": _versions(), "src": _toolchain_sources_hash(),
+                   "seq": max_seq_len, "versions": versions(), "src": _toolchain_sources_hash(),
                    **({"draft": _model_identity(draft_model)} if draft_model is not None else {})})
     out = workdir / "exports" / key
     pte = out / manifest.PROGRAM_FILE
@@ -479,6 +480,7 @@ class RunRequest:
     target_options: Any = None  # registry.TargetOptions: --port, --board-port, --ssh-config, --accept-new-host-key
     force: bool = False  # go on past the preflight's refusal (a note says what it refused)
     pte: Path | None = None  # serve this program from `edgelm export` instead of exporting ``model``
+    prompt_ids: tuple[int, ...] | None = None  # send these token ids as the prompt, as they are (no BOS added)
 
     def check(self) -> None:
         """Every option in range, before any work (one line naming the option)."""
@@ -535,20 +537,35 @@ class Served:
 
 def serve_and_validate(up: Any, request: Any, reference: Any, *, tolerance: float, retries: int = 0,
                        near_tie_fraction: float | None = None, on_token: Callable[[int], None] = lambda t: None,
-                       on_retry: Callable[[int, str], None] = lambda n, why: None) -> Served:
+                       on_retry: Callable[[int, str], None] = lambda n, why: None,
+                       cancel: Callable[[], bool] | None = None) -> Served:
     """Send ``request`` to a board that is up (``bringup.BoardUp``), gather its stream and judge every
     token against ``reference`` (a ``validate.reference.ProgramRunner`` on the same program).
 
     A stream the link damaged (garbled or lost frames, a port that went away, a silent board) is
-    asked for again, up to ``retries`` times; only a complete stream is judged."""
+    asked for again, up to ``retries`` times; only a complete stream is judged.
+
+    ``cancel`` is asked after each token; the first time it says yes, the board is sent CANCEL,
+    and the tokens it sent up to its STATS are judged (a board that claims a CANCEL nobody sent fails)."""
+    from toolchain.link import protocol
     from toolchain.link.session import LinkError
     from toolchain.validate import compare
+
+    cancelled = False
+
+    def token(t: int) -> None:
+        nonlocal cancelled
+        on_token(t)
+        if cancel is not None and not cancelled and cancel():
+            up.session.send(protocol.CANCEL)
+            cancelled = True
 
     attempt = 0
     while True:
         attempt += 1
         try:
-            collected = up.session.collect(request, on_token)
+            cancelled = False
+            collected = up.session.collect(request, token)
             break
         except LinkError as exc:
             if attempt > retries:
@@ -560,10 +577,13 @@ def serve_and_validate(up: Any, request: Any, reference: Any, *, tolerance: floa
             up.session.resync()
     asked = compare.Asked(max_new_tokens=request.max_new_tokens, stop_ids=tuple(request.stop),
                           ignore_eos=request.ignore_eos, temperature=request.temperature, top_k=request.top_k,
-                          top_p=request.top_p, seed=request.seed, report_logits=request.report_logits)
+                          top_p=request.top_p, seed=request.seed, report_logits=request.report_logits,
+                          cancelled=cancelled)
     stream = compare.Stream(tokens=tuple(collected.tokens), logits=tuple(collected.logits),
                             stop=collected.stats.stop if collected.stats is not None else None)
     fraction = compare.DEFAULT_NEAR_TIE_BUDGET if near_tie_fraction is None else near_tie_fraction
+    if reference is None:  # not judged (a console without a program here to judge by)
+        return Served(request, collected, None, attempt, [])
     shape = compare.check_stream(asked, stream)
     logits = [] if shape is not None else reference_logits(reference, list(request.prompt), stream.tokens)
     verdict = compare.compare(asked, stream, logits, tolerance=tolerance, near_tie_fraction=fraction)
@@ -621,6 +641,7 @@ class RunReport:
     pte: str
     boot: dict[str, Any] | None = None  # a board powered on for this run: seconds to SSH and to HELLO
     fidelity: dict[str, Any] | None = None  # validate/fidelity.py: the board's tokens vs the eager fp32 model
+    token_times_us: list[int] = field(default_factory=list)  # each token's arrival on the board's clock
 
     @property
     def passed(self) -> bool:
@@ -652,7 +673,7 @@ def _given_program(req: RunRequest, progress: Progress) -> ExportResult:
     return ExportResult(req.pte, req.pte.parent / manifest.MANIFEST_FILE, man)
 
 
-def _tokenizer_path(req: RunRequest) -> Path | None:
+def tokenizer_path(req: RunRequest) -> Path | None:
     """The checkpoint's tokenizer.json (None for a preset); a folder without one is refused unless
     ``--byte-tokenizer``."""
     from toolchain.model import checkpoint
@@ -671,7 +692,16 @@ def _request_for(req: RunRequest, man: dict[str, Any], tok: Any) -> Any:
     """The REQUEST frame for ``req`` on the program ``man`` describes; refused if it cannot fit."""
     from toolchain.link import protocol
 
-    prompt_ids = [man["tokens"]["bos_token_id"], *tok.encode(req.prompt)]
+    if req.prompt_ids is not None:
+        vocab = man["model"]["config"]["vocab_size"]
+        prompt_ids = list(req.prompt_ids)
+        if not prompt_ids:
+            raise UsageError("the prompt has no token ids")
+        bad = next((t for t in prompt_ids if not isinstance(t, int) or not 0 <= t < vocab), None)
+        if bad is not None:
+            raise UsageError(f"prompt token id {bad!r} is outside the vocabulary [0, {vocab})")
+    else:
+        prompt_ids = [man["tokens"]["bos_token_id"], *tok.encode(req.prompt)]
     max_seq = man["program"]["max_seq_len"]
     if len(prompt_ids) + req.tokens > max_seq:
         raise CapacityError(f"{len(prompt_ids)} prompt tokens + {req.tokens} new tokens exceed the program's max "
@@ -683,16 +713,26 @@ def _request_for(req: RunRequest, man: dict[str, Any], tok: Any) -> Any:
                             report_logits=True, draft=req.draft)
 
 
-def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str], None] = lambda s: None,
-            on_retry: Callable[[int, str], None] = lambda n, why: None,
-            open_transport: Callable[[str], Any] | None = None) -> RunReport:
-    """The main job, stage by stage: check the request, export, build, bring the board up (the one
-    bring-up), stream and validate; a typed report.
+@dataclass
+class Prepared:
+    """Everything a run needs before the board: the program, the bundle, the tokenizer and the host
+    reference. A pytest session prepares once and serves many requests on one bring-up."""
 
-    ``open_transport`` opens the host's end of the link (tests put a fault injector there)."""
+    req: RunRequest
+    board: Any  # boards.Board
+    target: Any  # deploy.base.Target
+    exported: ExportResult
+    bundle: Any  # bundle.package.Bundle
+    quant: str
+    tok: Any  # model.tokenizer tokenizer
+    reference: Any  # validate.reference.ProgramRunner
+    tolerance: float
+    reused: dict[str, bool]
+
+
+def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
+    """Check the request, export (cached), build (cached) and load the host reference."""
     from toolchain import boards
-    from toolchain.deploy import bringup
-    from toolchain.link import protocol
     from toolchain.model import tokenizer
     from toolchain.validate import compare
     from toolchain.validate.reference import ProgramRunner
@@ -703,7 +743,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
 
         signing.load_private_key(req.sign_key)  # a bad key fails before the slow steps
     board = boards.get(req.board)
-    tok_path = _tokenizer_path(req)
+    tok_path = tokenizer_path(req)
     tgt = target_for(req.board, req.target, req.workdir, req.target_options)  # an unknown target fails early
     if req.pte is not None:
         exported, reused_export = _given_program(req, progress), True
@@ -712,12 +752,24 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         quant = req.quant or board.default_quant
         exported, reused_export = cached_export(req.model, req.workdir, quant=quant, max_seq_len=req.max_seq_len,
                                                 draft_model=req.draft_model, progress=progress)
-    man = exported.manifest
-    tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
-    request = _request_for(req, man, tok)
+    tok = tokenizer.for_model(tok_path, exported.manifest["model"]["config"]["vocab_size"])
+    _request_for(req, exported.manifest, tok)  # a prompt that cannot fit fails before the build
     bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress, sign_key=req.sign_key)
     tol = req.tolerance if req.tolerance is not None else compare.default_tolerance(quant)
-    reference = ProgramRunner(exported.pte)
+    return Prepared(req, board, tgt, exported, bundle, quant, tok, ProgramRunner(exported.pte), tol,
+                    {"export": reused_export, "build": reused_build})
+
+
+def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _noop,
+              on_text: Callable[[str], None] = lambda s: None,
+              on_retry: Callable[[int, str], None] = lambda n, why: None) -> RunReport:
+    """Serve ``req`` (its prompt, length and sampling) on a board that is up with ``prep``'s bundle,
+    validate the stream and measure fidelity: a typed report."""
+    from toolchain.link import protocol
+    from toolchain.model import tokenizer
+
+    man, tok, tgt = prep.exported.manifest, prep.tok, prep.target
+    request = _request_for(req, man, tok)
     assembler = tokenizer.TextAssembler(tok)
 
     def on_token(token: int) -> None:
@@ -728,15 +780,13 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         assembler = tokenizer.TextAssembler(tok)
         on_retry(n, why)
 
-    with bringup.bring_up(tgt, bundle, threads=req.threads, progress=progress, open_transport=open_transport,
-                          force=req.force) as up:
-        progress("stream", f"{len(request.prompt)} prompt tokens, up to {req.tokens} new")
-        served = serve_and_validate(up, request, reference, tolerance=tol, retries=req.retries,
-                                    near_tie_fraction=req.near_tie_budget, on_token=on_token, on_retry=retried)
-        boot = None
-        if up.booted and tgt.power is not None:
-            state = tgt.power.status()
-            boot = {"boot_s": state.get("boot_s"), "boot_to_hello_s": state.get("boot_to_hello_s")}
+    progress("stream", f"{len(request.prompt)} prompt tokens, up to {req.tokens} new")
+    served = serve_and_validate(up, request, prep.reference, tolerance=prep.tolerance, retries=req.retries,
+                                near_tie_fraction=req.near_tie_budget, on_token=on_token, on_retry=retried)
+    boot = None
+    if up.booted and tgt.power is not None:
+        state = tgt.power.status()
+        boot = {"boot_s": state.get("boot_s"), "boot_to_hello_s": state.get("boot_to_hello_s")}
     on_text(assembler.finish())
     fid = None
     if req.fidelity and served.reference_logits:
@@ -744,7 +794,8 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
         fid = measure_fidelity(req.model, list(request.prompt), list(served.collected.tokens),
                                served.reference_logits, req.min_agreement).to_dict()
     stats, hello = served.collected.stats, up.hello
-    stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens"}.get(
+    stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens",
+                   protocol.STOP_CANCELLED: "cancelled"}.get(
         stats.stop if stats else None, "unknown")
     board_stats = ({"load_ms": hello.load_ms, "ttft_ms": stats.ttft_ms, "prefill_tok_s": stats.prefill_tok_s,
                     "decode_tok_s": stats.decode_tok_s, "peak_rss_kb": stats.peak_rss_kb,
@@ -753,15 +804,30 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
                    if stats else
                    {"load_ms": hello.load_ms})
     return RunReport(
-        board=board.name, target=tgt.spec, emulated=tgt.rss_of_emulator, model=req.model, quant=quant,
+        board=prep.board.name, target=tgt.spec, emulated=tgt.rss_of_emulator, model=req.model, quant=prep.quant,
         release=up.release.id,
         firmware_version=hello.firmware, model_sha256=hello.model_sha256, threads=hello.threads, prompt=req.prompt,
         prompt_token_ids=list(request.prompt), generated_token_ids=list(served.collected.tokens),
         text=assembler.text, stop_reason=stop_reason,
         sampling={"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "seed": req.seed},
         board_stats=board_stats, validation=served.verdict.to_dict(), attempts=served.attempts,
-        reused={"export": reused_export, "build": reused_build}, bundle=str(bundle.root), pte=str(exported.pte),
-        boot=boot, fidelity=fid)
+        reused=dict(prep.reused), bundle=str(prep.bundle.root), pte=str(prep.exported.pte), boot=boot, fidelity=fid,
+        token_times_us=list(served.collected.times_us[:len(served.collected.tokens)]))
+
+
+def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str], None] = lambda s: None,
+            on_retry: Callable[[int, str], None] = lambda n, why: None,
+            open_transport: Callable[[str], Any] | None = None) -> RunReport:
+    """The main job, stage by stage: check the request, export, build, bring the board up (the one
+    bring-up), stream and validate; a typed report.
+
+    ``open_transport`` opens the host's end of the link (tests put a fault injector there)."""
+    from toolchain.deploy import bringup
+
+    prep = prepare_run(req, progress)
+    with bringup.bring_up(prep.target, prep.bundle, threads=req.threads, progress=progress,
+                          open_transport=open_transport, force=req.force) as up:
+        return serve_run(prep, up, req, progress, on_text, on_retry)
 
 
 def monitor(*, port: str | None, board: str | None, target: str | None, baud: int, seconds: float,

@@ -238,8 +238,11 @@ def inspect(pte: Path, as_json: bool) -> None:
         ("tokens", f"BOS {body['tokens']['bos_token_id']}, EOS {body['tokens']['eos_token_ids']}, tokenizer "
                    f"{body['tokens']['tokenizer']['kind']}"),
         ("versions", ", ".join(f"{k} {v}" for k, v in body["versions"].items())),
-    ]:
-        table.add_row(f"[bold]{key}[/]", value)
+    ] + ([("draft", f"method '{dr['method']}': {dr['model']['name']} ({dr['model']['parameters'] / 1e6:.2f}M "
+                    f"parameters), drafts up to {dr['max_draft']} tokens; {dr['delegation']['delegated_total']} ops "
+                    f"delegated, {dr['delegation']['non_delegated_total']} outside")]
+         if (dr := body.get("draft")) else []):
+        table.add_row(f"[bold]{key}[/]", escape(printable(str(value))) if key == "draft" else value)
     console.print(table)
     outside = Table("operator outside the delegate", "count", "why")
     for op, info in d["non_delegated_ops"].items():
@@ -545,6 +548,8 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
               help="Go on when the preflight refuses (the model does not fit, an old glibc): see what the board does.")
 @click.option("--pte", type=click.Path(path_type=Path), default=None,
               help="Serve this program from `edgelm export` (made from --model) instead of exporting again.")
+@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Also write the report as one self-contained HTML file (plots, text, validation table).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @command
 def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, target: str | None, max_seq_len: int,
@@ -552,11 +557,16 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
         min_agreement: float | None, no_draft: bool, draft_model: str | None,
         threads: int | None, tolerance: float | None, near_tie_budget: float | None, retries: int,
         byte_tokenizer: bool, workdir: Path,
-        sign_key: Path | None, force: bool, pte: Path | None, as_json: bool, **kw: Any) -> None:
+        sign_key: Path | None, force: bool, pte: Path | None, report_path: Path | None, as_json: bool,
+        **kw: Any) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
-    from toolchain.errors import ValidationFailed
+    from toolchain.errors import UsageError, ValidationFailed
+    from toolchain.validate import html as html_report
     from toolchain.validate import report as report_mod
+
+    if report_path is not None and not report_path.resolve().parent.is_dir():
+        raise UsageError(f"--report {report_path}: the folder {report_path.resolve().parent} does not exist")
 
     req = api.RunRequest(board=board, model=model, prompt=prompt, tokens=tokens, quant=quant, target=target,
                          max_seq_len=max_seq_len, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
@@ -584,6 +594,12 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                 console.print(f"[bold]{escape(printable(prompt))}[/]", end="")
 
         result = api.run_job(req, progress=step, on_text=on_text, on_retry=on_retry).to_dict()
+    if report_path is not None:  # written whatever the verdict: a FAIL is when it is read most
+        try:
+            html_report.write(report_path, [(f"{model} on {board} ({result['target']})", result)],
+                              title=f"edgelm run: {model} on {board}", versions=api.versions())
+        except OSError as exc:
+            raise UsageError(f"--report {report_path}: cannot write it ({exc.strerror or exc})") from None
     if as_json:
         emit_json(result)
     else:
@@ -599,6 +615,65 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
             sys.exit(ValidationFailed.exit_code)
         raise ValidationFailed(f"fidelity check failed: top-1 agreement with the fp32 model "
                                f"{fid['top1_agreement']:.3f} is below --min-agreement {fid['min_agreement']}")
+
+
+@main.command("console")
+@click.option("--board", "-b", required=True, help="Board profile (edgelm boards).")
+@click.option("--model", "-m", default="tiny", show_default=True)
+@click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w"]), default=None,
+              help="Quantization scheme [default: the board's].")
+@target_options
+@click.option("--max-seq-len", type=int, default=512, show_default=True, help="The conversation's room, in tokens.")
+@click.option("--tokens", "-n", type=int, default=64, show_default=True, help="Most new tokens per reply.")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=int, default=None, help="Runner threads [default: the board's].")
+@click.option("--no-keep-state", is_flag=True,
+              help="Have the board feed the whole conversation every turn instead of keeping its state.")
+@click.option("--no-validate", is_flag=True, help="Do not judge the replies against the host reference.")
+@click.option("--ignore-eos", is_flag=True, help="Every reply runs to --tokens (for measuring).")
+@click.option("--attach", is_flag=True,
+              help="Talk to the release `edgelm flash` left serving (its link, or --port) instead of bringing one up.")
+@click.option("--pte", type=click.Path(path_type=Path), default=None,
+              help="The program (`edgelm export`): served as it is, or, with --attach, the one the board serves.")
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per reply instead of the streamed text.")
+@command
+def console_cmd(board: str, model: str, quant: str | None, target: str | None, max_seq_len: int, tokens: int,
+                temperature: float, top_k: int, top_p: float, seed: int, threads: int | None, no_keep_state: bool,
+                no_validate: bool, ignore_eos: bool, attach: bool, pte: Path | None, workdir: Path, as_json: bool,
+                **kw: Any) -> None:
+    """Chat with a board over its link: tokens as they arrive, a status line per reply, Ctrl-C stops
+    a reply (CANCEL), /reset, /stats, /quit. Exit status 0, or 6 if a reply did not validate."""
+    from toolchain import console as console_mod
+    from toolchain.errors import UsageError, ValidationFailed
+
+    if tokens < 1 or max_seq_len < 2:
+        raise UsageError("--tokens must be at least 1 and --max-seq-len at least 2")
+    opts = console_mod.Options(board=board, model=model, target=target, quant=quant, max_seq_len=max_seq_len,
+                               tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                               threads=threads, keep_state=not no_keep_state, validate=not no_validate,
+                               ignore_eos=ignore_eos,
+                               workdir=workdir, target_options=options_from(kw), attach=attach, pte=pte)
+
+    def write(text: str) -> None:
+        console.print(printable(text), end="", markup=False, highlight=False, soft_wrap=True)
+
+    def status(text: str) -> None:
+        err.print(f"[dim]{escape(printable(text))}[/]", soft_wrap=True)  # one line, whatever the width
+
+    with StepProgress(enabled=not as_json) as progress:
+        def step(name: str, detail: str) -> None:
+            progress(name, detail)
+            if name == "chat":
+                progress.pause()  # the conversation goes on below the steps
+
+        failed = console_mod.run(opts, read=lambda p: console.input(p) if not as_json else input(),
+                                 write=write, status=status, progress=step, as_json=as_json)
+    if failed:
+        raise ValidationFailed(f"{failed} repl{'y' if failed == 1 else 'ies'} did not validate")
 
 
 @main.command("ports")

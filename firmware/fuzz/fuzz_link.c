@@ -188,6 +188,9 @@ static int handle_event(int event, const Frame *f) {
         }
         return 1;
     }
+    if (f->type == MSG_CANCEL) { /* no generation under way here: ignored */
+        return 0;
+    }
     if (f->type != MSG_REQUEST) {
         send_error(ERR_BAD_REQUEST, "unknown message type");
         return 0;

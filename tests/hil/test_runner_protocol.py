@@ -74,3 +74,48 @@ def test_a_request_longer_than_the_program_is_refused_by_the_board(session):
     session.send(P.REQUEST, P.Request(tuple(range(1, 11)), 600).pack())
     err = _next_error(session)
     assert err.code == P.ERR_SEQ_TOO_LONG
+
+
+def _stream(session, request):
+    got = list(session.generate(request))
+    return [m.token for m in got if isinstance(m, P.Token)], got[-1]
+
+
+def test_cancel_stops_the_generation_and_the_runner_serves_on(session):
+    req = P.Request(prompt=(1, 82, 114, 103), max_new_tokens=100, ignore_eos=True)
+    full, _ = _stream(session, req)
+    # REQUEST and CANCEL in one write: the CANCEL waits in the runner's input while it prefills,
+    # and stops it before its second token (however fast the board)
+    seq = session._tx_seq
+    session.transport.write(framing.encode(P.REQUEST, seq, req.pack()) + framing.encode(P.CANCEL, seq + 1, b""))
+    session._tx_seq = seq + 2
+    tokens, stats = [], None
+    for _, msg in session.frames(Deadline(120)):
+        if isinstance(msg, P.Token):
+            tokens.append(msg.token)
+        elif isinstance(msg, P.Stats):
+            stats = msg
+            break
+    session._rx_seq = None  # frames() does not count: take the board's numbering as it comes
+    assert stats.stop == P.STOP_CANCELLED and stats.generated == len(tokens)
+    assert tokens == full[:1]
+    # a CANCEL with nothing under way is ignored, and the next request is served in full
+    session.send(P.CANCEL)
+    again, stats = _stream(session, req)
+    assert again == full and stats.stop == P.STOP_LIMIT
+
+
+def test_a_chat_turn_keeps_the_state_it_extends(session):
+    first = P.Request(prompt=(1, 82, 114, 103), max_new_tokens=10, ignore_eos=True, keep_state=True)
+    reply, stats = _stream(session, first)
+    assert stats.kept == 0
+    turn = P.Request(prompt=(*first.prompt, *reply, 32, 87, 104), max_new_tokens=10, ignore_eos=True,
+                     keep_state=True)
+    kept, stats = _stream(session, turn)
+    assert stats.kept == len(first.prompt) + len(reply) - 1  # all it fed: the last token never was
+    fresh, fresh_stats = _stream(session, P.Request(**{**turn.__dict__, "keep_state": False}))
+    assert fresh_stats.kept == 0 and kept == fresh  # the same tokens as feeding it all
+    # a prompt that does not extend the state exactly is fed whole
+    other = P.Request(prompt=(1, 82, 114, 104, 5, 6), max_new_tokens=4, ignore_eos=True, keep_state=True)
+    _, stats = _stream(session, other)
+    assert stats.kept == 0

@@ -5,7 +5,10 @@ which only holds if the draft's state follows the sequence and is rolled back wi
 takes the draft on trust fails the verdict; a draft of another vocabulary or tokenizer is refused."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,6 +70,11 @@ def test_the_program_carries_the_draft_method(self_drafted):
     assert draft["delegation"]["decoder_layers_fully_delegated"]
     # the host reference serves the forward method, exactly as without a draft
     assert ProgramRunner(exported.pte).max_rows == 8
+    # `edgelm export --json` and `edgelm inspect` name it
+    assert exported.summary()["draft_model"] == "tiny"
+    shown = subprocess.run([sys.executable, "-m", "toolchain.cli", "inspect", str(exported.pte)], capture_output=True,
+                           text=True, timeout=300, env={**os.environ, "COLUMNS": "250"})
+    assert shown.returncode == 0 and "method 'draft': tiny (" in shown.stdout, shown.stdout + shown.stderr
 
 
 def test_a_draft_that_is_the_model_is_right(self_drafted):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from toolchain.validate import sampler as twin
-from toolchain.validate.compare import STOP_EOS, STOP_LIMIT, Asked, Stream, check_stream, compare
+from toolchain.validate.compare import STOP_CANCELLED, STOP_EOS, STOP_LIMIT, Asked, Stream, check_stream, compare
 
 EOS = 9
 
@@ -72,6 +72,9 @@ def test_a_greedy_board_must_send_its_own_argmax():
     ([5, 6, EOS], STOP_EOS, greedy(3, ignore_eos=True), "stop ids were to be ignored"),
     ([5, 6], None, greedy(2), "without STATS"),
     ([5, 6], 7, greedy(2), "unknown stop reason"),
+    ([5, 6], STOP_CANCELLED, greedy(8), "the host sent no CANCEL"),  # a board that stops early, blaming the host
+    ([5, 6, EOS], STOP_CANCELLED, greedy(8, cancelled=True), "it had reached a stop id"),
+    ([5, 6, 7], STOP_CANCELLED, greedy(3, cancelled=True), "it had reached the token limit"),
 ])
 def test_a_stream_whose_shape_lies_fails(tokens, stop, asked, why):
     reason = check_stream(asked, stream(tokens, stop))
@@ -84,6 +87,8 @@ def test_honest_shapes_pass():
     assert check_stream(greedy(4), stream([5, 6, 7, 8])) is None
     assert check_stream(greedy(16), stream([5, 6, EOS], STOP_EOS)) is None
     assert check_stream(greedy(3, ignore_eos=True), stream([EOS, EOS, EOS])) is None
+    assert check_stream(greedy(8, cancelled=True), stream([5, 6], STOP_CANCELLED)) is None
+    assert check_stream(greedy(8, cancelled=True), stream([5, 6, 7, 8, 1, 2, 3, 4])) is None  # CANCEL came late
 
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])

@@ -33,6 +33,17 @@ from toolchain.link.transport import Transport
 Progress = Callable[[str, str], None]
 
 
+def nothing_missing() -> list[str]:
+    return []
+
+
+def missing_tools(*tools: tuple[str, str]) -> list[str]:
+    """``(program, where it comes from)`` pairs not on PATH, each as one phrase."""
+    import shutil
+
+    return [f"{name} ({origin})" for name, origin in tools if shutil.which(name) is None]
+
+
 def no_progress(step: str, detail: str) -> None:
     pass
 
@@ -166,6 +177,9 @@ class Target:
     power: PowerControl | None = None
     timeouts: Timeouts = field(default_factory=Timeouts)
     notes: list[str] = field(default_factory=list)  # what the target did that the user should know
+    # What this machine lacks to reach the board (a tool, a host that answers), one phrase each;
+    # [] when nothing is. Asked before any work by whoever may skip instead (the pytest plugin).
+    missing: Callable[[], list[str]] = nothing_missing
 
     @property
     def name(self) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
-from toolchain.deploy.base import Target
+from toolchain.deploy.base import Target, missing_tools
 from toolchain.deploy.process import ProcessRunner
 from toolchain.deploy.store import LocalStore, TrustStore
 from toolchain.errors import UsageError
@@ -23,15 +23,19 @@ from toolchain.link.session import Timeouts
 TRUST_DIR = "trusted_keys"
 
 
+SOCAT = ("socat", "Debian's socat: it joins the board's and the host's pseudo-terminals")
+
+
 def process_target(kind: str, board: Board, state_dir: Path, prefix: Callable[[], list[str]], *,
-                   emulated: bool = False, timeouts: Timeouts | None = None) -> Target:
+                   emulated: bool = False, timeouts: Timeouts | None = None,
+                   missing: Callable[[], list[str]] = lambda: missing_tools(SOCAT)) -> Target:
     state = state_dir / f"{kind}-{board.name}"
     where = f"{kind}:{board.name}"
     runner = ProcessRunner(state, board, prefix)
     return Target(kind=kind, spec=kind, board=board, state=state, emulated=emulated, rss_of_emulator=emulated,
                   store=LocalStore(state, board, where, TrustStore(state / TRUST_DIR)),
                   runner=runner, link=runner, preflight=lambda bundle: profile_fit(board, bundle),
-                  timeouts=timeouts or Timeouts())
+                  timeouts=timeouts or Timeouts(), missing=missing)
 
 
 def profile_fit(board: Board, bundle: Bundle) -> list:

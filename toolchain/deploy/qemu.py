@@ -11,7 +11,7 @@ from pathlib import Path
 
 from toolchain.boards import Board
 from toolchain.deploy import local
-from toolchain.deploy.base import Target
+from toolchain.deploy.base import Target, missing_tools
 from toolchain.errors import DeviceError, UsageError
 from toolchain.link.session import Timeouts
 
@@ -31,4 +31,10 @@ def create(spec: str, board: Board, state_dir: Path, options: object = None) -> 
             raise DeviceError(f"{qemu} is not installed", hint="`make setup` installs Debian's qemu-user")
         return [qemu, "-L", SYSROOTS[board.arch], "-cpu", board.qemu_cpu or "max"]
 
-    return local.process_target("qemu", board, state_dir, prefix, emulated=True, timeouts=TIMEOUTS)
+    def missing() -> list[str]:
+        lacks = missing_tools((f"qemu-{board.arch}", "Debian's qemu-user"), local.SOCAT)
+        if not Path(SYSROOTS[board.arch]).is_dir():
+            lacks.append(f"{SYSROOTS[board.arch]} (Debian's libc6-{board.arch.replace('aarch64', 'arm64')}-cross)")
+        return lacks
+
+    return local.process_target("qemu", board, state_dir, prefix, emulated=True, timeouts=TIMEOUTS, missing=missing)

@@ -38,7 +38,7 @@ from typing import Any
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
 from toolchain.deploy import preflight
-from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
+from toolchain.deploy.base import Progress, Release, Target, TargetOptions, missing_tools, no_progress
 from toolchain.deploy.process import ProcessRecord
 from toolchain.deploy.process import record as process_record
 from toolchain.deploy.ssh import TRUST_DIR, SshStore
@@ -498,7 +498,9 @@ def create(spec: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     store = SshStore(ssh, board, where, TrustStore(state / TRUST_DIR), verify_timeout_s=VERIFY_TIMEOUT_S)
     service = GuestService(machine, ssh, board)
     target = Target(kind=NAME, spec=spec if given else NAME, board=board, state=state, emulated=True, store=store,
-                    runner=service, link=service, power=machine, timeouts=TIMEOUTS)
+                    runner=service, link=service, power=machine, timeouts=TIMEOUTS,
+                    missing=lambda: missing_tools((QEMU, "Debian's qemu-system-arm"),
+                                                  ("ssh", "Debian's openssh-client")))
 
     def probe(bundle: Bundle) -> list[Any]:
         out = ssh.script(preflight.PROBE_SCRIPT, [store.data, builder.UART], what="reading the board's facts").stdout

@@ -28,10 +28,10 @@ from toolchain.boards import Board
 from toolchain.bundle import signing
 from toolchain.bundle.package import BUNDLE_FILE, RUNNER, SIGNATURE_FILE, Bundle, parse_info, release_id
 from toolchain.deploy import preflight, service
-from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
+from toolchain.deploy.base import Progress, Release, Target, TargetOptions, missing_tools, no_progress
 from toolchain.deploy.sshclient import Ssh, SshSpec
 from toolchain.deploy.store import CURRENT, INCOMING_PREFIX, PREVIOUS, RELEASES, TrustStore, source_bundle
-from toolchain.errors import DeviceError, InputError, UsageError
+from toolchain.errors import DeviceError, EdgelmError, InputError, UsageError
 from toolchain.export.manifest import PROGRAM_FILE, sha256_file
 from toolchain.link import ports
 from toolchain.link.session import Timeouts
@@ -510,7 +510,19 @@ def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     target = Target(kind="ssh", spec=str(spec), board=board, state=state, store=store, runner=runner, link=runner,
                     timeouts=Timeouts(), notes=notes)
     target.preflight = lambda bundle: probe_checks(ssh, store, runner, bundle, board)
+    target.missing = lambda: _unreachable(ssh)
     return target
+
+
+def _unreachable(ssh: Ssh) -> list[str]:
+    """[] when a login to the board works (it runs ``true``); else why not, in one phrase."""
+    if missing_tools(("ssh", "")):
+        return ["ssh (Debian's openssh-client)"]
+    try:
+        ssh.run(["true"], timeout_s=ssh.connect_timeout_s + 5)
+    except EdgelmError as exc:
+        return [f"an SSH server that lets us in at {ssh.spec} ({exc.message})"]
+    return []
 
 
 def probe_checks(ssh: Ssh, store: SshStore, runner: SshChannel | SshDaemon, bundle: Bundle, board: Board) -> list:

@@ -1,86 +1,158 @@
-"""pytest plugin for board-in-the-loop tests.
+"""pytest plugin: hardware-in-the-loop tests that get a board already serving a model.
 
-Tests marked ``hil`` that take the ``hil_board`` fixture run once per selected board:
+Loaded by the ``pytest11`` entry point once edgelm is installed. In anyone's tests:
 
-    pytest --board rpi5:qemu --board host:local     # the default: both emulated/simulated boards
-    pytest --board rpi4:qemu                        # another profile under emulation
-    pytest --board rpi5:ssh://pi@raspberrypi.local  # a real Pi 5 on the network (SSH channel link)
-    pytest --board rpi5:ssh://pi@rpi5 --hil-port usb:0403:6001   # ...with its UART on a USB-serial adapter
+    def test_it_speaks(edgelm_board):
+        report = edgelm_board.generate("Once upon a time", tokens=32)
+        assert_validates(report)              # from toolchain.hil import assert_validates, ...
 
-``hil_up(bundle)`` brings the selected board up with a bundle, through the one bring-up routine
-(:func:`toolchain.deploy.bringup.bring_up`): tests never compose deploy, link and start themselves.
+    pytest --edgelm-board rpi5 --edgelm-target qemu              # the emulated Pi 5
+    pytest --edgelm-board rpi5:ssh://pi@raspberrypi.local        # a real one on the network
+    pytest --edgelm-board rpi5:ssh://pi@rpi5 --edgelm-port usb:0403:6001   # ...its UART on a USB adapter
 
-``hil_workdir`` is shared by the whole session, so exports and builds are reused across tests.
+Every option is also an ini setting (``edgelm_board``, ``edgelm_target``, ``edgelm_model``, ...) in
+``pytest.ini`` or ``[tool.pytest.ini_options]``; the command line wins. ``--edgelm-board`` may be
+given more than once (``edgelm_board`` one per line): board fixtures then run once per board.
+
+The board is brought up once per session and board, through the one bring-up routine
+(:func:`toolchain.deploy.bringup.bring_up`), with a program and runner built through edgelm's caches
+(keyed by model, quantization, board and the toolchain's sources; kept in the pytest cache folder
+unless ``--edgelm-workdir``). A test that needs a board nobody configured, or one this machine
+cannot reach (qemu, socat, an SSH server that lets us in), is skipped with the reason; with
+``--edgelm-require`` it fails instead. Each generation is recorded in the JUnit XML
+(``record_property``) and in ``--edgelm-report FILE.html`` (or ``.json``).
+
+Lower-level fixtures for edgelm's own tests: ``hil_board`` (the selected BOARD:TARGET),
+``hil_workdir``, ``hil_options`` and ``hil_up(bundle)``.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-DEFAULT_BOARDS = ("rpi5:qemu", "host:local")
+# name -> (help, ini type, metavar or None for a flag, default)
+OPTIONS: dict[str, tuple[str, str, str | None, Any]] = {
+    "board": ("board profile, or BOARD:TARGET (repeatable; ini: one per line)", "linelist", "BOARD[:TARGET]", []),
+    "target": ("target spec for boards given without one (qemu, local, ssh://user@host, ...; default: the board "
+               "profile's)", "string", "SPEC", None),
+    "model": ("model: a preset, a shipped model or a Hugging Face checkpoint folder", "string", "MODEL", "tiny"),
+    "quant": ("quantization scheme (default: the board profile's)", "string", "SCHEME", None),
+    "max-seq-len": ("the program's context length", "string", "N", "128"),
+    "port": ("the host's serial port wired to the board's UART (a path, URL or usb:VID:PID[:SERIAL])", "string",
+             "PORT", None),
+    "board-port": ("the board's serial device", "string", "DEV", None),
+    "ssh-config": ("an ssh_config file for ssh:// targets", "string", "FILE", None),
+    "accept-new-host-key": ("trust an SSH host key seen for the first time", "bool", None, False),
+    "workdir": ("where exports, builds and target state are kept (default: the pytest cache folder)", "string",
+                "DIR", None),
+    "require": ("a configured board this machine cannot reach fails the test instead of skipping it", "bool", None,
+                False),
+    "report": ("write every generation of the session to FILE: .html (self-contained, with plots) or .json",
+               "string", "FILE", None),
+}
+
+
+def _ini(name: str) -> str:
+    return "edgelm_" + name.replace("-", "_")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("edgelm", "edgelm hardware-in-the-loop")
+    for name, (text, kind, metavar, default) in OPTIONS.items():
+        if metavar is None:
+            group.addoption(f"--edgelm-{name}", dest=_ini(name), action="store_true", default=None, help=text)
+        elif kind == "linelist":
+            group.addoption(f"--edgelm-{name}", dest=_ini(name), action="append", default=None, metavar=metavar,
+                            help=text)
+        else:
+            group.addoption(f"--edgelm-{name}", dest=_ini(name), default=None, metavar=metavar, help=text)
+        parser.addini(_ini(name), f"edgelm: {text}", type=kind, default=default)  # type: ignore[arg-type]
+
+
+def option(config: pytest.Config, name: str) -> Any:
+    """``--edgelm-NAME`` if given, else the ini setting ``edgelm_NAME``, else its default."""
+    given = config.getoption(_ini(name))
+    return given if given is not None else config.getini(_ini(name))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "hil: board-in-the-loop test; runs once per --edgelm-board")
+    config.stash[_RUNS] = []
 
 
 @dataclass(frozen=True)
 class HilBoard:
     board: str
-    target: str
+    target: str | None  # None: the board profile's default target
 
     def __str__(self) -> str:
-        return f"{self.board}:{self.target}"
+        return f"{self.board}:{self.target}" if self.target else self.board
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("edgelm", "edgelm board-in-the-loop")
-    group.addoption("--board", action="append", default=None, metavar="BOARD:TARGET",
-                    help=f"board and target spec for hil tests (repeatable; default {' '.join(DEFAULT_BOARDS)})")
-    group.addoption("--hil-port", default=None, metavar="PORT",
-                    help="the host's serial port wired to the board's UART (a path, URL or usb:VID:PID[:SERIAL])")
-    group.addoption("--hil-board-port", default=None, metavar="DEV", help="the board's serial device")
-    group.addoption("--hil-ssh-config", default=None, metavar="FILE", help="an ssh_config file for ssh:// targets")
-    group.addoption("--hil-accept-new-host-key", action="store_true", help="trust a host key seen for the first time")
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "hil: board-in-the-loop test; runs once per --board BOARD:TARGET")
-
-
-def _selected(config: pytest.Config) -> list[HilBoard]:
+def selected(config: pytest.Config) -> list[HilBoard]:
     out = []
-    for spec in config.getoption("--board") or DEFAULT_BOARDS:
-        board, _, target = spec.partition(":")
-        if not board or not target:
-            raise pytest.UsageError(f"--board {spec!r}: expected BOARD:TARGET, e.g. rpi5:qemu")
-        out.append(HilBoard(board, target))
+    default_target = option(config, "target")
+    for spec in option(config, "board"):
+        board, _, target = spec.strip().partition(":")
+        if not board:
+            raise pytest.UsageError(f"--edgelm-board {spec!r}: expected BOARD or BOARD:TARGET, e.g. rpi5:qemu")
+        out.append(HilBoard(board, target or default_target))
     return out
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "hil_board" in metafunc.fixturenames:
-        boards = _selected(metafunc.config)
-        metafunc.parametrize("hil_board", boards, ids=[str(b) for b in boards], scope="session")
+    if "edgelm_spec" in metafunc.fixturenames:
+        boards: list[HilBoard | None] = list(selected(metafunc.config)) or [None]
+        metafunc.parametrize("edgelm_spec", boards, ids=[str(b) if b else "no-board" for b in boards],
+                             scope="session")
+
+
+NO_BOARD = ("no board configured: give --edgelm-board BOARD[:TARGET] (or edgelm_board in pytest.ini), "
+            "e.g. --edgelm-board rpi5 --edgelm-target qemu")
 
 
 @pytest.fixture(scope="session")
-def hil_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("edgelm-hil")
+def hil_board(edgelm_spec: HilBoard | None) -> HilBoard:
+    """The board and target this test runs against (one per ``--edgelm-board``)."""
+    if edgelm_spec is None:
+        pytest.skip(NO_BOARD)
+    return edgelm_spec
+
+
+@pytest.fixture(scope="session")
+def hil_workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """edgelm's own tests: a fresh folder per session (or --edgelm-workdir)."""
+    given = option(request.config, "workdir")
+    return Path(given).expanduser().resolve() if given else tmp_path_factory.mktemp("edgelm-hil")
+
+
+@pytest.fixture(scope="session")
+def edgelm_workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where ``edgelm_board`` keeps its exports, builds and target state: --edgelm-workdir, else the
+    pytest cache folder, so the next session reuses what this one built."""
+    given = option(request.config, "workdir")
+    if given:
+        return Path(given).expanduser().resolve()
+    cache = request.config.cache
+    return cache.mkdir("edgelm") if cache is not None else tmp_path_factory.mktemp("edgelm-hil")
 
 
 @pytest.fixture(scope="session")
 def hil_options(request: pytest.FixtureRequest) -> Any:
-    """The TargetOptions the command line gave for the boards in the loop."""
+    """The TargetOptions the options gave for the boards in the loop."""
     from toolchain.deploy.registry import TargetOptions
 
-    cfg = request.config.getoption("--hil-ssh-config")
-    return TargetOptions(port=request.config.getoption("--hil-port"),
-                         board_port=request.config.getoption("--hil-board-port"),
-                         ssh_config=Path(cfg) if cfg else None,
-                         accept_new_host_key=request.config.getoption("--hil-accept-new-host-key"))
+    cfg = option(request.config, "ssh-config")
+    return TargetOptions(port=option(request.config, "port"), board_port=option(request.config, "board-port"),
+                         ssh_config=Path(cfg).expanduser() if cfg else None,
+                         accept_new_host_key=bool(option(request.config, "accept-new-host-key")))
 
 
 @pytest.fixture()
@@ -94,3 +166,81 @@ def hil_up(hil_board: HilBoard, hil_workdir: Path, hil_options: Any) -> Callable
         return bring_up(target, bundle, **kw)
 
     return up
+
+
+_RUNS = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def _edgelm_session_board(hil_board: HilBoard, edgelm_workdir: Path, hil_options: Any,
+                          request: pytest.FixtureRequest) -> Any:
+    from toolchain import api
+    from toolchain.deploy.base import Capability
+    from toolchain.deploy.bringup import bring_up
+    from toolchain.errors import EdgelmError
+    from toolchain.hil.board import BoardUnderTest
+
+    config = request.config
+    base = api.RunRequest(board=hil_board.board, target=hil_board.target, model=option(config, "model"), prompt="",
+                          tokens=1, quant=option(config, "quant"), workdir=edgelm_workdir, target_options=hil_options,
+                          fidelity=False)
+    seq = str(option(config, "max-seq-len"))
+    if not seq.isdigit():
+        pytest.fail(f"edgelm: --edgelm-max-seq-len {seq!r} is not a whole number", pytrace=False)
+    base.max_seq_len = int(seq)
+    try:
+        target = api.target_for(base.board, base.target, edgelm_workdir, hil_options)
+    except EdgelmError as exc:
+        pytest.fail(f"edgelm: {hil_board}: {exc}", pytrace=False)
+    lacks = target.missing()
+    if not {Capability.START, Capability.LINK} <= target.capabilities:
+        lacks.append(f"a way to start a runner and talk to it ({target.spec} only stores releases)")
+    if lacks:
+        why = f"{hil_board}: this machine lacks " + "; ".join(lacks)
+        if option(config, "require"):
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+    stack = ExitStack()
+    request.addfinalizer(stack.close)
+    try:
+        prep = api.prepare_run(base)
+        up = stack.enter_context(bring_up(prep.target, prep.bundle, threads=base.threads))
+    except EdgelmError as exc:
+        pytest.fail(f"edgelm: {hil_board}: {exc}", pytrace=False)
+    return BoardUnderTest(prep, up, base)
+
+
+@pytest.fixture()
+def edgelm_board(_edgelm_session_board: Any, request: pytest.FixtureRequest) -> Any:
+    """The board, serving the model (``toolchain.hil.board.BoardUnderTest``); each generation is
+    recorded for this test."""
+    runs = request.config.stash[_RUNS]
+    node = request.node
+
+    def record(report: Any) -> None:
+        s = report.board_stats
+        node.user_properties.append(("edgelm", json.dumps({
+            "board": report.board, "target": report.target, "verdict": report.validation["verdict"],
+            "generated": len(report.generated_token_ids), "decode_tok_s": s.get("decode_tok_s"),
+            "ttft_ms": s.get("ttft_ms")})))
+        runs.append({"test": node.nodeid, "report": report.to_dict()})
+
+    return _edgelm_session_board.bound(record)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    path = option(session.config, "report")
+    if not path:
+        return
+    from toolchain import api
+
+    out = Path(path).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = session.config.stash.get(_RUNS, [])
+    if out.suffix.lower() in (".html", ".htm"):
+        from toolchain.validate import html
+
+        html.write(out, [(run["test"], run["report"]) for run in runs], title="edgelm hardware-in-the-loop tests",
+                   versions=api.versions())
+    else:
+        out.write_text(json.dumps({"edgelm": api.versions(), "runs": runs}, indent=1))

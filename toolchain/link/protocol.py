@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 PROTOCOL_VERSION = 1
 
 HELLO, TOKEN, STATS, ERROR = 0x01, 0x02, 0x03, 0x04
-REQUEST, QUIT = 0x81, 0x82
-NAMES = {HELLO: "HELLO", TOKEN: "TOKEN", STATS: "STATS", ERROR: "ERROR", REQUEST: "REQUEST", QUIT: "QUIT"}
+REQUEST, QUIT, CANCEL = 0x81, 0x82, 0x83
+NAMES = {HELLO: "HELLO", TOKEN: "TOKEN", STATS: "STATS", ERROR: "ERROR", REQUEST: "REQUEST", QUIT: "QUIT",
+         CANCEL: "CANCEL"}
 
 ERR_BAD_FRAME, ERR_BAD_CRC, ERR_TOO_LONG, ERR_BAD_REQUEST, ERR_SEQ_TOO_LONG, ERR_RUNTIME = 1, 2, 3, 4, 5, 6
 ERROR_NAMES = {1: "BAD_FRAME", 2: "BAD_CRC", 3: "TOO_LONG", 4: "BAD_REQUEST", 5: "SEQ_TOO_LONG", 6: "RUNTIME"}
@@ -18,8 +19,9 @@ ERROR_NAMES = {1: "BAD_FRAME", 2: "BAD_CRC", 3: "TOO_LONG", 4: "BAD_REQUEST", 5:
 FLAG_IGNORE_EOS = 1
 FLAG_REPORT_LOGITS = 2
 FLAG_NO_DRAFT = 4
+FLAG_KEEP_STATE = 8
 TOKEN_MAX_TOP = 4
-STOP_EOS, STOP_LIMIT = 0, 1
+STOP_EOS, STOP_LIMIT, STOP_CANCELLED = 0, 1, 2
 
 
 class ProtocolError(Exception):
@@ -133,6 +135,7 @@ class Stats:
     drafted: int | None = None  # draft tokens proposed for verification
     accepted: int | None = None  # ... and confirmed by the model
     draft_model_calls: int | None = None  # forward calls of the program's draft method (None: an older board)
+    kept: int | None = None  # prompt tokens the board's state already held (FLAG_KEEP_STATE); None: older board
 
     def pack(self) -> bytes:
         body = struct.pack("<IIBffffQ", self.prompt_tokens, self.generated, self.stop, self.load_ms, self.ttft_ms,
@@ -142,6 +145,8 @@ class Stats:
                                 self.accepted or 0)
             if self.draft_model_calls is not None:
                 body += struct.pack("<I", self.draft_model_calls)
+                if self.kept is not None:
+                    body += struct.pack("<I", self.kept)
         return body
 
     @classmethod
@@ -153,13 +158,16 @@ class Stats:
             return base
         calls, draft_calls, drafted, accepted = r.take("IIII")
         model_calls = r.take("I")[0] if r.pos < len(body) else None  # absent before draft models
+        kept = r.take("I")[0] if r.pos < len(body) else None  # absent before chat turns kept the state
         r.done()
+        if kept is not None and kept >= prompt_tokens:
+            raise ProtocolError(f"STATS says {kept} of {prompt_tokens} prompt tokens were already in the state")
         if accepted > drafted:
             raise ProtocolError(f"STATS says {accepted} of {drafted} draft tokens were accepted")
         if draft_calls > calls or draft_calls > drafted or (drafted and not draft_calls):
             raise ProtocolError(f"STATS says {draft_calls} of {calls} calls verified {drafted} draft tokens")
         return dataclasses.replace(base, decode_calls=calls, draft_calls=draft_calls, drafted=drafted,
-                                   accepted=accepted, draft_model_calls=model_calls)
+                                   accepted=accepted, draft_model_calls=model_calls, kept=kept)
 
 
 @dataclass(frozen=True)
@@ -195,10 +203,11 @@ class Request:
     ignore_eos: bool = False
     report_logits: bool = False
     draft: bool = True  # the board may decode speculatively (FLAG_NO_DRAFT when False)
+    keep_state: bool = False  # a prompt that extends what the board's state holds is fed from there (a chat turn)
 
     def pack(self) -> bytes:
         flags = ((FLAG_IGNORE_EOS if self.ignore_eos else 0) | (FLAG_REPORT_LOGITS if self.report_logits else 0)
-                 | (0 if self.draft else FLAG_NO_DRAFT))
+                 | (0 if self.draft else FLAG_NO_DRAFT) | (FLAG_KEEP_STATE if self.keep_state else 0))
         return (struct.pack("<IIfIfQI", self.max_new_tokens, flags, self.temperature, self.top_k, self.top_p,
                             self.seed, len(self.prompt))
                 + struct.pack(f"<{len(self.prompt)}I", *self.prompt)
@@ -213,7 +222,7 @@ class Request:
         stop = r.take(f"{n_stop}I") if n_stop <= len(body) // 4 else r.raw(len(body) + 1)
         r.done()
         return cls(tuple(prompt), max_new, temperature, top_k, top_p, seed, tuple(stop), bool(flags & FLAG_IGNORE_EOS),
-                   bool(flags & FLAG_REPORT_LOGITS), not flags & FLAG_NO_DRAFT)
+                   bool(flags & FLAG_REPORT_LOGITS), not flags & FLAG_NO_DRAFT, bool(flags & FLAG_KEEP_STATE))
 
 
 PARSERS = {HELLO: Hello.parse, TOKEN: Token.parse, STATS: Stats.parse, ERROR: Error.parse, REQUEST: Request.parse}

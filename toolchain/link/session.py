@@ -11,7 +11,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from toolchain.errors import CapacityError, DeviceError
 from toolchain.link import framing, protocol
@@ -51,6 +51,7 @@ class Collected:
     tokens: list[int]
     logits: list[tuple[float, tuple[tuple[int, float], ...]] | None]
     stats: protocol.Stats | None
+    times_us: list[int] = field(default_factory=list)  # each token's t_us: the board's clock since the request
 
 
 class BoardSession:
@@ -207,6 +208,7 @@ class BoardSession:
         for msg in self.generate(request):
             if isinstance(msg, protocol.Token):
                 out.tokens.append(msg.token)
+                out.times_us.append(msg.t_us)
                 out.logits.append((msg.logit, msg.top) if msg.logit is not None else None)
                 if len(out.tokens) <= request.max_new_tokens:
                     on_token(msg.token)

@@ -35,7 +35,7 @@ import numpy as np
 from toolchain.validate import sampler as twin
 
 PASS, FAIL = "PASS", "FAIL"
-STOP_EOS, STOP_LIMIT = 0, 1  # STATS.stop (docs/protocol.md)
+STOP_EOS, STOP_LIMIT, STOP_CANCELLED = 0, 1, 2  # STATS.stop (docs/protocol.md)
 # Fraction of the generated tokens that may be near-ties (each one explained by the measured drift).
 # Measured: lfm2-350m 8da4w with random (flat) weights on an emulated Cortex-A76 against x86 had 20
 # near-ties in 64 tokens (31%), all explained; a board with no drift (the host) can have none.
@@ -57,6 +57,7 @@ class Asked:
     top_p: float = 1.0
     seed: int = 0
     report_logits: bool = True
+    cancelled: bool = False  # the host sent CANCEL during the stream
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,12 @@ def check_stream(asked: Asked, stream: Stream) -> str | None:
         if not ends_on_stop:
             why = "stop ids were to be ignored" if asked.ignore_eos else f"the last token {toks[-1]} is not a stop id"
             return f"the board claims it stopped at EOS after {n} tokens, but {why}"
+    elif stream.stop == STOP_CANCELLED:
+        if not asked.cancelled:
+            return f"the board claims the host cancelled after {n} tokens, but the host sent no CANCEL"
+        if ends_on_stop or n >= asked.max_new_tokens:
+            return (f"the board claims it was cancelled after {n} tokens, but it had reached "
+                    + ("a stop id" if ends_on_stop else "the token limit"))
     elif stream.stop == STOP_LIMIT:
         if ends_on_stop:
             return f"the last token {toks[-1]} is a stop id, but the board claims it stopped at the token limit"

@@ -20,9 +20,9 @@ def _drafts(s: dict[str, Any]) -> str:
             + (f", {s['draft_model_calls']} draft-model calls" if s.get("draft_model_calls") else ""))
 
 
-def render(report: dict[str, Any], console: Console) -> None:
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, plain text) rows saying what the run found: the terminal's table and the HTML report's."""
     s, v = report["board_stats"], report["validation"]
-    table = Table(show_header=False, box=None, pad_edge=False)
     rows = [
         ("board", f"{report['board']} via {report['target']} (firmware {report['firmware_version']})"),
         ("model", f"{report['model']} {report['quant']}, program sha256 {report['model_sha256'][:16]}..."),
@@ -58,7 +58,13 @@ def render(report: dict[str, Any], console: Console) -> None:
     if report.get("attempts", 1) > 1:
         rows.append(("link", f"the stream was damaged and asked for again: {report['attempts']} attempts, "
                              "the last one judged"))
-    for key, value in rows:
+    return rows
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    v, fid = report["validation"], report.get("fidelity")
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for key, value in summary_rows(report):
         table.add_row(f"[bold]{key}[/]", value)
     console.print(table)
     if v["verdict"] == "PASS" and fid and fid.get("check") == "FAIL":

@@ -1,0 +1,129 @@
+"""A conversation as the token ids a board is sent: the checkpoint's chat template (from its
+``tokenizer_config.json``, rendered with jinja2) or plain text for a model without one (the presets).
+
+The conversation is kept as ids, the board's replies exactly as it sent them (never re-tokenized
+from their text), so each turn's prompt starts with everything the board's state holds after the
+last one: with ``keep_state`` the board feeds only the new turn (docs/protocol.md, FLAG_KEEP_STATE).
+
+Pure: no I/O but reading the checkpoint's config.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import CapacityError, InputError
+
+_USER, _REPLY, _NEXT = "\x00user\x00", "\x00reply\x00", "\x00next\x00"
+
+
+@dataclass(frozen=True)
+class ChatFormat:
+    """The text around each turn. Plain text when ``template`` is False: the user's text, then the
+    model's continuation."""
+
+    template: bool
+    before_first: str = ""  # text before the first user message (BOS, the user header)
+    after_user: str = ""  # after a user message: its end and the assistant header
+    after_reply: str = ""  # after an assistant message: its end and the next user header
+    source: str = "plain text"
+
+    @classmethod
+    def from_template(cls, template: str, bos_token: str = "", eos_token: str = "", source: str = "") -> ChatFormat:
+        """The pieces of ``template``, found by rendering it around sentinel messages."""
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        try:  # a checkpoint's file: rendered in jinja2's sandbox, as transformers does
+            tpl = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+
+            def render(messages: list[dict[str, str]], gen: bool) -> str:
+                return tpl.render(messages=messages, add_generation_prompt=gen, bos_token=bos_token,
+                                  eos_token=eos_token)
+
+            one = render([{"role": "user", "content": _USER}], True)
+            two = render([{"role": "user", "content": _USER}, {"role": "assistant", "content": _REPLY},
+                          {"role": "user", "content": _NEXT}], True)
+        except jinja2.TemplateError as exc:
+            raise InputError(f"{source or 'the chat template'}: does not render ({exc})") from None
+        if one.count(_USER) != 1 or two.count(_REPLY) != 1 or two.count(_NEXT) != 1:
+            raise InputError(f"{source or 'the chat template'}: does not place each message once")
+        before_first, after_user = one.split(_USER)
+        after_reply = two.split(_REPLY)[1].split(_NEXT)[0]
+        if not two.endswith(after_user) or not two.startswith(before_first):
+            raise InputError(f"{source or 'the chat template'}: turns are not rendered the same way each time")
+        return cls(True, before_first, after_user, after_reply, source or "chat template")
+
+    @classmethod
+    def for_checkpoint(cls, folder: Path | None) -> ChatFormat:
+        """The chat template of a checkpoint folder's tokenizer_config.json, else plain text."""
+        if folder is None:
+            return cls(False)
+        path = folder / "tokenizer_config.json"
+        if not path.is_file():
+            return cls(False)
+        try:
+            cfg: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InputError(f"{path} is not readable JSON ({exc})") from None
+        template = cfg.get("chat_template")
+        if not isinstance(template, str) or not template:
+            return cls(False)
+
+        def token_text(x: Any) -> str:
+            return x.get("content", "") if isinstance(x, dict) else str(x or "")
+
+        return cls.from_template(template, token_text(cfg.get("bos_token")), token_text(cfg.get("eos_token")),
+                                 source=f"{path} chat_template")
+
+
+@dataclass
+class Conversation:
+    """The ids sent and received so far. ``turn(text)`` gives the next prompt; ``replied(...)``
+    records what the board said."""
+
+    fmt: ChatFormat
+    tok: Any  # model.tokenizer: encode(text) -> ids
+    bos_id: int
+    eos_ids: tuple[int, ...]
+    max_seq_len: int
+    ids: list[int] = field(default_factory=list)
+    turns: int = 0
+
+    def turn(self, text: str, reply_budget: int) -> list[int]:
+        """The prompt for the user's ``text``: the whole conversation and the new turn. Refused
+        when it and ``reply_budget`` new tokens do not fit the program."""
+        if self.fmt.template:
+            head = self.fmt.before_first if not self.ids else self._between()
+            new = self.tok.encode(head + text + self.fmt.after_user)
+            prompt = (self.ids if self.ids else []) + new
+            if not self.ids and not new:
+                prompt = [self.bos_id]
+        else:
+            sep = "" if not self.ids else " "
+            prompt = (self.ids or [self.bos_id]) + self.tok.encode(sep + text)
+        if len(prompt) + reply_budget > self.max_seq_len:
+            raise CapacityError(f"the conversation is {len(prompt)} tokens; with {reply_budget} for the reply it "
+                                f"exceeds the program's {self.max_seq_len}", hint="/reset starts a new one")
+        return prompt
+
+    def _between(self) -> str:
+        """The text between the last reply and the next user message: the reply's end (unless the
+        board ended it with EOS, which already is that end, or its first part) and the next user header."""
+        end = self.fmt.after_reply
+        if self.ids and self.ids[-1] in self.eos_ids:
+            for cut in range(len(end), 0, -1):  # the longest start of the end text that is the EOS token
+                if self.tok.encode(end[:cut]) == [self.ids[-1]]:
+                    return end[cut:]
+        return end
+
+    def replied(self, prompt: list[int], reply: list[int]) -> None:
+        self.ids = list(prompt) + list(reply)
+        self.turns += 1
+
+    def reset(self) -> None:
+        self.ids = []
+        self.turns = 0

@@ -1,0 +1,262 @@
+"""`edgelm console`: a chat with a board over its link.
+
+Each line typed is a turn: the whole conversation (kept as the ids sent and received, see
+``toolchain.chat``) goes to the board with FLAG_KEEP_STATE, so a board that still holds the last
+turn feeds only the new one. Tokens print as they arrive; a status line gives the reply's tokens,
+decode tokens/s, time to first token, the prompt tokens the board kept, and the verdict of the
+reply against the host reference. Ctrl-C during a reply sends CANCEL (the board stops at the next
+token and ends with STATS); at the prompt it only says how to leave. ``/reset``, ``/stats``,
+``/quit`` (or end of input) do what they say.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.errors import EdgelmError, UsageError
+
+HELP = "/reset starts a new conversation, /stats shows the figures so far, /quit (or Ctrl-D) leaves"
+
+
+@dataclass
+class Options:
+    board: str
+    model: str
+    target: str | None = None
+    quant: str | None = None
+    max_seq_len: int = 512
+    tokens: int = 64  # most new tokens per reply
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    threads: int | None = None
+    keep_state: bool = True
+    ignore_eos: bool = False  # every reply runs to ``tokens`` (measurements)
+    validate: bool = True
+    workdir: Path = Path("out")
+    target_options: Any = None
+    attach: bool = False  # talk to the release `edgelm flash` left serving (no bring-up)
+    pte: Path | None = None  # the program it serves (attach: for the tokenizer's sizes and validation)
+
+
+@dataclass
+class Turn:
+    prompt_tokens: int
+    reply: list[int]
+    text: str
+    stats: Any  # protocol.Stats
+    verdict: str | None  # PASS / FAIL, or None when not validated
+    reason: str = ""
+    cancelled: bool = False
+
+
+@dataclass
+class Totals:
+    turns: list[Turn] = field(default_factory=list)
+
+    def lines(self, conv: Any) -> list[str]:
+        out = [f"conversation: {len(conv.ids)} of {conv.max_seq_len} tokens, {conv.turns} turn(s) "
+               f"({conv.fmt.source})"]
+        if self.turns:
+            t = self.turns[-1]
+            s = t.stats
+            out.append(f"last reply: {len(t.reply)} tokens, prompt {t.prompt_tokens} ({s.kept or 0} kept), "
+                       f"TTFT {s.ttft_ms:.1f} ms, prefill {s.prefill_tok_s:.1f} tok/s, decode {s.decode_tok_s:.1f} "
+                       f"tok/s, {s.decode_calls} calls, {s.accepted or 0} of {s.drafted or 0} draft tokens accepted, "
+                       f"peak RSS {s.peak_rss_kb / 1024:.1f} MiB")
+            judged = [x for x in self.turns if x.verdict is not None]
+            out.append(f"session: {sum(len(x.reply) for x in self.turns)} tokens in {len(self.turns)} replies, "
+                       f"{sum(x.verdict == 'PASS' for x in judged)} of {len(judged)} validated"
+                       + (f", {sum(x.cancelled for x in self.turns)} cancelled" if any(x.cancelled
+                                                                                    for x in self.turns) else ""))
+        return out
+
+
+@contextmanager
+def ctrl_c_cancels() -> Iterator[Callable[[], bool]]:
+    """While inside: Ctrl-C (SIGINT) does not raise; the callable says whether it was pressed."""
+    pressed = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed[0] = True
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: pressed[0]
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+class Chat:
+    """One conversation on a board that is up: ``say(text)`` runs a turn."""
+
+    def __init__(self, session: Any, conv: Any, tok: Any, eos_ids: tuple[int, ...], reference: Any,
+                 tolerance: float, opts: Options):
+        self.session, self.conv, self.tok, self.eos_ids = session, conv, tok, eos_ids
+        self.reference, self.tolerance, self.opts = reference, tolerance, opts
+        self.totals = Totals()
+
+    def say(self, text: str, on_text: Callable[[str], None]) -> Turn:
+        from toolchain import api
+        from toolchain.link import protocol
+        from toolchain.model.tokenizer import TextAssembler
+
+        o = self.opts
+        prompt = self.conv.turn(text, o.tokens)
+        request = protocol.Request(prompt=tuple(prompt), max_new_tokens=o.tokens, temperature=o.temperature,
+                                   top_k=o.top_k, top_p=o.top_p, seed=o.seed, stop=self.eos_ids,
+                                   report_logits=self.reference is not None, keep_state=o.keep_state,
+                                   ignore_eos=o.ignore_eos)
+        assembler = TextAssembler(self.tok)
+
+        @dataclass
+        class _Up:  # serve_and_validate talks to a BoardUp's session
+            session: Any
+
+        with ctrl_c_cancels() as pressed:
+            served = api.serve_and_validate(_Up(self.session), request, self.reference, tolerance=self.tolerance,
+                                            on_token=lambda t: on_text(assembler.push(t)), cancel=pressed)
+        on_text(assembler.finish())
+        stats = served.collected.stats
+        reply = list(served.collected.tokens)
+        self.conv.replied(prompt, reply)
+        verdict = served.verdict
+        turn = Turn(len(prompt), reply, assembler.text, stats, verdict.verdict if verdict else None,
+                    verdict.reason if verdict else "", cancelled=stats.stop == protocol.STOP_CANCELLED)
+        self.totals.turns.append(turn)
+        return turn
+
+
+def status_line(turn: Turn) -> str:
+    s = turn.stats
+    parts = [f"{len(turn.reply)} tokens", f"{s.decode_tok_s:.1f} tok/s", f"TTFT {s.ttft_ms:.0f} ms",
+             f"{s.kept or 0}/{turn.prompt_tokens} prompt tokens kept"]
+    if turn.cancelled:
+        parts.append("cancelled")
+    parts.append(turn.verdict or "not validated")
+    if turn.verdict == "FAIL":
+        parts.append(turn.reason)
+    return " · ".join(parts)
+
+
+@contextmanager
+def open_chat(opts: Options, progress: Callable[[str, str], None]) -> Iterator[Chat]:
+    """Bring the board up (or attach to the release serving) and yield the chat on it."""
+    from toolchain import api
+    from toolchain.chat import ChatFormat, Conversation
+    from toolchain.deploy import bringup
+    from toolchain.model import checkpoint
+
+    folder = None if checkpoint.is_preset(opts.model) else checkpoint.folder_of(opts.model)
+    fmt = ChatFormat.for_checkpoint(folder)
+    if opts.attach:
+        yield from _attached(opts, fmt, progress)
+        return
+    req = api.RunRequest(board=opts.board, model=opts.model, prompt="", tokens=1, quant=opts.quant,
+                         target=opts.target, max_seq_len=opts.max_seq_len, threads=opts.threads, workdir=opts.workdir,
+                         target_options=opts.target_options, fidelity=False, pte=opts.pte)
+    prep = api.prepare_run(req, progress)
+    man = prep.exported.manifest
+    eos = tuple(man["tokens"]["eos_token_ids"])
+    conv = Conversation(fmt, prep.tok, man["tokens"]["bos_token_id"], eos, man["program"]["max_seq_len"])
+    with bringup.bring_up(prep.target, prep.bundle, threads=opts.threads, progress=progress) as up:
+        yield Chat(up.session, conv, prep.tok, eos, prep.reference if opts.validate else None, prep.tolerance, opts)
+
+
+def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> Iterator[Chat]:
+    from toolchain import api
+    from toolchain.chat import Conversation
+    from toolchain.export import manifest as manifest_mod
+    from toolchain.link import ports
+    from toolchain.link.session import BoardSession
+    from toolchain.model import tokenizer
+    from toolchain.validate import compare
+    from toolchain.validate.reference import ProgramRunner
+
+    if opts.pte is None:
+        raise UsageError("--attach needs --pte, the program the board serves (its sizes, its tokens and the "
+                         "host reference come from it)")
+    man = manifest_mod.read(opts.pte)
+    port = opts.target_options.port if opts.target_options is not None else None
+    if port is None:
+        tgt = api.target_for(opts.board, opts.target, opts.workdir, opts.target_options)
+        info = tgt.runner.running() if tgt.runner is not None else None
+        if not info:
+            raise UsageError(f"no runner is serving on {tgt.where}", hint="start one with `edgelm flash`, or give "
+                                                                         "--port")
+        port = str(info["port"])
+    tok_path = api.tokenizer_path(api.RunRequest(board=opts.board, model=opts.model, prompt=""))
+    tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
+    eos = tuple(man["tokens"]["eos_token_ids"])
+    conv = Conversation(fmt, tok, man["tokens"]["bos_token_id"], eos, man["program"]["max_seq_len"])
+    progress("link", f"attaching to {port}")
+    open_link = ports.opener(port, 921600)
+    transport = open_link()
+    try:
+        session = BoardSession(transport, reopen=open_link)
+        session._rx_seq = None  # the board has been counting since its HELLO: take its numbering as it comes
+        reference = ProgramRunner(opts.pte) if opts.validate else None
+        quant = man["quantization"]["linear"]
+        yield Chat(session, conv, tok, eos, reference, compare.default_tolerance(quant), opts)
+    finally:
+        transport.close()
+
+
+def run(opts: Options, *, read: Callable[[str], str], write: Callable[[str], None],
+        status: Callable[[str], None], progress: Callable[[str, str], None], as_json: bool = False) -> int:
+    """The interactive loop. ``read(prompt)`` returns a line (EOFError ends; KeyboardInterrupt at the
+    prompt only reminds how to leave). Returns the number of replies that did not validate."""
+    from toolchain.link.session import LinkError
+
+    failed = 0
+    with open_chat(opts, progress) as chat:
+        progress("chat", f"{chat.conv.fmt.source}, {chat.conv.max_seq_len} tokens of room")
+        if not as_json:
+            status(f"connected: {opts.model} on {opts.board}; {HELP}; Ctrl-C stops a reply")
+        while True:
+            try:
+                line = read("you> ")
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                status(f"(Ctrl-C stops a reply; {HELP})")
+                continue
+            text = line.strip()
+            if not text:
+                continue
+            if text.startswith("/"):
+                if text == "/quit":
+                    break
+                if text == "/reset":
+                    chat.conv.reset()
+                    status("(a new conversation)")
+                elif text == "/stats":
+                    for s in chat.totals.lines(chat.conv):
+                        status(s)
+                else:
+                    status(f"unknown command {text.split()[0]!r}: {HELP}")
+                continue
+            try:
+                turn = chat.say(text, (lambda s: None) if as_json else write)
+            except EdgelmError as exc:
+                if isinstance(exc, LinkError):  # the board is gone: the session ends
+                    raise
+                status(f"error: {exc}" + (f" ({exc.hint})" if exc.hint else ""))
+                continue
+            failed += turn.verdict == "FAIL"
+            if as_json:
+                write(json.dumps({"prompt": text, "reply": turn.text, "reply_token_ids": turn.reply,
+                                  "prompt_tokens": turn.prompt_tokens, "kept": turn.stats.kept,
+                                  "cancelled": turn.cancelled, "verdict": turn.verdict, "reason": turn.reason,
+                                  "ttft_ms": turn.stats.ttft_ms, "decode_tok_s": turn.stats.decode_tok_s}) + "\n")
+            else:
+                write("\n")
+                status(status_line(turn))
+    return failed

@@ -94,12 +94,18 @@ def ctrl_c_cancels() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, old)
 
 
+@dataclass
+class _SessionOnly:
+    """What serve_and_validate uses of a BoardUp: its session (an attached board has no BoardUp)."""
+
+    session: Any
+
+
 class Chat:
     """One conversation on a board that is up: ``say(text)`` runs a turn."""
 
-    def __init__(self, session: Any, conv: Any, tok: Any, eos_ids: tuple[int, ...], reference: Any,
-                 tolerance: float, opts: Options):
-        self.session, self.conv, self.tok, self.eos_ids = session, conv, tok, eos_ids
+    def __init__(self, session: Any, conv: Any, reference: Any, tolerance: float, opts: Options):
+        self.session, self.conv = session, conv  # the tokenizer and the EOS ids are the conversation's
         self.reference, self.tolerance, self.opts = reference, tolerance, opts
         self.totals = Totals()
 
@@ -111,18 +117,14 @@ class Chat:
         o = self.opts
         prompt = self.conv.turn(text, o.tokens)
         request = protocol.Request(prompt=tuple(prompt), max_new_tokens=o.tokens, temperature=o.temperature,
-                                   top_k=o.top_k, top_p=o.top_p, seed=o.seed, stop=self.eos_ids,
+                                   top_k=o.top_k, top_p=o.top_p, seed=o.seed, stop=self.conv.eos_ids,
                                    report_logits=self.reference is not None, keep_state=o.keep_state,
                                    ignore_eos=o.ignore_eos)
-        assembler = TextAssembler(self.tok)
-
-        @dataclass
-        class _Up:  # serve_and_validate talks to a BoardUp's session
-            session: Any
-
+        assembler = TextAssembler(self.conv.tok)
         with ctrl_c_cancels() as pressed:
-            served = api.serve_and_validate(_Up(self.session), request, self.reference, tolerance=self.tolerance,
-                                            on_token=lambda t: on_text(assembler.push(t)), cancel=pressed)
+            served = api.serve_and_validate(_SessionOnly(self.session), request, self.reference,
+                                            tolerance=self.tolerance, on_token=lambda t: on_text(assembler.push(t)),
+                                            cancel=pressed)
         on_text(assembler.finish())
         stats = served.collected.stats
         reply = list(served.collected.tokens)
@@ -164,10 +166,10 @@ def open_chat(opts: Options, progress: Callable[[str, str], None]) -> Iterator[C
                          target_options=opts.target_options, fidelity=False, pte=opts.pte)
     prep = api.prepare_run(req, progress)
     man = prep.exported.manifest
-    eos = tuple(man["tokens"]["eos_token_ids"])
-    conv = Conversation(fmt, prep.tok, man["tokens"]["bos_token_id"], eos, man["program"]["max_seq_len"])
+    conv = Conversation(fmt, prep.tok, man["tokens"]["bos_token_id"], tuple(man["tokens"]["eos_token_ids"]),
+                        man["program"]["max_seq_len"])
     with bringup.bring_up(prep.target, prep.bundle, threads=opts.threads, progress=progress) as up:
-        yield Chat(up.session, conv, prep.tok, eos, prep.reference if opts.validate else None, prep.tolerance, opts)
+        yield Chat(up.session, conv, prep.reference if opts.validate else None, prep.tolerance, opts)
 
 
 def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> Iterator[Chat]:
@@ -194,8 +196,8 @@ def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> 
         port = str(info["port"])
     tok_path = api.tokenizer_path(api.RunRequest(board=opts.board, model=opts.model, prompt=""))
     tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
-    eos = tuple(man["tokens"]["eos_token_ids"])
-    conv = Conversation(fmt, tok, man["tokens"]["bos_token_id"], eos, man["program"]["max_seq_len"])
+    conv = Conversation(fmt, tok, man["tokens"]["bos_token_id"], tuple(man["tokens"]["eos_token_ids"]),
+                        man["program"]["max_seq_len"])
     progress("link", f"attaching to {port}")
     open_link = ports.opener(port, 921600)
     transport = open_link()
@@ -204,7 +206,7 @@ def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> 
         session._rx_seq = None  # the board has been counting since its HELLO: take its numbering as it comes
         reference = ProgramRunner(opts.pte) if opts.validate else None
         quant = man["quantization"]["linear"]
-        yield Chat(session, conv, tok, eos, reference, compare.default_tolerance(quant), opts)
+        yield Chat(session, conv, reference, compare.default_tolerance(quant), opts)
     finally:
         transport.close()
 

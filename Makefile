@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev openssh-client openssh-server \
-	qemu-system-arm e2fsprogs faketime chromium
+	qemu-system-arm e2fsprogs faketime chromium ser2net
 STAMP := $(VENV)/.edgelm-setup
 
 FUZZ_SECONDS ?= 60
@@ -23,6 +23,9 @@ setup: $(STAMP)
 # the arm64 architecture is added; it boots under qemu-system-arm's qemu-system-aarch64, its data disk
 # is made by e2fsprogs' mke2fs under faketime (fixed timestamps: the same inputs give the same bytes).
 # chromium: the test of `edgelm run --report` opens the HTML report headless and reads its screenshot.
+# ser2net: labgrid's exporter serves a farm board's serial port with it (tests/labgrid_farm.py starts
+# a coordinator and exporters on 127.0.0.1). Debian enables a system ser2net service with its example
+# configuration where systemd runs: `systemctl disable --now ser2net` if you do not want it.
 apt:
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); update=""; \
 	if ! dpkg --print-foreign-architectures | grep -qx arm64; then \
@@ -39,6 +42,8 @@ $(STAMP): pyproject.toml | apt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch==2.13.0 is pinned in pyproject.toml: the CPU build, taken from this machine's disk.
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# labgrid's pyserial fork and pyserial install the same `serial` package: the fork, last, wins.
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps pyserial-labgrid==3.5.0.2
 	touch $(STAMP)
 
 # The main job: export the shipped `fortune` model, build the firmware for a Raspberry Pi 5, run it

@@ -209,3 +209,21 @@ def start_sshd(client_folder: Path) -> SshServer:
     shutil.rmtree(server, ignore_errors=True)
     shutil.rmtree(scratch, ignore_errors=True)
     raise RuntimeError(f"sshd did not start ({why})")
+
+
+def null_modem(folder: Path, board_user: str) -> tuple[subprocess.Popen[bytes], str, str]:
+    """A pseudo-terminal pair standing in for a USB-serial cable to the board's UART (socat): the
+    process, the host's end and the board's end (owned by ``board_user``, as a UART belongs to the
+    dialout group), both as the real /dev/pts paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    host, board_end = folder / "host-end", folder / "board-end"
+    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={host}",
+                             f"pty,raw,echo=0,link={board_end},user={board_user},mode=660"],
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not (host.exists() and board_end.exists()):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise RuntimeError("socat did not make the pty pair")
+        time.sleep(0.02)
+    return proc, os.path.realpath(host), os.path.realpath(board_end)

@@ -94,7 +94,8 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-TARGET_HELP = ("qemu | qemu-system[:IMAGE] | local | ssh://[user@]host[:port] | dir:PATH (see `edgelm targets`; "
+TARGET_HELP = ("qemu | qemu-system[:IMAGE] | local | ssh://[user@]host[:port] | dir:PATH | "
+               "labgrid://[HOST:PORT/]PLACE (see `edgelm targets`; "
                "default: the board profile's default_target)")
 
 
@@ -412,7 +413,7 @@ def stop(board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any
 @click.option("--json", "as_json", is_flag=True)
 @command
 def power(action: str, board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any) -> None:
-    """Switch a board on (boot), off, cycle it, or show its state (targets with power: qemu-system)."""
+    """Switch a board on (boot), off, cycle it, or show its state (qemu-system, labgrid:// with a power port)."""
     from toolchain import api
 
     with StepProgress(enabled=not as_json) as progress:

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sshd
 
 from toolchain import api, boards
 from toolchain.bundle import package
@@ -87,15 +88,11 @@ def edgelm(*args, env=None, **kw):
 def null_modem(board, tmp_path):
     """A pseudo-terminal pair standing in for a USB-serial cable: (host end, board end); the board
     end belongs to the board user, as a UART belongs to the dialout group."""
-    host, board_end = tmp_path / "host-end", tmp_path / "board-end"
-    proc = subprocess.Popen(["socat", f"pty,raw,echo=0,link={host}",
-                             f"pty,raw,echo=0,link={board_end},user={board.user},mode=660"],
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not (host.exists() and board_end.exists()):
-        assert time.monotonic() < deadline and proc.poll() is None, "socat did not make the pty pair"
-        time.sleep(0.02)
-    yield str(host), os.path.realpath(board_end)
+    try:
+        proc, host, board_end = sshd.null_modem(tmp_path, board.user)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield host, board_end
     proc.terminate()
     proc.wait()
 

@@ -29,6 +29,13 @@ def test_an_ssh_board_nobody_answers_for_is_skipped_not_passed(project):
     r.stdout.fnmatch_lines(["*rpi5:ssh://nobody@127.0.0.1:1: this machine lacks an SSH server that lets us in*"])
 
 
+def test_a_farm_place_whose_coordinator_does_not_answer_is_skipped_not_passed(project):
+    r = project.runpytest_subprocess("-rs", "--edgelm-board", "rpi5:labgrid://127.0.0.1:1/rpi5")
+    r.assert_outcomes(skipped=1)
+    r.stdout.fnmatch_lines(["*this machine lacks labgrid place rpi5 at 127.0.0.1:1 (the labgrid coordinator at "
+                            "127.0.0.1:1 does not answer*"])
+
+
 def test_with_require_an_unreachable_board_fails(project):
     r = project.runpytest_subprocess("--edgelm-board", "rpi5:ssh://nobody@127.0.0.1:1", "--edgelm-require")
     r.assert_outcomes(errors=1)

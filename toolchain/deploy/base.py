@@ -16,7 +16,8 @@ failing halfway. The order in which they are used lives in one place: :mod:`tool
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -180,6 +181,9 @@ class Target:
     # What this machine lacks to reach the board (a tool, a host that answers), one phrase each;
     # [] when nothing is. Asked before any work by whoever may skip instead (the pytest plugin).
     missing: Callable[[], list[str]] = nothing_missing
+    # A board shared through a farm is reserved (a labgrid place acquired) for as long as a job holds
+    # the lock, and released when it ends, however it ends; None: nothing to reserve.
+    reserve: Callable[[str], AbstractContextManager[Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -206,11 +210,22 @@ class Target:
 
     def lock(self, what: str) -> AbstractContextManager[None]:
         """``with target.lock("flash"):`` one job at a time on this target from this machine; another
-        edgelm that holds it makes this raise DeviceError at once, naming the holder."""
-        return lock_mod.hold(self.state, what, self.where)
+        edgelm that holds it makes this raise DeviceError at once, naming the holder. A farm's board
+        is reserved inside the lock (:attr:`reserve`)."""
+        return _locked(self, what)
 
     def alive(self) -> str | None:
         return self.runner.alive() if self.runner is not None else "this target runs nothing"
+
+
+@contextlib.contextmanager
+def _locked(target: Target, what: str) -> Iterator[None]:
+    with lock_mod.hold(target.state, what, target.where):
+        if target.reserve is None:
+            yield
+        else:
+            with target.reserve(what):
+                yield
 
 
 def need_store(target: Target) -> ReleaseStore:

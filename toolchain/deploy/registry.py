@@ -5,6 +5,7 @@
     local                        this machine, for the host board
     ssh://[user@]host[:port]     a board on the network (OpenSSH: ~/.ssh/config, keys, the agent, known_hosts)
     dir:PATH                     a board's root filesystem mounted here (an SD card), for the next boot
+    labgrid://[HOST:PORT/]PLACE  a board in a labgrid farm: the place acquired for the job (SSH, ser2net, power)
 
 Each kind is registered once with a factory (labgrid's target_factory); `edgelm targets` lists them.
 """
@@ -66,7 +67,7 @@ def default_for(board: Board) -> str:
 
 
 def _register_builtin() -> None:
-    from toolchain.deploy import local, qemu, qemu_system, sdcard, ssh
+    from toolchain.deploy import farm, local, qemu, qemu_system, sdcard, ssh
 
     register(Kind("qemu", "", qemu.create, "emulated Arm board: qemu-user with the board's CPU model, "
                   "serial link over a pty pair", "qemu"))
@@ -78,6 +79,10 @@ def _register_builtin() -> None:
                   "wired to its UART", "ssh://[user@]host[:port]"))
     register(Kind("dir", "dir:", sdcard.create, "a board's root filesystem mounted here (an SD card): the release, "
                   "the service and the UART settings, for its next boot", "dir:PATH"))
+    register(Kind("labgrid", "labgrid://", farm.create, "a board in a labgrid farm: the place is acquired through "
+                  "the coordinator for the job, releases go over its NetworkService (SSH), the link is its "
+                  "NetworkSerialPort (ser2net), its NetworkPowerPort cycles a board that does not answer",
+                  "labgrid://[HOST:PORT/]PLACE"))
 
 
 _register_builtin()

@@ -57,9 +57,14 @@ class SerialTransport:
         import serial
 
         self.name = device
+        # RFC 2217 (ser2net): pyserial has no write timeout there (it raises NotImplementedError), and
+        # upstream pyserial renegotiates the port's settings with the server on every change of the
+        # read timeout: it stays at POLL_S (a read returns at most POLL_S after its deadline).
+        self._rfc2217 = device[:10].lower() == "rfc2217://"
         try:
             if "://" in device:  # a network port: no local device to hold exclusively
-                self._port = serial.serial_for_url(device, baudrate=baud, timeout=POLL_S, write_timeout=5.0)
+                more = {} if self._rfc2217 else {"write_timeout": 5.0}
+                self._port = serial.serial_for_url(device, baudrate=baud, timeout=POLL_S, **more)
             else:
                 self._port = serial.Serial(device, baudrate=baud, timeout=POLL_S, write_timeout=5.0, exclusive=True)
         except serial.SerialException as exc:
@@ -71,7 +76,8 @@ class SerialTransport:
         import serial
 
         try:  # setting the timeout reconfigures the port: it fails too once the device is gone
-            self._port.timeout = min(POLL_S, max(deadline.remaining, 0.001))
+            if not self._rfc2217:
+                self._port.timeout = min(POLL_S, max(deadline.remaining, 0.001))
             return self._port.read(READ_CHUNK) or self._port.read(1)
         except serial.SerialException as exc:
             raise DeviceError(f"serial port {self.name} failed: {exc}") from None

@@ -249,6 +249,6 @@ def test_the_profile_fit_is_checked_before_the_card_is_touched(tmp_path, fakes):
 
 def test_targets_are_listed_and_unknown_ones_refused(tmp_path):
     kinds = {t["kind"] for t in api.targets()}
-    assert kinds == {"qemu", "qemu-system", "local", "ssh", "dir"}
+    assert kinds == {"qemu", "qemu-system", "local", "ssh", "dir", "labgrid"}
     with pytest.raises(UsageError, match="unknown target 'telnet://x'"):
         api.target_for("rpi5", "telnet://x", tmp_path)

@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev openssh-client openssh-server \
-	qemu-system-arm e2fsprogs faketime chromium ser2net
+	qemu-system-arm e2fsprogs faketime chromium ser2net gcc-arm-none-eabi libnewlib-arm-none-eabi
 STAMP := $(VENV)/.edgelm-setup
 
 FUZZ_SECONDS ?= 60
@@ -26,6 +26,10 @@ setup: $(STAMP)
 # ser2net: labgrid's exporter serves a farm board's serial port with it (tests/labgrid_farm.py starts
 # a coordinator and exporters on 127.0.0.1). Debian enables a system ser2net service with its example
 # configuration where systemd runs: `systemctl disable --now ser2net` if you do not want it.
+# gcc-arm-none-eabi and libnewlib-arm-none-eabi: the Cortex-M firmware of the Arm NPU boards
+# (corstone-300/320) is compiled with them; its self-test runs on qemu-system-arm's mps3-an547.
+# Linking the ExecuTorch runner for Cortex-M also needs libstdc++-arm-none-eabi-newlib (1.5 GB
+# installed) and ExecuTorch built for Cortex-M, neither of which the tests need.
 apt:
 	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); update=""; \
 	if ! dpkg --print-foreign-architectures | grep -qx arm64; then \
@@ -44,6 +48,11 @@ $(STAMP): pyproject.toml | apt
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	# labgrid's pyserial fork and pyserial install the same `serial` package: the fork, last, wins.
 	$(BIN)/python -m pip install -q --force-reinstall --no-deps pyserial-labgrid==3.5.0.2
+	# The TOSA reference model (the Arm export's numerical check). tosa-tools pins numpy<2.2 and
+	# flatbuffers==25.2.10, which would downgrade what torch and executorch use; its model runs with
+	# these (checked bit-exact in tests/integration/test_arm_export.py), so it goes in without its pins
+	# (its other dependencies come with the `arm` extra). `pip check` names those two pins.
+	$(BIN)/python -m pip install -q --no-deps tosa-tools==2026.8.0
 	touch $(STAMP)
 
 # The main job: export the shipped `fortune` model, build the firmware for a Raspberry Pi 5, run it

@@ -1,11 +1,17 @@
-/* sha256.c - SHA-256 (FIPS 180-4), see sha256.h. */
+/* sha256.c - SHA-256 (FIPS 180-4), see sha256.h.
+ *
+ * Built with EDGELM_BARE_METAL defined (the Cortex-M firmware), only the pure part is compiled:
+ * there is no file system, and sha256_file is left out. */
 #define _POSIX_C_SOURCE 200809L /* O_CLOEXEC */
 #include "sha256.h"
 
+#include <string.h>
+
+#ifndef EDGELM_BARE_METAL
 #include <errno.h>
 #include <fcntl.h>
-#include <string.h>
 #include <unistd.h>
+#endif
 
 /* ----------------------------------------------------------------------------
  * Compression function */
@@ -96,6 +102,7 @@ void sha256_final(Sha256 *h, uint8_t digest[SHA256_DIGEST_LEN]) {
 /* ----------------------------------------------------------------------------
  * Files and hex */
 
+#ifndef EDGELM_BARE_METAL
 int sha256_file(const char *path, uint8_t digest[SHA256_DIGEST_LEN]) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return -1;
@@ -118,6 +125,7 @@ int sha256_file(const char *path, uint8_t digest[SHA256_DIGEST_LEN]) {
     sha256_final(&h, digest);
     return 0;
 }
+#endif /* EDGELM_BARE_METAL */
 
 void sha256_hex(const uint8_t digest[SHA256_DIGEST_LEN], char hex[SHA256_HEX_LEN + 1]) {
     static const char digits[] = "0123456789abcdef";

@@ -23,8 +23,10 @@ void sha256_init(Sha256 *h);
 void sha256_update(Sha256 *h, const void *data, size_t len);
 void sha256_final(Sha256 *h, uint8_t digest[SHA256_DIGEST_LEN]);
 
-/* Hashes a whole file. Returns 0, or -1 with errno set by open/read. */
+#ifndef EDGELM_BARE_METAL
+/* Hashes a whole file. Returns 0, or -1 with errno set by open/read. (Not on bare metal.) */
 int sha256_file(const char *path, uint8_t digest[SHA256_DIGEST_LEN]);
+#endif
 
 /* Lower-case hex of a digest into hex[SHA256_HEX_LEN + 1]. */
 void sha256_hex(const uint8_t digest[SHA256_DIGEST_LEN], char hex[SHA256_HEX_LEN + 1]);

@@ -48,27 +48,44 @@ class ExportResult:
             "non_delegated_ops": m["delegation"]["non_delegated_total"],
             "draft_model": (m.get("draft") or {}).get("model", {}).get("name"),  # None: no draft method
             "timings_s": m["timings_s"],
-        }
+        } | ({"backend": m["delegation"]["backend"], "arm": m["arm"]} if "arm" in m else {})
 
 
 def default_embedding(quant: str) -> str:
     return "none" if quant == "fp32" else "int8"
 
 
-def export_model(model: str, out: Path, *, quant: str = "8da4w", group_size: int = 32,
+def export_model(model: str, out: Path, *, quant: str | None = None, group_size: int = 32,
                  embedding: str | None = None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN,
-                 backend: str = "xnnpack", draft_model: str | None = None,
-                 progress: Progress = _noop) -> ExportResult:
+                 backend: str = "xnnpack", draft_model: str | None = None, board: str | None = None,
+                 calibration: Path | None = None, check_steps: int | None = None,
+                 min_agreement: float | None = None, progress: Progress = _noop) -> ExportResult:
     """Load ``model`` (preset name or HF folder), quantize, lower and write ``out/model.pte`` + manifest.
 
     ``draft_model``: a smaller model with the same tokenizer, quantized the same way and carried in
     the program as its ``draft`` method: the runner drafts with it and verifies with the model.
+    ``board``, ``calibration``, ``check_steps``, ``min_agreement``: for Arm's backends (``ethos-u``,
+    ``tosa``): the NPU board to lower for and fit, the calibration texts, the teacher-forced steps of
+    the reference-model check and the greedy agreement it must reach.
     """
     import torch
 
     from toolchain.export import lower, manifest, quantize
     from toolchain.model import checkpoint, tokenizer
 
+    if lower.get_backend(backend).arm:
+        if draft_model is not None:
+            raise UsageError(f"--draft-model is not supported with --backend {backend}")
+        return _export_arm(model, out, backend=backend, quant=quant, max_seq_len=max_seq_len,
+                           board=board, calibration=calibration, check_steps=check_steps,
+                           min_agreement=min_agreement, progress=progress)
+    if board is not None or calibration is not None or check_steps is not None or min_agreement is not None:
+        raise UsageError(f"--board, --calibration, --check-steps and --min-agreement are for the Arm backends "
+                         f"(ethos-u, tosa), not {backend}")
+    quant = quant or "8da4w"
+    if quant not in quantize.LINEAR_SCHEMES:
+        raise UsageError(f"--quant {quant} is not a {backend} scheme; {backend} takes: "
+                         f"{', '.join(quantize.LINEAR_SCHEMES)}")
     spec = quantize.QuantSpec(linear=quant, group_size=group_size,
                               embedding=embedding if embedding is not None else default_embedding(quant))
     lower.get_backend(backend)  # unknown backend: fail before the slow steps
@@ -140,6 +157,68 @@ def export_model(model: str, out: Path, *, quant: str = "8da4w", group_size: int
     pte, man = manifest.write(out, program, body)
     timings["write"] = time.monotonic() - t
     log.info("wrote %s (%d bytes) and %s", pte, len(program), man)
+    return ExportResult(pte=pte, manifest_path=man, manifest=body)
+
+
+def _export_arm(model: str, out: Path, *, backend: str, quant: str | None, max_seq_len: int, board: str | None,
+                calibration: Path | None, check_steps: int | None, min_agreement: float | None,
+                progress: Progress) -> ExportResult:
+    """The Arm flow (toolchain.export.arm): a board's fit is judged before the slow steps and after."""
+    from toolchain import boards
+    from toolchain.export import arm, manifest
+    from toolchain.model import checkpoint, tokenizer
+
+    profile = boards.get(board) if board is not None else None
+    target = arm.target_for(backend, profile)
+    if quant is None:
+        quant = profile.default_quant if profile is not None and profile.default_quant in arm.QUANTS else "a8w8"
+    if quant not in arm.QUANTS:
+        raise UsageError(f"--quant {quant} is not an Arm scheme; --backend {backend} takes: {', '.join(arm.QUANTS)}")
+    texts = arm.calibration_texts(calibration)
+    steps = arm.CHECK_STEPS if check_steps is None else check_steps
+    if not 0 <= steps <= max_seq_len:
+        raise UsageError(f"--check-steps {steps} must be in [0 (no check), --max-seq-len {max_seq_len}]")
+    agreement = arm.MIN_AGREEMENT if min_agreement is None else min_agreement
+    if not (isinstance(agreement, (int, float)) and 0 <= agreement <= 1):
+        raise UsageError(f"--min-agreement {agreement} must be a fraction in [0, 1]")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a folder")
+    timings: dict[str, float] = {}
+    if profile is not None:
+        parameters, state = arm.model_size(model, max_seq_len)
+        fit = arm.estimate(profile, parameters, state, quant)
+        progress("fit", fit.message())
+        arm.refuse(fit)  # a model that cannot fit is refused before hours of lowering
+    t = time.monotonic()
+    progress("load", model)
+    net, source = checkpoint.load(model, max_seq_len=max_seq_len)
+    tok = tokenizer.for_model(source.tokenizer_path, source.config.vocab_size)
+    timings["load"] = time.monotonic() - t
+    t = time.monotonic()
+    result = arm.export(net, tok, layer_types=source.config.layer_types, vocab=source.config.vocab_size,
+                        bos=source.config.bos_token_id, target=target, quant=quant, out=out, calibration=texts,
+                        check_steps=steps, min_agreement=agreement, progress=progress)
+    timings["lower"] = time.monotonic() - t
+    body = manifest.build(
+        program=result.program, max_seq_len=max_seq_len, max_draft=0,
+        model={"name": source.name, "kind": source.kind, "config": source.config.to_dict(),
+               "parameters": source.config.num_parameters(), "weights_sha256": source.weights_sha256,
+               "seed": source.seed},
+        quantization=result.quantization, delegation=result.delegation,
+        tokens={"bos_token_id": source.config.bos_token_id, "eos_token_ids": list(source.eos_token_ids),
+                "pad_token_id": source.config.pad_token_id,
+                "tokenizer": {"kind": tok.name, "sha256": tok.sha256, "vocab_size": tok.vocab_size}},
+        versions=versions(), timings=timings)
+    body["program"] |= {
+        "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, arm.TOKENS_PER_CALL]},
+                   {"name": "input_pos", "dtype": "int64", "shape": [1]}],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, source.config.vocab_size]}],
+        "rewind": "none: one token per call; a prompt is fed token by token",
+    }
+    body["arm"] = result.arm
+    body = manifest.seal(body)
+    pte, man = manifest.write(out, result.program, body)
+    log.info("wrote %s (%d bytes) and %s", pte, len(result.program), man)
     return ExportResult(pte=pte, manifest_path=man, manifest=body)
 
 
@@ -241,12 +320,39 @@ def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = Fa
     from toolchain.export import manifest
 
     board = boards.get(board_name)
+    if board.bare_metal:
+        raise UsageError(f"{board.name} is a bare-metal board: its firmware is built by build_cortex_m")
     for path, what in ((out, "--out"), (out / "project", "the project folder"), (out / "bundle", "the bundle folder")):
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise UsageError(f"{what} {path} exists and is not a folder", hint="give a folder for --out")
     key = signing.load_private_key(sign_key) if sign_key is not None else None  # before the slow steps
     body = manifest.read(pte)  # a .pte that is not a program, or not its manifest's, stops here
     return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=key, progress=progress)
+
+
+def build_cortex_m(board_name: str, pte: Path, out: Path, *, executorch_dir: Path | None = None,
+                   progress: Progress = _noop) -> dict[str, Any]:
+    """The firmware of a bare-metal Arm board (:mod:`toolchain.bundle.cortexm`): the rendered project,
+    its own C compiled with -Werror, the self-test ELF, and the runner, linked only against an
+    ExecuTorch built for Cortex-M (``executorch_dir``). ``linked`` says whether that happened."""
+    from toolchain import boards
+    from toolchain.bundle import cortexm
+    from toolchain.export import manifest
+
+    board = boards.get(board_name)
+    cortexm.check_bare_metal(board)
+    if executorch_dir is not None and not executorch_dir.is_dir():
+        raise UsageError(f"--executorch-cortex-m {executorch_dir} is not a folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UsageError(f"--out {out} exists and is not a folder", hint="give a folder for --out")
+    body = manifest.read(pte)
+    result = cortexm.build(board, body, pte, out, executorch_dir=executorch_dir,
+                           progress=lambda message: progress("firmware", message))
+    return {"board": board.name, "project": str(result.project), "selftest_elf": str(result.selftest_elf),
+            "objects": len(result.objects), "cpu_flags": list(board.cpu_flags), "linked": result.linked,
+            "runner_elf": str(result.runner_elf) if result.runner_elf else None, "missing": result.missing,
+            "arena_bytes": result.plan.arena_bytes, "npu_scratch_bytes": result.plan.npu_scratch_bytes,
+            "program_bytes": result.plan.program_bytes, "program_region": result.plan.program_region}
 
 
 def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool = False,
@@ -299,7 +405,21 @@ def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORK
     from toolchain.deploy import registry
 
     board = boards.get(board_name)
+    refuse_bare_metal(board, "run, flash or reach")
     return registry.create(target or registry.default_for(board), board, workdir.resolve() / "targets", options)
+
+
+def refuse_bare_metal(board: Any, what: str) -> None:
+    """A bare-metal NPU board has no target edgelm can drive from here: say what it takes instead."""
+    if not board.bare_metal:
+        return
+    raise UsageError(
+        f"{board.name} is a bare-metal board ({board.description}): "
+        f"edgelm cannot {what} it from this machine. Its runner must be linked against an ExecuTorch runtime "
+        f"built for Cortex-M (`edgelm build --board {board.name} --pte P --executorch-cortex-m DIR`) and flashed to "
+        "the board, or run on Arm's Corstone FVP; QEMU has no Ethos-U NPU and no such board or FVP is here",
+        hint=f"what edgelm does for {board.name}: `edgelm export --backend ethos-u --board {board.name}` (lowering, "
+             f"reference-model check, Vela budget, fit) and `edgelm build --board {board.name}` (the Cortex-M project)")
 
 
 def targets() -> list[dict[str, Any]]:
@@ -416,6 +536,7 @@ def image(board_name: str, out: Path, *, bundle_dir: Path | None = None, model: 
     from toolchain.image import builder
 
     board = boards.get(board_name)
+    refuse_bare_metal(board, "make a Linux image for")
     if bundle_dir is not None and model is not None:
         raise UsageError("give --bundle or --model, not both")
     bundle = None

@@ -16,8 +16,12 @@ import tomllib
 from toolchain.errors import InputError, UsageError
 
 BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
-ARCHES = ("aarch64", "x86_64")
-QUANTS = ("fp32", "8da8w", "8da4w")
+ARCHES = ("aarch64", "x86_64", "armv8.1-m")  # armv8.1-m: bare-metal Cortex-M55/M85 (no OS)
+BARE_METAL_ARCHES = ("armv8.1-m",)
+PROGRAM_MEMORIES = ("flash", "dram")
+_NPU_RE = re.compile(r"^ethos-u(55-(32|64|128|256)|65-(256|512)|85-(128|256|512|1024|2048))$")
+_VELA_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+QUANTS = ("fp32", "8da8w", "8da4w", "a8w8", "a16w8")  # the last two: Arm backends (ethos-u, tosa)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _GLIBC_RE = re.compile(r"^\d+\.\d+$")
 _TARGET_RE = re.compile(r"^[a-z]+(?::[!-~]{1,200})?$")  # printable, no spaces; the registry parses the rest
@@ -33,12 +37,24 @@ class Board:
     cores: int
     threads: int  # default runner threads
     ram_mb: int
-    glibc: str  # the board OS's glibc version, "2.36"
-    serial_device: str  # where the firmware talks to the host on the real board
+    glibc: str | None  # the board OS's glibc version, "2.36"; None on a bare-metal board
+    serial_device: str  # where the firmware talks to the host: a /dev path, or the UART's name on bare metal
     baud: int
     default_quant: str
     qemu_cpu: str | None = None  # QEMU CPU model that emulates this board (Arm boards)
     default_target: str | None = None  # target spec used without --target (see `edgelm targets`)
+    # Arm NPU systems (Cortex-M + Ethos-U): the accelerator as Vela names it, its clock, Vela's
+    # system configuration and memory mode, and the memories the program and its arena live in.
+    npu: str | None = None  # e.g. "ethos-u55-128"
+    npu_clock_mhz: int | None = None
+    vela_system_config: str | None = None  # a section of Vela's Arm/vela.ini
+    vela_memory_mode: str | None = None
+    sram_kb: int | None = None  # the arena, the NPU scratch and the state (KV caches, conv states)
+    flash_kb: int | None = None
+    dram_mb: int | None = None
+    program_memory: str | None = None  # where the .pte is placed: "flash" or "dram"
+    qemu_machine: str | None = None  # qemu-system-arm machine that runs this board's CPU (no NPU)
+    uart_base: int | None = None  # the MMIO base of the UART the firmware talks on (bare metal)
 
     def __post_init__(self) -> None:
         src = f"board {self.name!r}"
@@ -46,28 +62,81 @@ class Board:
             raise InputError(f"{src}: name must be lower-case letters, digits, '.' and '-'")
         if self.arch not in ARCHES:
             raise InputError(f"{src}: arch={self.arch!r}; allowed: {', '.join(ARCHES)}")
-        if not self.triple.startswith(self.arch + "-"):
+        if not self.bare_metal and not self.triple.startswith(self.arch + "-"):
             raise InputError(f"{src}: triple={self.triple!r} does not start with arch {self.arch!r}")
-        for name in ("cores", "threads", "ram_mb", "baud"):
+        for name in ("cores", "threads", "ram_mb", "baud", "npu_clock_mhz", "sram_kb", "flash_kb", "dram_mb",
+                     "uart_base"):
             value = getattr(self, name)
+            if value is None and name not in ("cores", "threads", "ram_mb", "baud"):
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise InputError(f"{src}: {name}={value!r} must be a positive integer")
         if self.threads > self.cores:
             raise InputError(f"{src}: threads={self.threads} exceeds cores={self.cores}")
-        if not _GLIBC_RE.match(self.glibc):
-            raise InputError(f"{src}: glibc={self.glibc!r} must look like '2.36'")
         if self.default_quant not in QUANTS:
             raise InputError(f"{src}: default_quant={self.default_quant!r}; allowed: {', '.join(QUANTS)}")
-        if not self.serial_device.startswith("/dev/"):
-            raise InputError(f"{src}: serial_device={self.serial_device!r} must be a /dev path")
+        if self.bare_metal:
+            self._check_bare_metal(src)
+        else:
+            if self.glibc is None or not _GLIBC_RE.match(self.glibc):
+                raise InputError(f"{src}: glibc={self.glibc!r} must look like '2.36'")
+            if not self.serial_device.startswith("/dev/"):
+                raise InputError(f"{src}: serial_device={self.serial_device!r} must be a /dev path")
+        if self.npu is not None:
+            self._check_npu(src)
         if self.default_target is not None and not _TARGET_RE.match(self.default_target):
             raise InputError(f"{src}: default_target={self.default_target!r} must be a target spec such as "
                              "'qemu', 'local' or 'ssh://pi@raspberrypi.local'")
         if self.arch == "aarch64" and not self.qemu_cpu:
             raise InputError(f"{src}: an aarch64 board needs qemu_cpu (the CPU model that emulates it)")
 
+    def _check_bare_metal(self, src: str) -> None:
+        if self.triple != "arm-none-eabi":
+            raise InputError(f"{src}: a bare-metal board's triple must be 'arm-none-eabi', not {self.triple!r}")
+        if self.glibc is not None:
+            raise InputError(f"{src}: a bare-metal board has no glibc (glibc={self.glibc!r})")
+        if not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,15}$", self.serial_device):
+            raise InputError(f"{src}: serial_device={self.serial_device!r} must name the UART, such as 'UART0'")
+        for name in ("sram_kb", "flash_kb", "program_memory", "uart_base"):
+            if getattr(self, name) is None:
+                raise InputError(f"{src}: a bare-metal board needs {name}")
+
+    def _check_npu(self, src: str) -> None:
+        if not _NPU_RE.match(self.npu or ""):
+            raise InputError(f"{src}: npu={self.npu!r} must be a Vela accelerator config such as 'ethos-u55-128'")
+        for name in ("npu_clock_mhz", "vela_system_config", "vela_memory_mode", "sram_kb", "program_memory"):
+            if getattr(self, name) is None:
+                raise InputError(f"{src}: a board with an NPU needs {name}")
+        for name in ("vela_system_config", "vela_memory_mode"):
+            if not _VELA_NAME_RE.match(getattr(self, name)):
+                raise InputError(f"{src}: {name}={getattr(self, name)!r} must be a section name of Vela's ini file")
+        if self.program_memory not in PROGRAM_MEMORIES:
+            raise InputError(f"{src}: program_memory={self.program_memory!r}; allowed: {', '.join(PROGRAM_MEMORIES)}")
+        if getattr(self, f"{self.program_memory}_{'kb' if self.program_memory == 'flash' else 'mb'}") is None:
+            raise InputError(f"{src}: program_memory={self.program_memory!r} but the board has no size for it")
+
+    @property
+    def bare_metal(self) -> bool:
+        """A microcontroller board without an OS: firmware is flashed, not deployed to a filesystem."""
+        return self.arch in BARE_METAL_ARCHES
+
+    @property
+    def sram_bytes(self) -> int | None:
+        return None if self.sram_kb is None else self.sram_kb * 1024
+
+    @property
+    def program_memory_bytes(self) -> int | None:
+        """Room for the program (.pte): the flash or DRAM it is placed in."""
+        if self.program_memory == "flash":
+            return None if self.flash_kb is None else self.flash_kb * 1024
+        if self.program_memory == "dram":
+            return None if self.dram_mb is None else self.dram_mb * 1024 * 1024
+        return None
+
     @property
     def glibc_tuple(self) -> tuple[int, int]:
+        if self.glibc is None:
+            raise UsageError(f"board {self.name!r} is bare metal: it has no glibc")
         major, minor = self.glibc.split(".")
         return int(major), int(minor)
 
@@ -76,6 +145,8 @@ class Board:
         """Compiler prefix: '' when the board's arch is this machine's, else 'aarch64-linux-gnu-'."""
         import platform
 
+        if self.bare_metal:
+            return f"{self.triple}-"
         return "" if platform.machine() == self.arch else f"{self.triple}-"
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,6 +162,7 @@ def _from_toml(path: Path) -> Board:
     unknown = sorted(set(raw) - known)
     if unknown:
         raise InputError(f"{path}: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
+    raw.setdefault("glibc", None)  # a bare-metal board has none; a Linux board is told it needs one
     required = {f.name for f in fields(Board) if f.default is MISSING}
     missing = sorted(required - set(raw))
     if missing:

@@ -20,7 +20,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from toolchain import __version__, interrupts
-from toolchain.errors import EdgelmError
+from toolchain.errors import BuildError, EdgelmError, UsageError
 
 console = Console(highlight=False, emoji=False)  # text like usb:1234:5678 must not become an emoji
 err = Console(stderr=True, highlight=False, emoji=False)
@@ -175,27 +175,47 @@ def main(verbose: bool) -> None:
 @click.option("--model", "-m", required=True,
               help="Preset (lfm2-350m, lfm2.5-350m, tiny), a shipped model (fortune, fortune-draft) or a "
                    "Hugging Face folder.")
-@click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w"]), default="8da4w", show_default=True)
+@click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w", "a8w8", "a16w8"]), default=None,
+              help="Quantization [default: 8da4w for xnnpack; the board's, else a8w8, for ethos-u and tosa]. "
+                   "a8w8 / a16w8 (8- or 16-bit activations, 8-bit weights) are the Arm backends' schemes.")
 @click.option("--group-size", type=int, default=32, show_default=True, help="Weight group size for 8da4w / int4.")
 @click.option("--embedding", type=click.Choice(["none", "int8", "int4"]), default=None,
               help="Embedding quantization [default: int8, none with fp32].")
 @click.option("--max-seq-len", type=int, default=512, show_default=True, help="KV-cache length in the program.")
 @click.option("--backend", default="xnnpack", show_default=True, help="Delegate backend (see `edgelm backends`).")
+@click.option("--board", "-b", default=None,
+              help="ethos-u / tosa: the Arm NPU board to lower for, whose memories the program must fit "
+                   "(corstone-300, corstone-320).")
+@click.option("--calibration", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="ethos-u / tosa: a text file, one calibration sample per line [default: built-in sentences].")
+@click.option("--check-steps", type=int, default=None,
+              help="ethos-u / tosa: teacher-forced steps of the reference-model check, 0 for none [default: 32].")
+@click.option("--min-agreement", type=float, default=None,
+              help="ethos-u / tosa: the greedy agreement with the quantized model the check must reach, else "
+                   "nothing is written [default: 0.9].")
 @click.option("--draft-model", default=None,
               help="A smaller model with the same tokenizer (e.g. fortune-draft for fortune), carried as the "
                    "program's draft method: the runner drafts with it and the model verifies.")
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @command
-def export(model: str, quant: str, group_size: int, embedding: str | None, max_seq_len: int, backend: str,
+def export(model: str, quant: str | None, group_size: int, embedding: str | None, max_seq_len: int, backend: str,
+           board: str | None, calibration: Path | None, check_steps: int | None, min_agreement: float | None,
            draft_model: str | None, out: Path, as_json: bool) -> None:
     """Quantize and lower a model to an ExecuTorch program (model.pte + manifest.json)."""
     from toolchain import api
+    from toolchain.export.arm import DoesNotFit
 
-    with StepProgress(enabled=not as_json) as progress:
-        result = api.export_model(model, out, quant=quant, group_size=group_size, embedding=embedding,
-                                  max_seq_len=max_seq_len, backend=backend, draft_model=draft_model,
-                                  progress=progress)
+    try:
+        with StepProgress(enabled=not as_json) as progress:
+            result = api.export_model(model, out, quant=quant, group_size=group_size, embedding=embedding,
+                                      max_seq_len=max_seq_len, backend=backend, draft_model=draft_model, board=board,
+                                      calibration=calibration, check_steps=check_steps,
+                                      min_agreement=min_agreement, progress=progress)
+    except DoesNotFit as exc:
+        if as_json:  # the verdict as data too; the error line and exit code follow
+            emit_json({"written": False, "fit": exc.fit.to_dict()})
+        raise
     summary = result.summary()
     if as_json:
         emit_json(summary)
@@ -207,6 +227,30 @@ def export(model: str, quant: str, group_size: int, embedding: str | None, max_s
     verdict = "yes" if summary["decoder_layers_fully_delegated"] else "[red]no[/] (see manifest delegation.layers)"
     console.print(f"delegated ops {summary['delegated_ops']}, outside the delegate {summary['non_delegated_ops']}; "
               f"decoder layers fully delegated: {verdict}")
+    if "arm" in summary:
+        for line in arm_lines(summary["arm"]):
+            console.print(line)
+
+
+def arm_lines(arm: dict[str, Any]) -> list[str]:
+    """What an Arm export says: MACs on the NPU, the reference-model check, Vela's budget, the fit."""
+    cov, check, vela, fit = arm["coverage"], arm["check"], arm["vela"], arm["fit"]
+    lines = [f"on the NPU ({arm['target']}): {cov['npu_mac_share']:.1%} of {cov['macs_total']:,} MACs per token"
+             + (f"; on the CPU: {', '.join(cov['cpu_mac_ops'])}" if cov["cpu_mac_ops"] else "")]
+    if check is not None:
+        colour = "green" if check["greedy_agreement"] >= 0.9 else "red"
+        lines.append(f"reference-model check: [{colour}]{check['greedy_agreement']:.1%}[/] greedy agreement over "
+                     f"{check['steps']} teacher-forced steps, max |logit error| {check['max_abs_error']:.4g} "
+                     f"(quantized vs fp32: {check['quantized_vs_fp32']['greedy_agreement']:.1%})")
+    if vela:
+        lines.append(f"vela estimate per token: {vela['cycles_per_token']:,} cycles = {vela['us_per_token']:.0f} us "
+                     f"at {vela['clock_hz'] / 1e6:.0f} MHz (NPU part, {vela['delegates']} delegates); NPU SRAM "
+                     f"{vela['sram_bytes']:,} B, flash {vela['flash_bytes']:,} B, DRAM {vela['dram_bytes']:,} B")
+    if fit is not None:
+        parts = [f"{n['what']} {n['need_bytes']:,} of {n['have_bytes']:,} B {n['where']}" for n in fit["needs"]]
+        lines.append(f"fit on {fit['board']}: [green]fits[/] ({'; '.join(parts)})" if fit["fits"]
+                     else f"fit on {fit['board']}: [red]does not fit[/]")
+    return lines
 
 
 @main.command()
@@ -274,15 +318,25 @@ def boards_cmd(as_json: bool) -> None:
     from toolchain import boards
     from toolchain.deploy import registry
 
-    items = [b.to_dict() | {"default_target": registry.default_for(b)} for b in boards.load_registry().all()]
+    items = [b.to_dict() | {"default_target": None if b.bare_metal else registry.default_for(b),
+                            "bare_metal": b.bare_metal} for b in boards.load_registry().all()]
     if as_json:
         emit_json(items)
         return
-    table = Table("board", "cpu", "cores", "RAM", "glibc", "serial", "target", "description")
+    table = Table("board", "cpu", "cores", "memory", "NPU", "glibc", "serial", "target", "description")
     for b in items:
-        table.add_row(b["name"], " ".join(b["cpu_flags"]), str(b["cores"]), f"{b['ram_mb']} MB", b["glibc"],
-                      f"{b['serial_device']} @ {b['baud']}", b["default_target"], b["description"])
+        npu = f"{b['npu']} @ {b['npu_clock_mhz']} MHz" if b["npu"] else "-"
+        memory = (f"SRAM {_kib(b['sram_kb'])}, flash {_kib(b['flash_kb'])}"
+                  + (f", DRAM {b['dram_mb']} MB" if b["dram_mb"] else "") + f"; program in {b['program_memory']}"
+                  if b["sram_kb"] else f"{b['ram_mb']} MB")
+        table.add_row(b["name"], " ".join(f for f in b["cpu_flags"] if f.startswith(("-mcpu", "-march"))),
+                      str(b["cores"]), memory, npu, b["glibc"] or "-", f"{b['serial_device']} @ {b['baud']}",
+                      b["default_target"] or "- (edgelm build)", b["description"])
     console.print(table)
+
+
+def _kib(kb: int) -> str:
+    return f"{kb // 1024} MiB" if kb % 1024 == 0 else f"{kb} KiB"
 
 
 @main.command()
@@ -294,13 +348,43 @@ def boards_cmd(as_json: bool) -> None:
               help="A local executorch wheel for the board's platform (offline builds).")
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None,
               help="Sign the bundle with this ed25519 private key (see `edgelm keygen`).")
+@click.option("--executorch-cortex-m", "executorch_dir", type=click.Path(path_type=Path), default=None,
+              help="Bare-metal boards (corstone-300, corstone-320): an ExecuTorch install built for Cortex-M with "
+                   "the Arm backend, to link the runner against.")
 @click.option("--json", "as_json", is_flag=True)
 @command
 def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | None, sign_key: Path | None,
-          as_json: bool) -> None:
-    """Render and cross-compile the runner firmware for a board; assemble the bundle."""
-    from toolchain import api
+          executorch_dir: Path | None, as_json: bool) -> None:
+    """Render and cross-compile the runner firmware for a board; assemble the bundle.
 
+    For a bare-metal Arm board: render the Cortex-M project, compile its own sources, link the
+    self-test, and link the runner only with --executorch-cortex-m (else exit 5, saying what is missing).
+    """
+    from toolchain import api, boards
+
+    if boards.get(board).bare_metal:
+        if sanitize or sdk_wheel is not None or sign_key is not None:
+            raise UsageError("--sanitize, --sdk-wheel and --sign-key are for Linux boards; "
+                             f"{board} is bare metal")
+        with StepProgress(enabled=not as_json) as progress:
+            result = api.build_cortex_m(board, pte, out, executorch_dir=executorch_dir, progress=progress)
+        if as_json:
+            emit_json(result)
+        else:
+            console.print(f"rendered {result['project']} for {board}: {result['objects']} objects compiled with "
+                          f"{' '.join(result['cpu_flags'])} -Werror; self-test {result['selftest_elf']}")
+            console.print(f"arena {result['arena_bytes']:,} B + NPU scratch {result['npu_scratch_bytes']:,} B in "
+                          f"SRAM; program {result['program_bytes']:,} B in {result['program_region']}")
+            if result["linked"]:
+                console.print(f"[green]linked[/] {result['runner_elf']}")
+        if not result["linked"]:
+            raise BuildError(f"the runner for {board} is NOT linked: it needs ExecuTorch built for Cortex-M; "
+                             f"missing: {', '.join(result['missing'])}",
+                             hint="build ExecuTorch for Cortex-M with the Arm backend (pytorch/executorch "
+                                  "examples/arm) and pass its install folder as --executorch-cortex-m DIR")
+        return
+    if executorch_dir is not None:
+        raise UsageError(f"--executorch-cortex-m is for bare-metal boards; {board} runs Linux")
     with StepProgress(enabled=not as_json) as progress:
         bundle = api.build_firmware(board, pte, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=sign_key,
                                     progress=progress)

@@ -28,3 +28,5 @@ def quiet_torch() -> None:
     for name in NOISY:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"(torch|torchao|executorch)(\.|$)")
+    # pytree's deprecation, raised from copyreg when the Arm flow deep-copies a graph module
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)

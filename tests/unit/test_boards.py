@@ -21,7 +21,8 @@ def test_the_pi_zero_2_w_is_a_512_mb_cortex_a53():
 
 def test_unknown_board_lists_the_known_ones():
     with pytest.raises(UsageError,
-                       match="unknown board 'rpi9'; known boards: host, jetson-orin-nano, pizero2w, rpi3b, rpi4, rpi5"):
+                       match="unknown board 'rpi9'; known boards: corstone-300, corstone-320, host, jetson-orin-nano, "
+                             "pizero2w, rpi3b, rpi4, rpi5"):
         boards.get("rpi9")
 
 
@@ -45,3 +46,46 @@ def test_duplicate_names_are_refused():
     reg.add(boards.get("rpi5"))
     with pytest.raises(InputError, match="defined twice"):
         reg.add(boards.get("rpi5"))
+
+
+def test_the_arm_npu_boards_carry_their_npu_and_memories():
+    c300, c320 = boards.get("corstone-300"), boards.get("corstone-320")
+    assert c300.bare_metal and c320.bare_metal and not boards.get("rpi5").bare_metal
+    assert (c300.npu, c300.npu_clock_mhz, c300.vela_system_config, c300.vela_memory_mode) == (
+        "ethos-u55-128", 500, "Ethos_U55_High_End_Embedded", "Shared_Sram")
+    assert (c320.npu, c320.npu_clock_mhz, c320.vela_system_config) == ("ethos-u85-256", 1000, "Ethos_U85_SYS_DRAM_Mid")
+    assert c300.sram_bytes == 2 * 1024 * 1024 and c300.program_memory_bytes == 8 * 1024 * 1024
+    assert c320.sram_bytes == 4 * 1024 * 1024 and c320.program_memory_bytes == 256 * 1024 * 1024
+    assert c300.glibc is None and c300.cross_prefix == "arm-none-eabi-" and "-mcpu=cortex-m55" in c300.cpu_flags
+    with pytest.raises(UsageError, match="bare metal"):
+        c300.glibc_tuple
+
+
+@pytest.mark.parametrize("line, message", [
+    # Vela's arguments are joined and split on spaces by the backend: a value must not smuggle flags in
+    ('vela_system_config = "X --output-dir=/etc"', "must be a section name"),
+    ('vela_memory_mode = "../../vela.ini"', "must be a section name"),
+    ('npu = "ethos-u55-128 --verbose-all"', "must be a Vela accelerator config"),
+    ('npu = "ethos-u99-1"', "must be a Vela accelerator config"),
+    ('program_memory = "sdcard"', "program_memory='sdcard'; allowed"),
+    ('serial_device = "/dev/ttyAMA0"', "must name the UART"),
+    ('glibc = "2.36"', "has no glibc"),
+    ('triple = "aarch64-linux-gnu"', "must be 'arm-none-eabi'"),
+    ("sram_kb = 0", "sram_kb=0 must be a positive integer"),
+    ("uart_base = -1", "uart_base=-1 must be a positive integer"),
+])
+def test_bad_npu_profiles_are_refused(tmp_path, line, message):
+    text = (boards.BOARDS_DIR / "corstone-300.toml").read_text()
+    key = line.split(" = ")[0]
+    lines = [x for x in text.splitlines() if not x.startswith(key + " ")]
+    (tmp_path / "corstone-300.toml").write_text("\n".join(lines + [line]) + "\n")
+    with pytest.raises(InputError, match=message):
+        boards.load_registry(tmp_path)
+
+
+def test_a_board_with_an_npu_needs_its_vela_configuration(tmp_path):
+    text = (boards.BOARDS_DIR / "corstone-300.toml").read_text()
+    lines = [x for x in text.splitlines() if not x.startswith("vela_system_config ")]
+    (tmp_path / "corstone-300.toml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match="needs vela_system_config"):
+        boards.load_registry(tmp_path)

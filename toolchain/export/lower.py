@@ -42,7 +42,8 @@ STATE_BUFFERS = ("k_cache", "v_cache", "conv_state", "seq_end")
 class Backend:
     name: str
     description: str
-    make_partitioners: Callable[[], list[Any]]
+    make_partitioners: Callable[[], list[Any]] | None  # None: the backend has its own flow (``arm``)
+    arm: bool = False  # Arm's backends: static shapes, PT2E quantization, Vela (toolchain.export.arm)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -71,6 +72,11 @@ def _xnnpack() -> list[Any]:
 
 
 register_backend(Backend("xnnpack", "XNNPACK delegate: Arm Cortex-A (NEON, dotprod, i8mm) and x86 CPUs", _xnnpack))
+register_backend(Backend("ethos-u", "Arm Ethos-U NPU (U55, U85) through Vela: int8 / int16-activation PT2E "
+                         "quantization, static one-token steps; --board picks the NPU (corstone-300, corstone-320)",
+                         None, arm=True))
+register_backend(Backend("tosa", "Arm TOSA 1.0 INT graph (what Arm's NPUs take), checked on the TOSA reference "
+                         "model; no board needed", None, arm=True))
 
 # Why an operator that stays outside the delegate does so (shown in the manifest).
 _WHY_NOT_DELEGATED = {
@@ -117,7 +123,10 @@ def lower(exported: torch.export.ExportedProgram, backend: str = "xnnpack",
     """
     from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
-    parts = get_backend(backend).make_partitioners()
+    make = get_backend(backend).make_partitioners
+    if make is None:
+        raise UsageError(f"backend {backend!r} has its own export flow (toolchain.export.arm)")
+    parts = make()
     programs = {METHOD: exported} if draft is None else {METHOD: exported, DRAFT_METHOD: draft}
     return to_edge_transform_and_lower(programs, partitioner=parts,
                                        compile_config=EdgeCompileConfig(_check_ir_validity=False))
@@ -144,11 +153,13 @@ def to_program_bytes(edge) -> bytes:
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)(?:\.|$)")
 
 
-def _op_name(target: Any) -> str:
+def op_name(target: Any) -> str:
     """'aten.index_put.default' for an (edge) operator; the bare name for a Python callable."""
-    op = getattr(target, "_op", target)  # an EdgeOpOverload wraps the aten OpOverload
-    if hasattr(op, "_schema"):
-        return str(op)
+    # an EdgeOpOverload wraps the aten OpOverload in _op (an OpOverload's own _op is its C++ callable)
+    op = target if isinstance(target, torch._ops.OpOverload) else getattr(target, "_op", target)
+    schema = getattr(op, "_schema", None)
+    if schema is not None:  # str(op) drops the namespace of some (aten.scalar_tensor -> scalar_tensor.default)
+        return f"{schema.name.replace('::', '.')}.{getattr(op, '_overloadname', None) or 'default'}"
     return getattr(target, "__name__", str(target))
 
 
@@ -165,7 +176,7 @@ def _is_compute(node: torch.fx.Node) -> bool:
     """An operator on tensors (not symbolic-size arithmetic such as operator.mul or getitem)."""
     if node.op != "call_function":
         return False
-    return hasattr(node.target, "_schema") or _op_name(node.target) == "executorch_call_delegate"
+    return hasattr(node.target, "_schema") or op_name(node.target) == "executorch_call_delegate"
 
 
 # Operators a decoder layer may leave outside the delegate without anything being computed there:
@@ -180,12 +191,26 @@ _LAYER_STATE_OPS = {
     "aten.cat.default": "conv state: the kept inputs with the new ones",
     "aten.full.default": "conv state: zeros before the first input of a short sequence (never read back)",
 }
+# (De)quantization where a delegate meets state the CPU keeps in fp32: a conversion, not compute.
+_BOUNDARY_OPS = {"quantized_decomposed.quantize_per_tensor.default",
+                 "quantized_decomposed.dequantize_per_tensor.default"}
 _VIEW_OPS = {"aten.view_copy.default", "aten.unsqueeze_copy.default", "aten.squeeze_copy.dims",
              "aten.squeeze_copy.dim", "aten.alias_copy.default"}
 
 
-def delegation_report(edge, backend: str, layer_types: tuple[str, ...], method: str = METHOD) -> dict[str, Any]:
-    """Counts of delegated and non-delegated operators of one method, overall and per decoder layer."""
+def _why(op: str, backend_why: dict[str, str]) -> str:
+    """Why ``op`` stayed outside the delegate: the backend's reason, else the generic ones."""
+    return (backend_why.get(op) or _WHY_NOT_DELEGATED.get(op) or _LAYER_STATE_OPS.get(op)
+            or ("view (aliased by the emitter, no copy)" if op in _VIEW_OPS
+                else "not supported by the backend's partitioner"))
+
+
+def delegation_report(edge, backend: str, layer_types: tuple[str, ...], method: str = METHOD,
+                      why: dict[str, str] | None = None) -> dict[str, Any]:
+    """Counts of delegated and non-delegated operators of one method, overall and per decoder layer.
+
+    ``why``: the backend's own reasons for operators it leaves out (before the generic ones)."""
+    why = why or {}
     gm = edge.exported_program(method).graph_module
     delegated: collections.Counter[str] = collections.Counter()
     outside: collections.Counter[str] = collections.Counter()
@@ -195,13 +220,13 @@ def delegation_report(edge, backend: str, layer_types: tuple[str, ...], method: 
     for node in gm.graph.nodes:
         if not _is_compute(node):
             continue
-        name = _op_name(node.target)
+        name = op_name(node.target)
         if name == "executorch_call_delegate":
             n_delegates += 1
             lowered = getattr(gm, node.args[0].target)
             for inner in lowered.original_module.graph.nodes:
                 if _is_compute(inner):
-                    inner_name = _op_name(inner.target)
+                    inner_name = op_name(inner.target)
                     delegated[inner_name] += 1
                     layer = _layer_of(inner)
                     if layer is not None:
@@ -216,7 +241,8 @@ def delegation_report(edge, backend: str, layer_types: tuple[str, ...], method: 
     layers = []
     for i, kind in enumerate(layer_types):
         out = per_layer[i]["outside"]
-        unexplained = sorted(op for op in out if op not in _LAYER_STATE_OPS and op not in _VIEW_OPS)
+        unexplained = sorted(op for op in out if op not in _LAYER_STATE_OPS and op not in _VIEW_OPS
+                             and op not in _BOUNDARY_OPS)
         layers.append({
             "layer": i, "type": kind,
             "delegated_ops": sum(per_layer[i]["delegated"].values()),
@@ -229,10 +255,7 @@ def delegation_report(edge, backend: str, layer_types: tuple[str, ...], method: 
         "delegate_calls": n_delegates,
         "delegated_ops": dict(sorted(delegated.items())),
         "delegated_total": sum(delegated.values()),
-        "non_delegated_ops": {op: {"count": n, "why": _WHY_NOT_DELEGATED.get(op) or _LAYER_STATE_OPS.get(op) or (
-                                   "view (aliased by the emitter, no copy)" if op in _VIEW_OPS
-                                   else "not supported by the backend's partitioner")}
-                              for op, n in sorted(outside.items())},
+        "non_delegated_ops": {op: {"count": n, "why": _why(op, why)} for op, n in sorted(outside.items())},
         "non_delegated_total": sum(outside.values()),
         "layers": layers,
         "decoder_layers_fully_delegated": all(x["compute_fully_delegated"] for x in layers),

@@ -18,13 +18,28 @@ from toolchain.errors import InputError, UsageError
 BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
 ARCHES = ("aarch64", "x86_64", "armv8.1-m")  # armv8.1-m: bare-metal Cortex-M55/M85 (no OS)
 BARE_METAL_ARCHES = ("armv8.1-m",)
-PROGRAM_MEMORIES = ("flash", "dram")
+_REGION_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,15}$")
+_ACCESS_RE = re.compile(r"^r?w?x?$")
 _NPU_RE = re.compile(r"^ethos-u(55-(32|64|128|256)|65-(256|512)|85-(128|256|512|1024|2048))$")
 _VELA_NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 QUANTS = ("fp32", "8da8w", "8da4w", "a8w8", "a16w8")  # the last two: Arm backends (ethos-u, tosa)
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9.-]*$")
 _GLIBC_RE = re.compile(r"^\d+\.\d+$")
 _TARGET_RE = re.compile(r"^[a-z]+(?::[!-~]{1,200})?$")  # printable, no spaces; the registry parses the rest
+
+
+@dataclass(frozen=True)
+class MemoryRegion:
+    """One region of a bare-metal board's memory map, as its linker script names it."""
+
+    name: str
+    origin: int  # address
+    length: int  # bytes
+    attrs: str  # the linker's access letters: r, w, x
+
+    @property
+    def end(self) -> int:
+        return self.origin + self.length
 
 
 @dataclass(frozen=True)
@@ -49,12 +64,16 @@ class Board:
     npu_clock_mhz: int | None = None
     vela_system_config: str | None = None  # a section of Vela's Arm/vela.ini
     vela_memory_mode: str | None = None
-    sram_kb: int | None = None  # the arena, the NPU scratch and the state (KV caches, conv states)
-    flash_kb: int | None = None
-    dram_mb: int | None = None
-    program_memory: str | None = None  # where the .pte is placed: "flash" or "dram"
     qemu_machine: str | None = None  # qemu-system-arm machine that runs this board's CPU (no NPU)
     uart_base: int | None = None  # the MMIO base of the UART the firmware talks on (bare metal)
+    # A bare-metal board's memory map ([memory] in its profile): the region named SRAM holds the
+    # tensor arena, the NPU scratch and the state (KV caches, conv states); program_memory names the
+    # region the .pte is placed in; code, data and stack regions say where the firmware goes.
+    memory: tuple[MemoryRegion, ...] = ()
+    program_memory: str | None = None
+    code_region: str | None = None
+    data_region: str | None = None
+    stack_region: str | None = None
 
     def __post_init__(self) -> None:
         src = f"board {self.name!r}"
@@ -64,8 +83,7 @@ class Board:
             raise InputError(f"{src}: arch={self.arch!r}; allowed: {', '.join(ARCHES)}")
         if not self.bare_metal and not self.triple.startswith(self.arch + "-"):
             raise InputError(f"{src}: triple={self.triple!r} does not start with arch {self.arch!r}")
-        for name in ("cores", "threads", "ram_mb", "baud", "npu_clock_mhz", "sram_kb", "flash_kb", "dram_mb",
-                     "uart_base"):
+        for name in ("cores", "threads", "ram_mb", "baud", "npu_clock_mhz", "uart_base"):
             value = getattr(self, name)
             if value is None and name not in ("cores", "threads", "ram_mb", "baud"):
                 continue
@@ -97,41 +115,69 @@ class Board:
             raise InputError(f"{src}: a bare-metal board has no glibc (glibc={self.glibc!r})")
         if not re.match(r"^[A-Za-z][A-Za-z0-9_]{0,15}$", self.serial_device):
             raise InputError(f"{src}: serial_device={self.serial_device!r} must name the UART, such as 'UART0'")
-        for name in ("sram_kb", "flash_kb", "program_memory", "uart_base"):
+        for name in ("program_memory", "code_region", "data_region", "stack_region", "uart_base"):
             if getattr(self, name) is None:
                 raise InputError(f"{src}: a bare-metal board needs {name}")
+        self._check_memory(src)
+
+    def _check_memory(self, src: str) -> None:
+        if not self.memory:
+            raise InputError(f"{src}: a bare-metal board needs its memory map ([memory]: NAME = [origin, KiB, access])")
+        for r in self.memory:
+            if not _REGION_RE.match(r.name):
+                raise InputError(f"{src}: memory region {r.name!r} must be upper-case letters, digits and '_'")
+            if not (_ACCESS_RE.match(r.attrs) and r.attrs):
+                raise InputError(f"{src}: memory region {r.name}: access {r.attrs!r} must be letters of 'rwx', "
+                                 "in order")
+            if not 0 <= r.origin < 2**32 or r.length <= 0 or r.end > 2**32:
+                raise InputError(f"{src}: memory region {r.name} (origin 0x{r.origin:x}, {r.length} bytes) does not "
+                                 "fit a 32-bit address space")
+        ordered = sorted(self.memory, key=lambda r: r.origin)
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            if b.origin < a.end:
+                raise InputError(f"{src}: memory regions {a.name} and {b.name} overlap")
+        names = {r.name for r in self.memory}
+        if len(names) != len(self.memory):
+            raise InputError(f"{src}: a memory region is named twice")
+        for field_name in ("program_memory", "code_region", "data_region", "stack_region"):
+            value = getattr(self, field_name)
+            if value not in names:
+                raise InputError(f"{src}: {field_name}={value!r} is not a region of its memory map "
+                                 f"({', '.join(sorted(names))})")
+        if "SRAM" not in names:
+            raise InputError(f"{src}: the memory map needs a region named SRAM (the tensor arena's)")
 
     def _check_npu(self, src: str) -> None:
         if not _NPU_RE.match(self.npu or ""):
             raise InputError(f"{src}: npu={self.npu!r} must be a Vela accelerator config such as 'ethos-u55-128'")
-        for name in ("npu_clock_mhz", "vela_system_config", "vela_memory_mode", "sram_kb", "program_memory"):
+        for name in ("npu_clock_mhz", "vela_system_config", "vela_memory_mode", "program_memory"):
             if getattr(self, name) is None:
                 raise InputError(f"{src}: a board with an NPU needs {name}")
         for name in ("vela_system_config", "vela_memory_mode"):
             if not _VELA_NAME_RE.match(getattr(self, name)):
                 raise InputError(f"{src}: {name}={getattr(self, name)!r} must be a section name of Vela's ini file")
-        if self.program_memory not in PROGRAM_MEMORIES:
-            raise InputError(f"{src}: program_memory={self.program_memory!r}; allowed: {', '.join(PROGRAM_MEMORIES)}")
-        if getattr(self, f"{self.program_memory}_{'kb' if self.program_memory == 'flash' else 'mb'}") is None:
-            raise InputError(f"{src}: program_memory={self.program_memory!r} but the board has no size for it")
+        if not self.memory:
+            raise InputError(f"{src}: a board with an NPU needs its memory map ([memory])")
 
     @property
     def bare_metal(self) -> bool:
         """A microcontroller board without an OS: firmware is flashed, not deployed to a filesystem."""
         return self.arch in BARE_METAL_ARCHES
 
+    def region(self, name: str) -> MemoryRegion | None:
+        return next((r for r in self.memory if r.name == name), None)
+
     @property
     def sram_bytes(self) -> int | None:
-        return None if self.sram_kb is None else self.sram_kb * 1024
+        """The SRAM that holds the tensor arena, the NPU scratch and the state."""
+        sram = self.region("SRAM")
+        return None if sram is None else sram.length
 
     @property
     def program_memory_bytes(self) -> int | None:
-        """Room for the program (.pte): the flash or DRAM it is placed in."""
-        if self.program_memory == "flash":
-            return None if self.flash_kb is None else self.flash_kb * 1024
-        if self.program_memory == "dram":
-            return None if self.dram_mb is None else self.dram_mb * 1024 * 1024
-        return None
+        """Room for the program (.pte): the region it is placed in (flash, DRAM)."""
+        where = self.region(self.program_memory) if self.program_memory else None
+        return None if where is None else where.length
 
     @property
     def glibc_tuple(self) -> tuple[int, int]:
@@ -150,7 +196,10 @@ class Board:
         return "" if platform.machine() == self.arch else f"{self.triple}-"
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        out = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
+        out["memory"] = [{"name": r.name, "origin": r.origin, "bytes": r.length, "access": r.attrs}
+                         for r in self.memory]
+        return out
 
 
 def _from_toml(path: Path) -> Board:
@@ -170,10 +219,26 @@ def _from_toml(path: Path) -> Board:
     if path.stem != raw["name"]:
         raise InputError(f"{path}: name={raw['name']!r} differs from the file name")
     raw["cpu_flags"] = tuple(raw["cpu_flags"])
+    if "memory" in raw:
+        raw["memory"] = _memory_from_toml(path, raw["memory"])
     try:
         return Board(**raw)
     except TypeError as exc:
         raise InputError(f"{path}: {exc}") from None
+
+
+def _memory_from_toml(path: Path, table: Any) -> tuple[MemoryRegion, ...]:
+    """``[memory]``: ``NAME = [origin, size in KiB, "access"]`` per region, in the order given."""
+    if not isinstance(table, dict):
+        raise InputError(f"{path}: [memory] must be a table of NAME = [origin, KiB, access]")
+    regions = []
+    for name, value in table.items():
+        ok = (isinstance(value, list) and len(value) == 3 and all(isinstance(v, int) and not isinstance(v, bool)
+                                                                   for v in value[:2]) and isinstance(value[2], str))
+        if not ok:
+            raise InputError(f"{path}: memory region {name!r} = {value!r} must be [origin, size in KiB, \"access\"]")
+        regions.append(MemoryRegion(str(name), value[0], value[1] * 1024, value[2]))
+    return tuple(regions)
 
 
 class BoardRegistry:

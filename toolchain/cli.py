@@ -273,7 +273,9 @@ def inspect(pte: Path, as_json: bool) -> None:
         ("manifest", f"digest {body['digest'][:16]}... [green]verified[/]"),
         ("model", f"{body['model']['name']} ({body['model']['kind']}), {body['model']['parameters'] / 1e6:.1f}M "
                   f"parameters, {len(cfg['layer_types'])} layers"),
-        ("method", f"{prog['method']}(tokens[1, 1..{prog['max_seq_len']}], input_pos[1]) -> logits"),
+        ("method", f"{prog['method']}(tokens[1, 1], input_pos[1]) -> logits: one token per call, "
+                   f"{prog['max_seq_len']} positions" if "arm" in body else
+                   f"{prog['method']}(tokens[1, 1..{prog['max_seq_len']}], input_pos[1]) -> logits"),
         ("state", f"{prog['state_bytes'] / 1e6:.2f} MB (KV caches + conv states)"),
         ("quant", f"{q['scheme']}: {q['linear_layers_quantized']}/{q['linear_layers']} linear layers; "
                   f"lm_head {q['lm_head']}"),
@@ -289,6 +291,9 @@ def inspect(pte: Path, as_json: bool) -> None:
          if (dr := body.get("draft")) else []):
         table.add_row(f"[bold]{key}[/]", escape(printable(str(value))) if key == "draft" else value)
     console.print(table)
+    if "arm" in body:
+        for line in arm_lines(body["arm"]):
+            console.print(line)
     outside = Table("operator outside the delegate", "count", "why")
     for op, info in d["non_delegated_ops"].items():
         outside.add_row(op, str(info["count"]), info["why"])
@@ -326,17 +331,19 @@ def boards_cmd(as_json: bool) -> None:
     table = Table("board", "cpu", "cores", "memory", "NPU", "glibc", "serial", "target", "description")
     for b in items:
         npu = f"{b['npu']} @ {b['npu_clock_mhz']} MHz" if b["npu"] else "-"
-        memory = (f"SRAM {_kib(b['sram_kb'])}, flash {_kib(b['flash_kb'])}"
-                  + (f", DRAM {b['dram_mb']} MB" if b["dram_mb"] else "") + f"; program in {b['program_memory']}"
-                  if b["sram_kb"] else f"{b['ram_mb']} MB")
+        memory = (", ".join(f"{r['name']} {_size(r['bytes'])}" for r in b["memory"] if r["name"] in (
+            "SRAM", "FLASH", "DDR")) + f"; program in {b['program_memory']}" if b["memory"] else f"{b['ram_mb']} MB")
         table.add_row(b["name"], " ".join(f for f in b["cpu_flags"] if f.startswith(("-mcpu", "-march"))),
                       str(b["cores"]), memory, npu, b["glibc"] or "-", f"{b['serial_device']} @ {b['baud']}",
                       b["default_target"] or "- (edgelm build)", b["description"])
     console.print(table)
 
 
-def _kib(kb: int) -> str:
-    return f"{kb // 1024} MiB" if kb % 1024 == 0 else f"{kb} KiB"
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:g} {unit}"
+    return f"{n} B"
 
 
 @main.command()

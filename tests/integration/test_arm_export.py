@@ -76,6 +76,10 @@ def test_the_manifest_says_what_stays_on_the_cpu_and_why(exported):
     assert outside["aten.index_put.default"]["count"] == 4  # the KV-cache writes of the two attention layers
     assert all(info["why"] != "not supported by the backend's partitioner" for info in outside.values()), outside
     assert body["delegation"]["decoder_layers_fully_delegated"]
+    q = body["quantization"]
+    assert q["scheme"] == "a8w8" and q["linear_layers"] == q["linear_layers_quantized"] > 0 and q["lm_head"] == "int8"
+    text = edgelm("inspect", str(out / "model.pte"))
+    assert text.returncode == 0 and "one token per call" in text.stdout and "reference-model check" in text.stdout
 
 
 def test_the_cortex_m_build_takes_only_its_own_boards_program(exported, tmp_path):

@@ -67,18 +67,19 @@ def test_the_arm_npu_boards_carry_their_npu_and_memories():
     ('vela_memory_mode = "../../vela.ini"', "must be a section name"),
     ('npu = "ethos-u55-128 --verbose-all"', "must be a Vela accelerator config"),
     ('npu = "ethos-u99-1"', "must be a Vela accelerator config"),
-    ('program_memory = "sdcard"', "program_memory='sdcard'; allowed"),
+    ('program_memory = "SDCARD"', "program_memory='SDCARD' is not a region of its memory map"),
+    ('code_region = "flash"', "code_region='flash' is not a region"),
     ('serial_device = "/dev/ttyAMA0"', "must name the UART"),
     ('glibc = "2.36"', "has no glibc"),
     ('triple = "aarch64-linux-gnu"', "must be 'arm-none-eabi'"),
-    ("sram_kb = 0", "sram_kb=0 must be a positive integer"),
     ("uart_base = -1", "uart_base=-1 must be a positive integer"),
 ])
 def test_bad_npu_profiles_are_refused(tmp_path, line, message):
     text = (boards.BOARDS_DIR / "corstone-300.toml").read_text()
     key = line.split(" = ")[0]
     lines = [x for x in text.splitlines() if not x.startswith(key + " ")]
-    (tmp_path / "corstone-300.toml").write_text("\n".join(lines + [line]) + "\n")
+    table = lines.index("[memory]")  # top-level keys go before the first table
+    (tmp_path / "corstone-300.toml").write_text("\n".join(lines[:table] + [line] + lines[table:]) + "\n")
     with pytest.raises(InputError, match=message):
         boards.load_registry(tmp_path)
 
@@ -88,4 +89,20 @@ def test_a_board_with_an_npu_needs_its_vela_configuration(tmp_path):
     lines = [x for x in text.splitlines() if not x.startswith("vela_system_config ")]
     (tmp_path / "corstone-300.toml").write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match="needs vela_system_config"):
+        boards.load_registry(tmp_path)
+
+
+@pytest.mark.parametrize("region, message", [
+    ('SRAM = [0x31000000, 0, "rw"]', "does not fit a 32-bit address space"),
+    ('SRAM = [0xFFFFF000, 8, "rw"]', "does not fit a 32-bit address space"),
+    ('SRAM = [0x30000000, 64, "rw"]', "memory regions DTCM and SRAM overlap"),
+    ('SRAM = [0x31000000, 2048, "rw; x"]', "access 'rw; x' must be letters of 'rwx'"),
+    ('SRAM = "big"', r"must be \[origin, size in KiB"),
+    ('sram = [0x31000000, 2048, "rw"]', "must be upper-case letters"),
+])
+def test_bad_memory_maps_are_refused(tmp_path, region, message):
+    text = (boards.BOARDS_DIR / "corstone-300.toml").read_text()
+    lines = [x for x in text.splitlines() if not x.startswith("SRAM ")] + [region]
+    (tmp_path / "corstone-300.toml").write_text("\n".join(lines) + "\n")
+    with pytest.raises(InputError, match=message):
         boards.load_registry(tmp_path)

@@ -63,7 +63,7 @@ def test_render_sizes_the_regions_from_the_board_and_the_manifest(board, pte, tm
     assert f"SRAM   (rw) : ORIGIN = 0x31000000, LENGTH = 0x{board.sram_bytes:08X}" in ld
     assert f"__arena_size = {ARENA};" in ld
     assert f"__npu_scratch_size = {SCRATCH};" in ld
-    program_region = {"flash": "FLASH", "dram": "DDR"}[board.program_memory]
+    program_region = board.program_memory
     assert re.search(rf"KEEP\(\*\(\.edgelm_program\)\)\n  \}} > {program_region}\n", ld)
     assert f"LENGTH = 0x{board.program_memory_bytes:08X}" in ld
     assert "@" not in ld
@@ -115,7 +115,7 @@ def test_an_arena_larger_than_the_sram_is_refused(pte, tmp_path):
 def test_a_program_larger_than_its_memory_is_refused(tmp_path):
     c300 = boards.get("corstone-300")
     big = fake_program(tmp_path / "big.pte", 8 * 1024 * 1024 + 16)
-    with pytest.raises(CapacityError, match="corstone-300's flash holds 8388608"):
+    with pytest.raises(CapacityError, match="corstone-300's FLASH holds 8388608"):
         cortexm.render(c300, arm_body(c300, big), big, tmp_path / "p")
 
 
@@ -163,7 +163,7 @@ def test_own_sources_compile_with_werror_and_link_the_selftest(board, pte, tmp_p
     elf = project / cortexm.SELFTEST_ELF
     assert elf.read_bytes()[:4] == b"\x7fELF" and elf.read_bytes()[18] == 40  # e_machine EM_ARM
     mm = cortexm.memory_map(board)
-    program = mm.region(cortexm.PROGRAM_REGIONS[board.program_memory])
+    program = mm.region(board.program_memory)
     start = _symbol(elf, "edgelm_program_start")
     assert program.origin <= start < program.origin + program.length
     assert _symbol(elf, "edgelm_program_end") - start == pte.stat().st_size

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from toolchain import __version__
-from toolchain.boards import Board
+from toolchain.boards import Board, MemoryRegion
 from toolchain.errors import BuildError, CapacityError, InputError, UsageError
 from toolchain.paths import FIRMWARE_DIR
 
@@ -73,12 +73,7 @@ ARM_BACKENDS = ("ethos-u", "tosa")
 # Memory map
 
 
-@dataclass(frozen=True)
-class Region:
-    name: str
-    origin: int  # address
-    length: int  # bytes
-    attrs: str  # the linker's rwx letters
+Region = MemoryRegion  # the board profile's regions, as the linker script names them
 
 
 @dataclass(frozen=True)
@@ -95,42 +90,17 @@ class MemoryMap:
         raise KeyError(name)
 
 
-# The subsystems' secure aliases, as in ExecuTorch's examples/arm/executor_runner/Corstone-3x0.ld.
-# QEMU's mps3-an547 (SSE-300) maps the same addresses (0x1xxxxxxx and 0x3xxxxxxx alias the
-# non-secure 0x0/0x2 ranges), which is what lets selftest.elf run there unchanged.
-_SYSTEMS: dict[str, Callable[[Board], tuple[tuple[Region, ...], str, str, str]]] = {
-    "corstone-300": lambda b: ((
-        Region("ITCM", 0x1000_0000, 512 * KIB, "rx"),
-        Region("DTCM", 0x3000_0000, 512 * KIB, "rw"),
-        Region("SRAM", 0x3100_0000, b.sram_bytes or 0, "rw"),
-        Region("FLASH", 0x3800_0000, (b.flash_kb or 0) * KIB, "r"),
-        Region("DDR", 0x7000_0000, (b.dram_mb or 0) * MIB, "rw"),
-    ), "ITCM", "DTCM", "DTCM"),
-    "corstone-320": lambda b: ((
-        Region("ITCM", 0x1000_0000, 32 * KIB, "rx"),
-        Region("BRAM", 0x1200_0000, 2 * MIB, "rwx"),
-        Region("DTCM", 0x3000_0000, 32 * KIB, "rw"),
-        Region("SRAM", 0x3100_0000, b.sram_bytes or 0, "rw"),
-        Region("FLASH", 0x3800_0000, (b.flash_kb or 0) * KIB, "r"),
-        Region("DDR", 0x7000_0000, (b.dram_mb or 0) * MIB, "rw"),
-    ), "BRAM", "BRAM", "DTCM"),
-}
-PROGRAM_REGIONS = {"flash": "FLASH", "dram": "DDR"}
-
-
 def check_bare_metal(board: Board) -> None:
     if not board.bare_metal:
         raise UsageError(f"board {board.name} runs an OS; the Cortex-M firmware is for bare-metal boards",
-                         hint="the bare-metal boards: " + ", ".join(sorted(_SYSTEMS)))
+                         hint="`edgelm boards` lists them (corstone-300, corstone-320)")
 
 
 def memory_map(board: Board) -> MemoryMap:
+    """The board profile's memory map (its [memory] table, checked when the profile was loaded)."""
     check_bare_metal(board)
-    system = _SYSTEMS.get(board.name)
-    if system is None:
-        raise UsageError(f"no memory map for bare-metal board {board.name}; known: {', '.join(sorted(_SYSTEMS))}")
-    regions, code, data, stack = system(board)
-    return MemoryMap(tuple(r for r in regions if r.length > 0), code, data, stack)
+    assert board.code_region and board.data_region and board.stack_region  # a bare-metal profile has them
+    return MemoryMap(board.memory, board.code_region, board.data_region, board.stack_region)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +171,7 @@ def plan(board: Board, body: dict[str, Any], program_bytes: int) -> Plan:
         raise CapacityError(f"{board.name} has {sram // KIB} KiB of SRAM; the program needs {need // KIB} KiB "
                             f"(arena {arena}, NPU scratch {scratch}, heap {heap} bytes)",
                             hint="export a smaller model or a shorter --max-seq-len, or use a board with more SRAM")
-    region = PROGRAM_REGIONS[board.program_memory or ""]
+    region = board.program_memory or ""
     room = mm.region(region).length
     if program_bytes > room:
         raise CapacityError(f"the program is {program_bytes} bytes; {board.name}'s {board.program_memory} "

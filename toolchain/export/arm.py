@@ -64,7 +64,7 @@ CHECK_TEXT = "A small model, trained far past the usual budget, can run on a mic
 WHY_ON_CPU = {
     "aten.index_put.default": "KV-cache write into the fp32 state buffer: kept on the CPU (on the NPU it forms a "
                               "partition dependency cycle, ExecuTorch MLETORCH-1971)",
-    "aten.index_select.default": "gather by index (embedding, rotary table, conv-state columns): Ethos-U55 has no "
+    "aten.index_select.default": "gather by position (the embedding, the rotary tables): Ethos-U55 has no "
                                  "gather",
     "aten.embedding.default": "embedding gather: Ethos-U55 has no gather",
     "aten.where.self": "attention mask from positions: a float select the integer NPU graph does not take",
@@ -128,8 +128,9 @@ class Step(torch.nn.Module):
     """One token per call: ``(tokens [1,1], input_pos [1]) -> logits [1, vocab]``; every cache slot is
     attended (the unfilled ones masked). State (KV caches, conv states) is carried in buffers."""
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: Lfm2Model):
         super().__init__()
+        model.rewinds = False  # one token per call, never a rejected draft: no conv-state gather
         self.model = model
 
     def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -507,7 +508,7 @@ class Need:
     what: str  # "program" | "sram"
     need: int
     have: int
-    where: str  # "flash" | "dram" | "sram"
+    where: str  # the memory region: "SRAM", or the program's ("FLASH", "DDR")
     detail: str
 
     @property
@@ -545,7 +546,7 @@ class Fit:
 def _memories(board: Board) -> tuple[int, int]:
     program, sram = board.program_memory_bytes, board.sram_bytes
     if program is None or sram is None:
-        raise UsageError(f"board {board.name!r} has no memory sizes (sram_kb, program_memory) in its profile")
+        raise UsageError(f"board {board.name!r} has no memory map (an SRAM region, program_memory) in its profile")
     return program, sram
 
 
@@ -558,7 +559,7 @@ def estimate(board: Board, parameters: int, state: int, quant: str) -> Fit:
     return Fit(board.name, (
         Need("program", weight_bytes, program, board.program_memory,
              f"{parameters:,} parameters at 1 byte ({quant} weights) before Vela's lossless compression"),
-        Need("state", state, sram, "sram", "fp32 KV caches and conv states, exact"),
+        Need("state", state, sram, "SRAM", "fp32 KV caches and conv states, exact"),
     ), estimate=True)
 
 
@@ -568,7 +569,7 @@ def verdict(board: Board, program_bytes: int, arena_bytes: int, npu_scratch: int
     assert board.program_memory is not None
     return Fit(board.name, (
         Need("program", program_bytes, program, board.program_memory, "the .pte, plus the runner's own code"),
-        Need("sram", arena_bytes + npu_scratch, sram, "sram",
+        Need("sram", arena_bytes + npu_scratch, sram, "SRAM",
              f"tensor arena {arena_bytes:,} B (activations, KV caches, conv states) + NPU scratch {npu_scratch:,} B"),
     ), estimate=False)
 

@@ -121,10 +121,13 @@ class ShortConv(nn.Module):
                 state_dict[f"{prefix}C_proj.{suffix}"] = c
                 state_dict[f"{prefix}x_proj.{suffix}"] = x
 
-    def forward(self, u: torch.Tensor, keep_state: torch.Tensor, state_cols: torch.Tensor) -> torch.Tensor:
-        """``state_cols`` [L-1]: the columns of ``conv_state`` that are the state at input_pos."""
+    def forward(self, u: torch.Tensor, keep_state: torch.Tensor, state_cols: torch.Tensor | None) -> torch.Tensor:
+        """``state_cols`` [L-1]: the columns of ``conv_state`` that are the state at input_pos; None
+        for a model that never rewinds (the state is then the last L-1 inputs kept, a static slice)."""
         bx = (self.B_proj(u) * self.x_proj(u)).transpose(-1, -2)  # [1, h, T]
-        state = self.conv_state.index_select(2, state_cols) * keep_state  # [1, h, L-1]
+        kept = (self.conv_state[:, :, self.keep - self.L + 1:] if state_cols is None
+                else self.conv_state.index_select(2, state_cols))
+        state = kept * keep_state  # [1, h, L-1]
         window = torch.cat([state, bx], dim=-1)  # [1, h, L-1+T]
         # Keep the last `keep` inputs; zeros stand for inputs before the sequence when T is short
         # (a rewind never reaches them: it is at most the length of the call it undoes).
@@ -211,7 +214,7 @@ class DecoderLayer(nn.Module):
         self.ffn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
-                positions: torch.Tensor, keep_state: torch.Tensor, state_cols: torch.Tensor) -> torch.Tensor:
+                positions: torch.Tensor, keep_state: torch.Tensor, state_cols: torch.Tensor | None) -> torch.Tensor:
         if self.is_attention:
             h = self.self_attn(self.operator_norm(x), cos, sin, mask, positions)
         else:
@@ -257,6 +260,9 @@ class Lfm2Model(nn.Module):
         self.register_buffer("rope_cos", emb.cos(), persistent=False)  # [S, head_dim]
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
         self.register_buffer("seq_end", torch.zeros(1, dtype=torch.long), persistent=False)
+        # False: every call continues where the last one ended or starts at 0 (no draft is ever
+        # rejected), so the conv state needs no gather by position (Ethos-U55 has no gather).
+        self.rewinds = True
 
     @property
     def is_tied(self) -> bool:
@@ -276,8 +282,10 @@ class Lfm2Model(nn.Module):
         keep_state = (input_pos > 0).to(torch.float32)  # [1]: 0 starts a new sequence
         # A call that starts before the end of the last one rewinds the conv states (a rejected
         # draft): the state at input_pos is `rewind` inputs before the last ones kept.
-        rewind = torch.clamp(self.seq_end - input_pos, 0, self.max_draft)  # [1]
-        state_cols = (self.max_draft - rewind) + torch.arange(self.config.conv_L_cache - 1, dtype=torch.long)
+        state_cols = None
+        if self.rewinds:
+            rewind = torch.clamp(self.seq_end - input_pos, 0, self.max_draft)  # [1]
+            state_cols = (self.max_draft - rewind) + torch.arange(self.config.conv_L_cache - 1, dtype=torch.long)
         self.seq_end.copy_(input_pos + T)
         x = self.model.embed_tokens(tokens)
         for layer in self.model.layers:

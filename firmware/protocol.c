@@ -256,3 +256,22 @@ long proto_pack_error(uint8_t *out, size_t cap, uint16_t code, const char *messa
     bw_bytes(&w, message, n);
     return bw_result(&w);
 }
+
+void proto_fill_logits(TokenMsg *t, const float *logits, uint32_t vocab, uint32_t token) {
+    t->logit = token < vocab ? logits[token] : 0.0f;
+    t->n_top = 0;
+    for (uint32_t v = 0; v < vocab; v++) { /* insertion into a short sorted list */
+        float x = logits[v];
+        int at = t->n_top;
+        while (at > 0 && x > t->top_logit[at - 1]) at--;
+        if (at >= TOKEN_MAX_TOP) continue;
+        int last = t->n_top < TOKEN_MAX_TOP ? t->n_top : TOKEN_MAX_TOP - 1;
+        for (int j = last; j > at; j--) {
+            t->top_id[j] = t->top_id[j - 1];
+            t->top_logit[j] = t->top_logit[j - 1];
+        }
+        t->top_id[at] = v;
+        t->top_logit[at] = x;
+        if (t->n_top < TOKEN_MAX_TOP) t->n_top++;
+    }
+}

@@ -170,6 +170,9 @@ typedef struct {
 
 long proto_pack_hello(uint8_t *out, size_t cap, const Hello *h);
 long proto_pack_token(uint8_t *out, size_t cap, const TokenMsg *t);
+/* Sets t->logit to logits[token] and t->top_* to the TOKEN_MAX_TOP largest of logits[0..vocab),
+ * best first, the lower id first on a tie (what REQ_FLAG_REPORT_LOGITS reports). */
+void proto_fill_logits(TokenMsg *t, const float *logits, uint32_t vocab, uint32_t token);
 long proto_pack_stats(uint8_t *out, size_t cap, const Stats *s);
 /* message is truncated to PROTO_MAX_ERROR_MESSAGE bytes (at a UTF-8 boundary). */
 long proto_pack_error(uint8_t *out, size_t cap, uint16_t code, const char *message);

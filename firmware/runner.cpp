@@ -694,22 +694,8 @@ void send_token(Link* l, uint32_t index, uint32_t token, uint64_t t_us, const fl
   t.index = index;
   t.token = token;
   t.t_us = t_us;
-  if (logits != nullptr && vocab > 0) {
-    t.logit = logits[token];
-    for (int64_t v = 0; v < vocab; v++) {  // insertion into a short sorted list
-      float x = logits[v];
-      int at = t.n_top;
-      while (at > 0 && x > t.top_logit[at - 1]) at--;
-      if (at >= TOKEN_MAX_TOP) continue;
-      int last = t.n_top < TOKEN_MAX_TOP ? t.n_top : TOKEN_MAX_TOP - 1;
-      for (int j = last; j > at; j--) {
-        t.top_id[j] = t.top_id[j - 1];
-        t.top_logit[j] = t.top_logit[j - 1];
-      }
-      t.top_id[at] = (uint32_t)v;
-      t.top_logit[at] = x;
-      if (t.n_top < TOKEN_MAX_TOP) t.n_top++;
-    }
+  if (logits != nullptr && vocab > 0 && vocab <= (int64_t)UINT32_MAX) {
+    proto_fill_logits(&t, logits, (uint32_t)vocab, token);
   }
   link_send(l, MSG_TOKEN, proto_pack_token(l->body, sizeof l->body, &t));
 }

@@ -164,6 +164,9 @@ def _export_arm(model: str, out: Path, *, backend: str, quant: str | None, max_s
                 calibration: Path | None, check_steps: int | None, min_agreement: float | None,
                 progress: Progress) -> ExportResult:
     """The Arm flow (toolchain.export.arm): a board's fit is judged before the slow steps and after."""
+    import shutil
+    import tempfile
+
     from toolchain import boards
     from toolchain.export import arm, manifest
     from toolchain.model import checkpoint, tokenizer
@@ -175,7 +178,7 @@ def _export_arm(model: str, out: Path, *, backend: str, quant: str | None, max_s
     if quant not in arm.QUANTS:
         raise UsageError(f"--quant {quant} is not an Arm scheme; --backend {backend} takes: {', '.join(arm.QUANTS)}")
     texts = arm.calibration_texts(calibration)
-    steps = arm.CHECK_STEPS if check_steps is None else check_steps
+    steps = min(arm.CHECK_STEPS, max_seq_len) if check_steps is None else check_steps
     if not 0 <= steps <= max_seq_len:
         raise UsageError(f"--check-steps {steps} must be in [0 (no check), --max-seq-len {max_seq_len}]")
     agreement = arm.MIN_AGREEMENT if min_agreement is None else min_agreement
@@ -195,30 +198,42 @@ def _export_arm(model: str, out: Path, *, backend: str, quant: str | None, max_s
     tok = tokenizer.for_model(source.tokenizer_path, source.config.vocab_size)
     timings["load"] = time.monotonic() - t
     t = time.monotonic()
-    result = arm.export(net, tok, layer_types=source.config.layer_types, vocab=source.config.vocab_size,
-                        bos=source.config.bos_token_id, target=target, quant=quant, out=out, calibration=texts,
-                        check_steps=steps, min_agreement=agreement, progress=progress)
-    timings["lower"] = time.monotonic() - t
-    body = manifest.build(
-        program=result.program, max_seq_len=max_seq_len, max_draft=0,
-        model={"name": source.name, "kind": source.kind, "config": source.config.to_dict(),
-               "parameters": source.config.num_parameters(), "weights_sha256": source.weights_sha256,
-               "seed": source.seed},
-        quantization=result.quantization, delegation=result.delegation,
-        tokens={"bos_token_id": source.config.bos_token_id, "eos_token_ids": list(source.eos_token_ids),
-                "pad_token_id": source.config.pad_token_id,
-                "tokenizer": {"kind": tok.name, "sha256": tok.sha256, "vocab_size": tok.vocab_size}},
-        versions=versions(), timings=timings)
-    body["program"] |= {
-        "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, arm.TOKENS_PER_CALL]},
-                   {"name": "input_pos", "dtype": "int64", "shape": [1]}],
-        "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, source.config.vocab_size]}],
-        "rewind": "none: one token per call; a prompt is fed token by token",
-    }
-    body["arm"] = result.arm
-    body = manifest.seal(body)
-    pte, man = manifest.write(out, result.program, body)
-    log.info("wrote %s (%d bytes) and %s", pte, len(result.program), man)
+    # Vela's reports are written aside and join the program only when it is written: a refused
+    # export (does not fit, fails the check) leaves an earlier export in --out as it was.
+    scratch = Path(tempfile.mkdtemp(prefix="edgelm-arm-"))
+    try:
+        result = arm.export(net, tok, layer_types=source.config.layer_types, vocab=source.config.vocab_size,
+                            bos=source.config.bos_token_id, target=target, quant=quant, vela_dir=scratch / "vela",
+                            calibration=texts, check_steps=steps, min_agreement=agreement, progress=progress)
+        timings["lower"] = time.monotonic() - t
+        body = manifest.build(
+            program=result.program, max_seq_len=max_seq_len, max_draft=0,
+            model={"name": source.name, "kind": source.kind, "config": source.config.to_dict(),
+                   "parameters": source.config.num_parameters(), "weights_sha256": source.weights_sha256,
+                   "seed": source.seed},
+            quantization=result.quantization, delegation=result.delegation,
+            tokens={"bos_token_id": source.config.bos_token_id, "eos_token_ids": list(source.eos_token_ids),
+                    "pad_token_id": source.config.pad_token_id,
+                    "tokenizer": {"kind": tok.name, "sha256": tok.sha256, "vocab_size": tok.vocab_size}},
+            versions=versions(), timings=timings)
+        body["program"] |= {
+            "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, arm.TOKENS_PER_CALL]},
+                       {"name": "input_pos", "dtype": "int64", "shape": [1]}],
+            "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, source.config.vocab_size]}],
+            "rewind": "none: one token per call; a prompt is fed token by token",
+        }
+        body["arm"] = result.arm
+        body = manifest.seal(body)
+        pte, man = manifest.write(out, result.program, body)
+        old = out / "vela"
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+        shutil.move(scratch / "vela", old)
+        log.info("wrote %s (%d bytes) and %s", pte, len(result.program), man)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return ExportResult(pte=pte, manifest_path=man, manifest=body)
 
 

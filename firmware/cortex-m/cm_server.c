@@ -84,23 +84,7 @@ static void send_token(CmServer *s, uint32_t index, uint32_t token, uint64_t t_u
     t.index = index;
     t.token = token;
     t.t_us = t_us;
-    if (logits) {
-        t.logit = logits[token];
-        for (uint32_t v = 0; v < s->model.vocab_size; v++) {
-            float x = logits[v];
-            int at = t.n_top;
-            while (at > 0 && x > t.top_logit[at - 1]) at--;
-            if (at >= TOKEN_MAX_TOP) continue;
-            int last = t.n_top < TOKEN_MAX_TOP ? t.n_top : TOKEN_MAX_TOP - 1;
-            for (int j = last; j > at; j--) {
-                t.top_id[j] = t.top_id[j - 1];
-                t.top_logit[j] = t.top_logit[j - 1];
-            }
-            t.top_id[at] = v;
-            t.top_logit[at] = x;
-            if (t.n_top < TOKEN_MAX_TOP) t.n_top++;
-        }
-    }
+    if (logits) proto_fill_logits(&t, logits, s->model.vocab_size, token);
     send_body(s, MSG_TOKEN, proto_pack_token(s->body, sizeof s->body, &t));
 }
 

@@ -24,6 +24,7 @@ def test_ethos_u_takes_its_npu_and_vela_configuration_from_the_board():
     ("ethos-u", None, "needs --board"),
     ("ethos-u", "rpi5", "has no Ethos-U NPU"),
     ("xnnpack", None, "not an Arm backend"),
+    ("tosa", "corstone-300", "--backend tosa takes no --board"),
 ])
 def test_targets_that_cannot_be_are_refused(backend, board, message):
     with pytest.raises(UsageError, match=message):
@@ -182,3 +183,27 @@ def test_a_missing_arm_tool_is_named(monkeypatch):
                         real(name, *a))
     with pytest.raises(UsageError, match=r"the TOSA reference model \(tosa-tools\) is not installed"):
         arm.check_numerics(None, None, None, [], arm.target_for("tosa", None), [1])
+
+
+def test_a_refused_arm_export_leaves_the_earlier_one_as_it_was(tmp_path, monkeypatch):
+    from toolchain import api
+    from toolchain.errors import ValidationFailed
+
+    out = tmp_path / "out"
+    (out / "vela").mkdir(parents=True)
+    (out / "vela" / "old.csv").write_text("old")
+    (out / "model.pte").write_bytes(b"old program")
+    scratch = []
+
+    def refused(net, tok, *, vela_dir, **kw):  # Vela ran, then the check failed
+        vela_dir.mkdir(parents=True)
+        (vela_dir / "new.csv").write_text("new")
+        scratch.append(vela_dir)
+        raise ValidationFailed("agrees on 50% of 32 steps")
+
+    monkeypatch.setattr(arm, "export", refused)
+    with pytest.raises(ValidationFailed, match="50%"):
+        api.export_model("tiny", out, backend="tosa", max_seq_len=16)
+    assert sorted(p.name for p in (out / "vela").iterdir()) == ["old.csv"]
+    assert (out / "model.pte").read_bytes() == b"old program"
+    assert not scratch[0].exists()  # the refused run's reports are gone too

@@ -111,7 +111,10 @@ def target_for(backend: str, board: Board | None) -> ArmTarget:
     if backend not in BACKENDS:
         raise UsageError(f"{backend!r} is not an Arm backend; Arm backends: {', '.join(BACKENDS)}")
     if backend == "tosa":
-        return ArmTarget("tosa", board=board)
+        if board is not None:
+            raise UsageError(f"--backend tosa takes no --board: a TOSA program runs on the reference model, not on "
+                             f"{board.name}", hint=f"for {board.name}'s NPU: --backend ethos-u --board {board.name}")
+        return ArmTarget("tosa")
     if board is None:
         raise UsageError("--backend ethos-u needs --board: the NPU, its Vela configuration and the memories to "
                          "fit come from the board profile", hint="`edgelm boards` lists corstone-300 (Ethos-U55) "
@@ -621,11 +624,11 @@ class ArmExport:
 
 
 def export(net: Lfm2Model, tok: Any, *, layer_types: tuple[str, ...], vocab: int, bos: int,
-           target: ArmTarget, quant: str, out: Path, calibration: tuple[str, ...] = CALIBRATION_TEXTS,
+           target: ArmTarget, quant: str, vela_dir: Path, calibration: tuple[str, ...] = CALIBRATION_TEXTS,
            check_steps: int = CHECK_STEPS, min_agreement: float = MIN_AGREEMENT,
            progress: Any = lambda step, detail: None) -> ArmExport:
     """Quantize, lower, check and budget ``net`` (an Lfm2Model) for ``target``; Vela's reports go to
-    ``out/vela``. Raises ValidationFailed when the reference model's greedy tokens agree with the
+    ``vela_dir`` (replaced). Raises ValidationFailed when the reference model's greedy tokens agree with the
     quantized model's on fewer than ``min_agreement`` of the checked steps, CapacityError when a
     board is given and the program does not fit it."""
     max_seq_len = net.max_seq_len
@@ -635,7 +638,7 @@ def export(net: Lfm2Model, tok: Any, *, layer_types: tuple[str, ...], vocab: int
     converted = quantize(step, target, quant, calib)
     n_linear, n_quant, head_quant = _quantized_linears(converted)
     progress("lower", f"{target.backend} ({target.name})" + (" with Vela" if target.backend == "ethos-u" else ""))
-    edge, runs = lower(converted, target, out / "vela")
+    edge, runs = lower(converted, target, vela_dir)
     delegation = delegation_report(edge, target.backend, layer_types, why=WHY_ON_CPU)
     macs = coverage(edge)
     check = None

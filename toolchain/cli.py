@@ -234,9 +234,12 @@ def export(model: str, quant: str | None, group_size: int, embedding: str | None
 
 def arm_lines(arm: dict[str, Any]) -> list[str]:
     """What an Arm export says: MACs on the NPU, the reference-model check, Vela's budget, the fit."""
+    def safe(text: Any) -> str:  # a manifest's strings are shown, never interpreted as markup
+        return escape(printable(str(text)))
+
     cov, check, vela, fit = arm["coverage"], arm["check"], arm["vela"], arm["fit"]
-    lines = [f"on the NPU ({arm['target']}): {cov['npu_mac_share']:.1%} of {cov['macs_total']:,} MACs per token"
-             + (f"; on the CPU: {', '.join(cov['cpu_mac_ops'])}" if cov["cpu_mac_ops"] else "")]
+    lines = [f"on the NPU ({safe(arm['target'])}): {cov['npu_mac_share']:.1%} of {cov['macs_total']:,} MACs per "
+             "token" + (f"; on the CPU: {safe(', '.join(cov['cpu_mac_ops']))}" if cov["cpu_mac_ops"] else "")]
     if check is not None:
         colour = "green" if check["greedy_agreement"] >= 0.9 else "red"
         lines.append(f"reference-model check: [{colour}]{check['greedy_agreement']:.1%}[/] greedy agreement over "
@@ -247,9 +250,10 @@ def arm_lines(arm: dict[str, Any]) -> list[str]:
                      f"at {vela['clock_hz'] / 1e6:.0f} MHz (NPU part, {vela['delegates']} delegates); NPU SRAM "
                      f"{vela['sram_bytes']:,} B, flash {vela['flash_bytes']:,} B, DRAM {vela['dram_bytes']:,} B")
     if fit is not None:
-        parts = [f"{n['what']} {n['need_bytes']:,} of {n['have_bytes']:,} B {n['where']}" for n in fit["needs"]]
-        lines.append(f"fit on {fit['board']}: [green]fits[/] ({'; '.join(parts)})" if fit["fits"]
-                     else f"fit on {fit['board']}: [red]does not fit[/]")
+        parts = [f"{safe(n['what'])} {n['need_bytes']:,} of {n['have_bytes']:,} B {safe(n['where'])}"
+                 for n in fit["needs"]]
+        lines.append(f"fit on {safe(fit['board'])}: [green]fits[/] ({'; '.join(parts)})" if fit["fits"]
+                     else f"fit on {safe(fit['board'])}: [red]does not fit[/]")
     return lines
 
 

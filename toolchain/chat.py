@@ -93,6 +93,12 @@ class Conversation:
     ids: list[int] = field(default_factory=list)
     turns: int = 0
 
+    @classmethod
+    def from_manifest(cls, fmt: ChatFormat, tok: Any, manifest: dict[str, Any]) -> Conversation:
+        """A new conversation with the program of ``manifest`` (a verified manifest dict)."""
+        return cls(fmt, tok, manifest["tokens"]["bos_token_id"], tuple(manifest["tokens"]["eos_token_ids"]),
+                   manifest["program"]["max_seq_len"])
+
     def turn(self, text: str, reply_budget: int) -> list[int]:
         """The prompt for the user's ``text``: the whole conversation and the new turn. Refused
         when it and ``reply_budget`` new tokens do not fit the program."""

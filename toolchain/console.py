@@ -166,14 +166,13 @@ def open_chat(opts: Options, progress: Callable[[str, str], None]) -> Iterator[C
                          target_options=opts.target_options, fidelity=False, pte=opts.pte)
     prep = api.prepare_run(req, progress)
     man = prep.exported.manifest
-    conv = Conversation(fmt, prep.tok, man["tokens"]["bos_token_id"], tuple(man["tokens"]["eos_token_ids"]),
-                        man["program"]["max_seq_len"])
+    conv = Conversation.from_manifest(fmt, prep.tok, man)
     with bringup.bring_up(prep.target, prep.bundle, threads=opts.threads, progress=progress) as up:
         yield Chat(up.session, conv, prep.reference if opts.validate else None, prep.tolerance, opts)
 
 
 def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> Iterator[Chat]:
-    from toolchain import api
+    from toolchain import api, boards
     from toolchain.chat import Conversation
     from toolchain.export import manifest as manifest_mod
     from toolchain.link import ports
@@ -196,10 +195,9 @@ def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> 
         port = str(info["port"])
     tok_path = api.tokenizer_path(api.RunRequest(board=opts.board, model=opts.model, prompt=""))
     tok = tokenizer.for_model(tok_path, man["model"]["config"]["vocab_size"])
-    conv = Conversation(fmt, tok, man["tokens"]["bos_token_id"], tuple(man["tokens"]["eos_token_ids"]),
-                        man["program"]["max_seq_len"])
+    conv = Conversation.from_manifest(fmt, tok, man)
     progress("link", f"attaching to {port}")
-    open_link = ports.opener(port, 921600)
+    open_link = ports.opener(port, boards.get(opts.board).baud)
     transport = open_link()
     try:
         session = BoardSession(transport, reopen=open_link)

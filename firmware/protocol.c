@@ -275,3 +275,12 @@ void proto_fill_logits(TokenMsg *t, const float *logits, uint32_t vocab, uint32_
         if (t->n_top < TOKEN_MAX_TOP) t->n_top++;
     }
 }
+
+void proto_fill_rates(Stats *st, uint32_t prefilled, uint32_t generated, uint64_t t_request, uint64_t t_first,
+                      uint64_t t_last) {
+    double ttft_s = (double)(t_first - t_request) / 1e6;
+    double decode_s = (double)(t_last - t_first) / 1e6;
+    st->ttft_ms = (float)(ttft_s * 1e3);
+    st->prefill_tok_s = ttft_s > 0 ? (float)((double)prefilled / ttft_s) : 0.0f;
+    st->decode_tok_s = (generated > 1 && decode_s > 0) ? (float)((double)(generated - 1) / decode_s) : 0.0f;
+}

@@ -173,6 +173,10 @@ long proto_pack_token(uint8_t *out, size_t cap, const TokenMsg *t);
 /* Sets t->logit to logits[token] and t->top_* to the TOKEN_MAX_TOP largest of logits[0..vocab),
  * best first, the lower id first on a tie (what REQ_FLAG_REPORT_LOGITS reports). */
 void proto_fill_logits(TokenMsg *t, const float *logits, uint32_t vocab, uint32_t token);
+/* Sets st->ttft_ms, prefill_tok_s and decode_tok_s from a request's clock readings (microseconds):
+ * received at t_request, first token at t_first, last at t_last; `prefilled` prompt tokens were fed. */
+void proto_fill_rates(Stats *st, uint32_t prefilled, uint32_t generated, uint64_t t_request, uint64_t t_first,
+                      uint64_t t_last);
 long proto_pack_stats(uint8_t *out, size_t cap, const Stats *s);
 /* message is truncated to PROTO_MAX_ERROR_MESSAGE bytes (at a UTF-8 boundary). */
 long proto_pack_error(uint8_t *out, size_t cap, uint16_t code, const char *message);

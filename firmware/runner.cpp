@@ -925,11 +925,7 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   st.generated = generated;
   st.stop = stop;
   st.load_ms = m->load_ms;
-  double ttft_s = (double)(t_first - t_request) / 1e6;
-  double decode_s = (double)(t_last - t_first) / 1e6;
-  st.ttft_ms = (float)(ttft_s * 1e3);
-  st.prefill_tok_s = ttft_s > 0 ? (float)((double)(req->n_prompt - kept) / ttft_s) : 0.0f;
-  st.decode_tok_s = (generated > 1 && decode_s > 0) ? (float)((generated - 1) / decode_s) : 0.0f;
+  proto_fill_rates(&st, (uint32_t)(req->n_prompt - kept), generated, t_request, t_first, t_last);
   st.peak_rss_kb = peak_rss_kb();
   st.decode_calls = calls;
   st.draft_calls = draft_calls;

@@ -221,11 +221,7 @@ static void serve_request(CmServer *s, const Request *req, uint64_t t_request) {
     st.generated = generated;
     st.stop = stop;
     st.load_ms = m->load_ms;
-    double ttft_s = (double)(t_first - t_request) / 1e6;
-    double decode_s = (double)(t_last - t_first) / 1e6;
-    st.ttft_ms = (float)(ttft_s * 1e3);
-    st.prefill_tok_s = ttft_s > 0 ? (float)((double)req->n_prompt / ttft_s) : 0.0f;
-    st.decode_tok_s = (generated > 1 && decode_s > 0) ? (float)((double)(generated - 1) / decode_s) : 0.0f;
+    proto_fill_rates(&st, req->n_prompt, generated, t_request, t_first, t_last);
     st.peak_rss_kb = 0; /* no process: the arena is fixed at link time */
     st.decode_calls = calls;
     send_body(s, MSG_STATS, proto_pack_stats(s->body, sizeof s->body, &st));

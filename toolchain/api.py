@@ -215,15 +215,11 @@ def _export_arm(model: str, out: Path, *, backend: str, quant: str | None, max_s
             tokens={"bos_token_id": source.config.bos_token_id, "eos_token_ids": list(source.eos_token_ids),
                     "pad_token_id": source.config.pad_token_id,
                     "tokenizer": {"kind": tok.name, "sha256": tok.sha256, "vocab_size": tok.vocab_size}},
-            versions=versions(), timings=timings)
-        body["program"] |= {
-            "inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, arm.TOKENS_PER_CALL]},
-                       {"name": "input_pos", "dtype": "int64", "shape": [1]}],
-            "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, source.config.vocab_size]}],
-            "rewind": "none: one token per call; a prompt is fed token by token",
-        }
-        body["arm"] = result.arm
-        body = manifest.seal(body)
+            versions=versions(), timings=timings, extra={"arm": result.arm},
+            calls={"inputs": [{"name": "tokens", "dtype": "int64", "shape": [1, arm.TOKENS_PER_CALL]},
+                              {"name": "input_pos", "dtype": "int64", "shape": [1]}],
+                   "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, source.config.vocab_size]}],
+                   "rewind": "none: one token per call; a prompt is fed token by token"})
         pte, man = manifest.write(out, result.program, body)
         old = out / "vela"
         if old.is_dir() and not old.is_symlink():

@@ -94,8 +94,11 @@ def state_bytes(config: dict[str, Any], max_seq_len: int, max_draft: int = 0) ->
 
 def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantization: dict[str, Any],
           delegation: dict[str, Any], tokens: dict[str, Any], versions: dict[str, str],
-          timings: dict[str, float], max_draft: int, draft: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest of a program. ``draft``: the draft model's method, when the program carries one."""
+          timings: dict[str, float], max_draft: int, draft: dict[str, Any] | None = None,
+          calls: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of a program. ``draft``: the draft model's method, when the program carries one.
+    ``calls``: the program's ``inputs``, ``outputs`` and ``rewind`` when they are not the dynamic
+    method's (Arm's one-token step); ``extra``: further top-level sections (``arm``)."""
     vocab = model["config"]["vocab_size"]
     state = state_bytes(model["config"], max_seq_len, max_draft) + 8
     if draft is not None:
@@ -120,7 +123,7 @@ def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantizati
             "reset": "a call with input_pos == 0 starts a new sequence",
             "rewind": f"a call may start up to max_draft ({max_draft}) positions before the end of the last one "
                       "(a rejected draft is dropped)",
-        },
+        } | (calls or {}),
         "model": model,
         **({"draft": draft} if draft is not None else {}),
         "quantization": quantization,
@@ -128,6 +131,7 @@ def build(*, program: bytes, max_seq_len: int, model: dict[str, Any], quantizati
         "tokens": tokens,
         "versions": versions,
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        **(extra or {}),
     })
 
 

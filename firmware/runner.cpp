@@ -48,6 +48,9 @@
 #include "sampler.h"
 #include "serial.h"
 #include "sha256.h"
+#ifdef EDGELM_TEST_LIES
+#include "lies.h"  // tests only: lies chosen by EDGELM_TEST_LIE at start-up
+#endif
 
 // threadpool.h is not shipped in the wheel, but libexecutorch_threadpool.so exports
 // these. Itanium mangling of non-template functions does not encode the return type,
@@ -438,7 +441,7 @@ int build_model(Model* m, const char* path, long threads, char* err, size_t err_
     return -1;
   }
   m->loader = std::make_unique<MmapDataLoader>(std::move(loader.get()));
-  Result<Program> program = Program::load(m->loader.get(), Program::Verification::Minimal);
+  Result<Program> program = Program::load(m->loader.get(), Program::Verification::InternalConsistency);
   if (!program.ok()) {
     std::snprintf(err, err_cap, "%s is not an ExecuTorch program (Program::load error 0x%x)", path,
                   (unsigned)program.error());
@@ -696,7 +699,13 @@ void send_token(Link* l, uint32_t index, uint32_t token, uint64_t t_us, const fl
   t.t_us = t_us;
   if (logits != nullptr && vocab > 0 && vocab <= (int64_t)UINT32_MAX) {
     proto_fill_logits(&t, logits, (uint32_t)vocab, token);
+#ifdef EDGELM_TEST_LIES
+    lie_report(&t, logits, (uint32_t)vocab);
+#endif
   }
+#ifdef EDGELM_TEST_LIES
+  if (g_lie.kind == LIE_STATS_FAST) t.t_us /= 10;
+#endif
   link_send(l, MSG_TOKEN, proto_pack_token(l->body, sizeof l->body, &t));
 }
 
@@ -803,6 +812,14 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
     for (int64_t i = 0; i < kept; i++)
       if (s->ctx[(size_t)i] != request_prompt_at(req, (uint32_t)i)) kept = 0;
   }
+#ifdef EDGELM_TEST_LIES
+  if (g_lie.kind == LIE_STALE && (req->flags & REQ_FLAG_KEEP_STATE) && m->fwd.key_input) {
+    kept = 0;  // the longest common prefix, whatever the state holds after it
+    while (kept < s->fed && kept < (int64_t)req->n_prompt - 1 &&
+           s->ctx[(size_t)kept] == request_prompt_at(req, (uint32_t)kept))
+      kept++;
+  }
+#endif
   s->fed = 0;  // from here on the state changes; set again when the request has been served
   for (uint32_t i = 0; i < req->n_prompt; i++) {
     uint32_t t = request_prompt_at(req, i);
@@ -828,7 +845,11 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
     return;
   }
   sampler_seed(&s->sampler, req->seed);
+#ifdef EDGELM_TEST_LIES
+  uint32_t tok = lie_sample(&s->sampler, &logits, req->temperature, req->top_k, req->top_p);
+#else
   uint32_t tok = sample(&s->sampler, logits, req->temperature, req->top_k, req->top_p);
+#endif
   uint64_t t_first = now_us();
   const bool report = (req->flags & REQ_FLAG_REPORT_LOGITS) != 0;
   send_token(l, 0, tok, t_first - t_request, report ? logits : nullptr, m->vocab);
@@ -894,7 +915,11 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
     const uint32_t accepted_before = accepted;
     for (;;) {
       const float* row = logits + used * m->vocab;
+#ifdef EDGELM_TEST_LIES
+      tok = lie_sample(&s->sampler, &row, req->temperature, req->top_k, req->top_p);
+#else
       tok = sample(&s->sampler, row, req->temperature, req->top_k, req->top_p);
+#endif
 #ifdef EDGELM_TEST_DRAFT_BUG  // tests only: the draft is taken on trust, the model's pick ignored
       if (used < k) tok = s->chunk[(size_t)used + 1];
 #endif
@@ -933,6 +958,13 @@ void serve_request(Server* s, const Request* req, uint64_t t_request) {
   st.accepted = accepted;
   st.draft_model_calls = s->dcalls;
   st.kept = (uint32_t)kept;
+#ifdef EDGELM_TEST_LIES
+  if (g_lie.kind == LIE_STATS_NAN) st.ttft_ms = st.decode_tok_s = NAN;
+  if (g_lie.kind == LIE_STATS_FAST)  // as fast as its TOKEN times (t_us / 10) claim
+    proto_fill_rates(&st, (uint32_t)(req->n_prompt - kept), generated, t_request,
+                     t_request + (t_first - t_request) / 10, t_request + (t_last - t_request) / 10);
+  if (g_lie.kind == LIE_STATS_COUNTS) st.decode_calls++;
+#endif
   s->fed = pos;
   link_send(l, MSG_STATS, proto_pack_stats(l->body, sizeof l->body, &st));
   log_line("done: %" PRIu32 " tokens (%s), ttft %.2f ms, prefill %.1f tok/s, decode %.1f tok/s, "
@@ -1029,6 +1061,18 @@ int main(int argc, char** argv) {
   int status = parse_options(argc, argv, &opt);
   if (status >= 0) return status;
   g_verbose = opt.verbose;
+#ifdef EDGELM_TEST_LIES
+  {
+    char why[256];
+    const char* lie = std::getenv("EDGELM_TEST_LIE");
+    if (lie_init(lie, why, sizeof why) != 0) {
+      log_line("%s", why);
+      return EXIT_USAGE;
+    }
+    log_line("TEST BUILD (EDGELM_TEST_LIES): %s%s", lie && *lie ? "lying: " : "honest, no EDGELM_TEST_LIE",
+             lie && *lie ? lie : "");
+  }
+#endif
   std::signal(SIGPIPE, SIG_IGN);  // a vanished peer shows up as a write error instead
   const bool stdio = std::strcmp(opt.serial, SERIAL_STDIO) == 0;
   const char* link_name = stdio ? "stdin/stdout" : opt.serial;

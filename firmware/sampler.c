@@ -4,6 +4,10 @@
 #include <math.h>
 #include <stdlib.h>
 
+#ifdef EDGELM_TEST_LIES
+#include "lies.h" /* test only: the topp and temperature lies */
+#endif
+
 /* ----------------------------------------------------------------------------
  * Lifetime */
 
@@ -107,6 +111,9 @@ uint32_t sample(Sampler *s, const float *logits, float temperature, uint32_t top
     double z = 0.0;
     for (uint32_t i = 0; i < n; i++) {
         cdf[i] = exp(((double)c[i].logit - max) / temp);
+#ifdef EDGELM_TEST_LIES
+        if (g_lie.kind == LIE_TEMPERATURE) cdf[i] = exp(((double)c[i].logit - max) * temp); /* lies.h */
+#endif
         z += cdf[i];
     }
 
@@ -118,6 +125,12 @@ uint32_t sample(Sampler *s, const float *logits, float temperature, uint32_t top
         cdf[i] = cum;
         if (p_cut < 1.0 && cum >= p_cut) {
             keep = i + 1;
+#ifdef EDGELM_TEST_LIES
+            if (g_lie.kind == LIE_TOPP && keep < n) { /* lies.h: one id more than the spec */
+                cum += cdf[keep] / z;
+                cdf[keep++] = cum;
+            }
+#endif
             break;
         }
     }

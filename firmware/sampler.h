@@ -26,6 +26,8 @@
  * Test-only fault: built with EDGELM_TEST_SAMPLER_BUG defined (cmake
  * -DEDGELM_TEST_SAMPLER_BUG=ON), temperature > 0 ignores the logits and returns
  * min(floor(u * V), V - 1) with the same single draw u: a board whose sampler is wrong.
+ * Built with EDGELM_TEST_LIES, the lies `topp` (step 6 keeps one id more) and `temperature`
+ * (step 4 multiplies by it) are chosen at run time (lies.h).
  */
 #ifndef EDGELM_SAMPLER_H
 #define EDGELM_SAMPLER_H

@@ -97,7 +97,7 @@ int build_runtime(Runtime* rt, const uint8_t* pte, size_t pte_len, char* err, si
     return -1;
   }
   auto* loader = new (g_loader_storage) BufferDataLoader(pte, pte_len);
-  Result<Program> program = Program::load(loader, Program::Verification::Minimal);
+  Result<Program> program = Program::load(loader, Program::Verification::InternalConsistency);
   if (!program.ok()) {
     std::snprintf(err, err_cap, "program (%lu bytes) does not load (error 0x%x)", (unsigned long)pte_len,
                   (unsigned)program.error());

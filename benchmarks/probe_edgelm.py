@@ -29,11 +29,12 @@ def main() -> None:
     ap.add_argument("--draft", action="store_true", help="let the runner verify drafts from the context")
     args = ap.parse_args()
 
-    from toolchain import api, logs
+    from toolchain import api, boards, logs
     from toolchain.deploy import bringup
     from toolchain.export import manifest
     from toolchain.link import protocol
     from toolchain.validate import compare
+    from toolchain.validate.judge import Judge
     from toolchain.validate.reference import ProgramRunner
 
     logs.quiet_torch()
@@ -41,18 +42,20 @@ def main() -> None:
     quant = man["quantization"]["linear"]
     bundle, _ = api.cached_build("host", args.pte, args.workdir)
     target = api.target_for("host", "local", args.workdir)
-    reference = ProgramRunner(args.pte)
+    # the twin judges after each request (never while the board decodes): timings are the board's alone
+    judge = Judge(board=boards.get("host"), bundle_root=bundle.root, reference=ProgramRunner(args.pte),
+                  tolerance=compare.default_tolerance(quant))
     runs = {"warm": ([int(x) for x in args.ids32.split(",")], 8),
             "a": ([int(x) for x in args.ids32.split(",")], args.tokens),
             "b": ([int(x) for x in args.ids127.split(",")], 1)}
     got: dict[str, dict] = {}
-    with bringup.bring_up(target, bundle, threads=args.threads) as up:
+    with judge, bringup.bring_up(target, bundle, threads=args.threads) as up:
         load_ms = up.hello.load_ms
         for name, (ids, n) in runs.items():
             request = protocol.Request(prompt=tuple(ids), max_new_tokens=n, temperature=0.0, top_k=0, top_p=1.0,
                                        seed=0, stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=True,
                                        report_logits=True, draft=args.draft)
-            served = api.serve_and_validate(up, request, reference, tolerance=compare.default_tolerance(quant))
+            served = api.serve_and_validate(up, request, judge)
             s = served.collected.stats
             got[name] = {"verdict": served.verdict.verdict, "reason": served.verdict.reason,
                          "generated": len(served.collected.tokens), "tokens": list(served.collected.tokens),

@@ -88,29 +88,30 @@ def speculative(work: Path, tok: Any, docs: list[list[int]], draft_model: str | 
     greedily with drafts and without, every stream validated; acceptance, forward calls and output
     tokens/s. ``draft_model``: the program also carries it (drafts from the context first, then from
     it). ``draft_cost``: what a draft-model call reads, in model calls (for the projection)."""
-    from toolchain import api
+    from toolchain import api, boards
     from toolchain.deploy import bringup
     from toolchain.link import protocol
+    from toolchain.validate.judge import Judge
     from toolchain.validate.reference import ProgramRunner
 
     quant, group, emb = SPEC_SCHEME
     exported, _ = api.cached_export(MODEL, work, quant=quant, group_size=group, embedding=emb,
                                     max_seq_len=CONTEXT, draft_model=draft_model)
     bundle, _ = api.cached_build("host", exported.pte, work)
-    reference = ProgramRunner(exported.pte)
+    judge = Judge(board=boards.get("host"), bundle_root=bundle.root, reference=ProgramRunner(exported.pte))
     prompts = [d[:6] for d in docs[:SPEC_PROMPTS]]
     out: dict[str, Any] = {"scheme": " ".join(map(str, SPEC_SCHEME)), "prompts": len(prompts),
                            "tokens": SPEC_TOKENS, "draft_model": draft_model, "runs": [],
                            "command": f"edgelm export --model {MODEL} --quant {quant} --group-size {group} "
                                       f"--embedding {emb} --max-seq-len {CONTEXT}"
                                       + (f" --draft-model {draft_model}" if draft_model else "")}
-    with bringup.bring_up(api.target_for("host", "local", work), bundle, threads=2) as up:
+    with judge, bringup.bring_up(api.target_for("host", "local", work), bundle, threads=2) as up:
         for ids in prompts:
             row: dict[str, Any] = {"prompt": tok_text(tok, ids)}
             for draft in (False, True):
                 req = protocol.Request(prompt=tuple(ids), max_new_tokens=SPEC_TOKENS, ignore_eos=True,
                                        report_logits=True, draft=draft)
-                served = api.serve_and_validate(up, req, reference, tolerance=0.75)
+                served = api.serve_and_validate(up, req, judge)
                 s = served.collected.stats
                 row["drafts" if draft else "plain"] = {
                     "verdict": served.verdict.verdict, "decode_tok_s": s.decode_tok_s, "calls": s.decode_calls,

@@ -550,6 +550,8 @@ def image(board_name: str, out: Path, *, bundle_dir: Path | None = None, model: 
     refuse_bare_metal(board, "make a Linux image for")
     if bundle_dir is not None and model is not None:
         raise UsageError("give --bundle or --model, not both")
+    if board.arch == "aarch64":
+        builder.check_out(out)  # a folder that is not edgelm's is refused before the model is exported
     bundle = None
     if bundle_dir is not None:
         bundle = package.read_bundle(bundle_dir)
@@ -660,66 +662,79 @@ class RunRequest:
 class Served:
     """One request served by a board and judged against the host reference."""
 
-    request: Any  # protocol.Request
+    request: Any  # protocol.Request, as sent
     collected: Any  # session.Collected
     verdict: Any  # compare.Verdict
     attempts: int
-    reference_logits: list[Any] = field(default_factory=list)  # the host's logits before each board token
 
 
-def serve_and_validate(up: Any, request: Any, reference: Any, *, tolerance: float, retries: int = 0,
-                       near_tie_fraction: float | None = None, on_token: Callable[[int], None] = lambda t: None,
+CANCEL_GRACE_S = 1.0  # after CANCEL, the most a board may stay silent before the request is abandoned
+
+
+def serve_and_validate(up: Any, request: Any, judge: Any, *, retries: int = 0,
+                       on_token: Callable[[int], None] = lambda t: None,
                        on_retry: Callable[[int, str], None] = lambda n, why: None,
                        cancel: Callable[[], bool] | None = None) -> Served:
     """Send ``request`` to a board that is up (``bringup.BoardUp``), gather its stream and judge every
-    token against ``reference`` (a ``validate.reference.ProgramRunner`` on the same program).
+    token with ``judge`` (``validate.judge.Judge``: the board's twin, or the host reference; None:
+    not judged).
 
     A stream the link damaged (garbled or lost frames, a port that went away, a silent board) is
     asked for again, up to ``retries`` times; only a complete stream is judged.
 
-    ``cancel`` is asked after each token; the first time it says yes, the board is sent CANCEL,
-    and the tokens it sent up to its STATS are judged (a board that claims a CANCEL nobody sent fails)."""
+    ``cancel`` is asked after each token and while the board is silent; the first time it says yes,
+    the board is sent CANCEL, and the tokens it sent up to its STATS are judged (a board that claims a
+    CANCEL nobody sent fails). A board silent for ``CANCEL_GRACE_S`` after the CANCEL is abandoned
+    (LinkError)."""
     from toolchain.link import protocol
     from toolchain.link.session import LinkError
-    from toolchain.validate import compare
 
-    cancelled = False
+    cancelled, cancelled_at = False, 0.0
 
-    def token(t: int) -> None:
-        nonlocal cancelled
-        on_token(t)
+    def asked_to_cancel() -> None:
+        nonlocal cancelled, cancelled_at
         if cancel is not None and not cancelled and cancel():
             up.session.send(protocol.CANCEL)
-            cancelled = True
+            cancelled, cancelled_at = True, time.monotonic()
+
+    def token(t: int) -> None:
+        on_token(t)
+        asked_to_cancel()
+
+    def idle() -> None:  # the board is silent (a long prefill, or a hung board): Ctrl-C must still work
+        asked_to_cancel()
+        if cancelled and time.monotonic() - cancelled_at > CANCEL_GRACE_S:
+            raise LinkError(f"the board did not end the request within {CANCEL_GRACE_S:g} s of CANCEL: abandoned")
 
     attempt = 0
-    while True:
-        attempt += 1
-        try:
-            cancelled = False
-            collected = up.session.collect(request, token)
-            break
-        except LinkError as exc:
-            if attempt > retries:
-                if retries:
-                    raise LinkError(f"{exc} (after {retries} retries)") from None
-                raise
-            log.warning("stream damaged (%s); asking again (%d of %d)", exc, attempt, retries)
-            on_retry(attempt, str(exc))
-            up.session.resync()
-    asked = compare.Asked(max_new_tokens=request.max_new_tokens, stop_ids=tuple(request.stop),
-                          ignore_eos=request.ignore_eos, temperature=request.temperature, top_k=request.top_k,
-                          top_p=request.top_p, seed=request.seed, report_logits=request.report_logits,
-                          cancelled=cancelled)
-    stream = compare.Stream(tokens=tuple(collected.tokens), logits=tuple(collected.logits),
-                            stop=collected.stats.stop if collected.stats is not None else None)
-    fraction = compare.DEFAULT_NEAR_TIE_BUDGET if near_tie_fraction is None else near_tie_fraction
-    if reference is None:  # not judged (a console without a program here to judge by)
-        return Served(request, collected, None, attempt, [])
-    shape = compare.check_stream(asked, stream)
-    logits = [] if shape is not None else reference_logits(reference, list(request.prompt), stream.tokens)
-    verdict = compare.compare(asked, stream, logits, tolerance=tolerance, near_tie_fraction=fraction)
-    return Served(request, collected, verdict, attempt, logits)
+    up.session.on_idle = idle if cancel is not None else None
+    try:
+        while True:
+            attempt += 1
+            try:
+                cancelled = False
+                collected = up.session.collect(request, token)
+                break
+            except LinkError as exc:
+                if cancelled:  # abandoned on the user's word: asking again is not what they want
+                    raise
+                if attempt > retries:
+                    if retries:
+                        raise LinkError(f"{exc} (after {retries} retries)") from None
+                    raise
+                log.warning("stream damaged (%s); asking again (%d of %d)", exc, attempt, retries)
+                on_retry(attempt, str(exc))
+                up.session.resync()
+    finally:
+        up.session.on_idle = None
+    if judge is None:  # not judged (a console without a program here to judge by)
+        return Served(collected.request, collected, None, attempt)
+    verdict = judge.judge(collected, up.session.hello, cancelled=cancelled)
+    if cancelled or not verdict.passed:
+        # The twin ran a cancelled request to its end, or did not follow a failed one: what the board
+        # holds is no longer what the judge's side holds. The next turn starts afresh on both.
+        up.session.held = None
+    return Served(collected.request, collected, verdict, attempt)
 
 
 def measure_fidelity(model: str, prompt: list[int], tokens: Sequence[int], program_logits: list[Any],
@@ -736,14 +751,6 @@ def measure_fidelity(model: str, prompt: list[int], tokens: Sequence[int], progr
     with torch.no_grad():
         logits = net(torch.tensor([[*prompt, *tokens[:-1]]]), torch.tensor([0]))[0, len(prompt) - 1:]
     return fidelity.measure(logits.numpy(), np.stack(program_logits), tokens, min_agreement)
-
-
-def reference_logits(reference: Any, prompt: list[int], tokens: Sequence[int]) -> list[Any]:
-    """The host's logits before each of the board's tokens, teacher-forced on them."""
-    out = [reference.step(prompt, 0).numpy()]
-    for i, t in enumerate(tokens[:-1]):
-        out.append(reference.step([int(t)], len(prompt) + i).numpy())
-    return out
 
 
 @dataclass
@@ -860,6 +867,12 @@ class Prepared:
     reference: Any  # validate.reference.ProgramRunner
     tolerance: float
     reused: dict[str, bool]
+    judge: Any = None  # validate.judge.Judge: the twin (started on the first request) or the reference
+
+    def close(self) -> None:
+        """Stop the twin, if one was started."""
+        if self.judge is not None:
+            self.judge.close()
 
 
 def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
@@ -867,6 +880,7 @@ def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
     from toolchain import boards
     from toolchain.model import tokenizer
     from toolchain.validate import compare
+    from toolchain.validate.judge import Judge
     from toolchain.validate.reference import ProgramRunner
 
     req.check()
@@ -888,8 +902,12 @@ def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
     _request_for(req, exported.manifest, tok)  # a prompt that cannot fit fails before the build
     bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress, sign_key=req.sign_key)
     tol = req.tolerance if req.tolerance is not None else compare.default_tolerance(quant)
-    return Prepared(req, board, tgt, exported, bundle, quant, tok, ProgramRunner(exported.pte), tol,
-                    {"export": reused_export, "build": reused_build})
+    reference = ProgramRunner(exported.pte)
+    fraction = compare.DEFAULT_NEAR_TIE_BUDGET if req.near_tie_budget is None else req.near_tie_budget
+    judge = Judge(board=board, bundle_root=bundle.root, reference=reference, tolerance=tol,
+                  near_tie=board.near_tie, near_tie_fraction=fraction)
+    return Prepared(req, board, tgt, exported, bundle, quant, tok, reference, tol,
+                    {"export": reused_export, "build": reused_build}, judge)
 
 
 def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _noop,
@@ -913,18 +931,23 @@ def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _no
         on_retry(n, why)
 
     progress("stream", f"{len(request.prompt)} prompt tokens, up to {req.tokens} new")
-    served = serve_and_validate(up, request, prep.reference, tolerance=prep.tolerance, retries=req.retries,
-                                near_tie_fraction=req.near_tie_budget, on_token=on_token, on_retry=retried)
+    if prep.judge.rule == "twin":
+        progress("validate", f"against the board's twin ({prep.judge.how})")
+    served = serve_and_validate(up, request, prep.judge, retries=req.retries, on_token=on_token, on_retry=retried)
     boot = None
     if up.booted and tgt.power is not None:
         state = tgt.power.status()
         boot = {"boot_s": state.get("boot_s"), "boot_to_hello_s": state.get("boot_to_hello_s")}
     on_text(assembler.finish())
     fid = None
-    if req.fidelity and served.reference_logits:
+    if req.fidelity and served.verdict.generated and served.collected.stats is not None:
+        from toolchain.validate.judge import teacher_forced
+
         progress("fidelity", "the board's tokens against the eager fp32 model")
-        fid = measure_fidelity(req.model, list(request.prompt), list(served.collected.tokens),
-                               served.reference_logits, req.min_agreement).to_dict()
+        tokens = list(served.collected.tokens)
+        program_logits = prep.judge.last_logits or teacher_forced(prep.reference, served.request.prompt, tokens)
+        fid = measure_fidelity(req.model, list(served.request.prompt), tokens, program_logits,
+                               req.min_agreement).to_dict()
     stats, hello = served.collected.stats, up.hello
     stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens",
                    protocol.STOP_CANCELLED: "cancelled"}.get(
@@ -957,9 +980,12 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
     from toolchain.deploy import bringup
 
     prep = prepare_run(req, progress)
-    with bringup.bring_up(prep.target, prep.bundle, threads=req.threads, progress=progress,
-                          open_transport=open_transport, force=req.force) as up:
-        return serve_run(prep, up, req, progress, on_text, on_retry)
+    try:
+        with bringup.bring_up(prep.target, prep.bundle, threads=req.threads, progress=progress,
+                              open_transport=open_transport, force=req.force) as up:
+            return serve_run(prep, up, req, progress, on_text, on_retry)
+    finally:
+        prep.close()
 
 
 def monitor(*, port: str | None, board: str | None, target: str | None, baud: int, seconds: float,
@@ -970,6 +996,7 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
     from toolchain.link.session import BoardSession
     from toolchain.link.transport import Deadline
 
+    ids = _monitor_request(prompt_ids, tokens, seconds, baud)  # every option checked before the port is opened
     if port is None:
         if board is None:
             raise UsageError("give --port, or --board of a runner that `edgelm flash` started")
@@ -982,11 +1009,7 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
     transport = open_link()
     try:
         session = BoardSession(transport, reopen=open_link)  # found again after a board reset re-enumerates it
-        if prompt_ids:
-            try:
-                ids = tuple(int(x) for x in prompt_ids.split(","))
-            except ValueError:
-                raise UsageError(f"--prompt-ids {prompt_ids!r} must be comma-separated integers") from None
+        if ids:
             session.send(protocol.REQUEST, protocol.Request(prompt=ids, max_new_tokens=tokens).pack())
         for frame, msg in session.frames(Deadline(seconds)):
             if isinstance(frame, framing.FrameError):
@@ -996,6 +1019,28 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
                        "message": msg if not hasattr(msg, "__dict__") else {k: v for k, v in vars(msg).items()}}
     finally:
         transport.close()
+
+
+def _monitor_request(prompt_ids: str | None, tokens: int, seconds: float, baud: int) -> tuple[int, ...]:
+    """monitor's options, in range (one line naming the option); the prompt's token ids, if any."""
+    import math
+
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise UsageError(f"--seconds {seconds} must be a finite number of seconds, at least 0")
+    if baud <= 0:
+        raise UsageError(f"--baud {baud} must be a positive rate")
+    if not prompt_ids:
+        return ()
+    try:
+        ids = tuple(int(x) for x in prompt_ids.split(","))
+    except ValueError:
+        raise UsageError(f"--prompt-ids {prompt_ids!r} must be comma-separated integers") from None
+    bad = next((t for t in ids if not 0 <= t < 2**32), None)
+    if bad is not None:
+        raise UsageError(f"--prompt-ids: token id {bad} is not in [0, 2^32)")
+    if not 1 <= tokens < 2**32:
+        raise UsageError(f"--tokens {tokens} must be in [1, 2^32)")
+    return ids
 
 
 def _edgelm_links(workdir: Path) -> list[Any]:

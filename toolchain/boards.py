@@ -57,6 +57,9 @@ class Board:
     baud: int
     default_quant: str
     qemu_cpu: str | None = None  # QEMU CPU model that emulates this board (Arm boards)
+    # Where the board has no twin (validate/twin.py), the host top-two gap (std of the reference logits)
+    # under which a flipped token may be rounding: measured from honest runs against the host.
+    near_tie: float = 0.05
     default_target: str | None = None  # target spec used without --target (see `edgelm targets`)
     # Arm NPU systems (Cortex-M + Ethos-U): the accelerator as Vela names it, its clock, Vela's
     # system configuration and memory mode, and the memories the program and its arena live in.
@@ -107,6 +110,8 @@ class Board:
                              "'qemu', 'local' or 'ssh://pi@raspberrypi.local'")
         if self.arch == "aarch64" and not self.qemu_cpu:
             raise InputError(f"{src}: an aarch64 board needs qemu_cpu (the CPU model that emulates it)")
+        if not (isinstance(self.near_tie, (int, float)) and 0 <= self.near_tie <= 1):
+            raise InputError(f"{src}: near_tie={self.near_tie!r} must be a number of std in [0, 1]")
 
     def _check_bare_metal(self, src: str) -> None:
         if self.triple != "arm-none-eabi":
@@ -204,9 +209,11 @@ class Board:
 
 def _from_toml(path: Path) -> Board:
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{path} is not valid TOML ({exc})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
     known = {f.name for f in fields(Board)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -218,12 +225,21 @@ def _from_toml(path: Path) -> Board:
         raise InputError(f"{path}: missing field {missing[0]!r}")
     if path.stem != raw["name"]:
         raise InputError(f"{path}: name={raw['name']!r} differs from the file name")
+    for f in fields(Board):  # text fields are text, so the checks below read them as such
+        if f.type in ("str", "str | None") and f.name in raw and not (
+                isinstance(raw[f.name], str) or (raw[f.name] is None and f.type == "str | None")):
+            raise InputError(f"{path}: {f.name}={raw[f.name]!r} must be a string")
+    if not (isinstance(raw["cpu_flags"], list) and all(isinstance(x, str) for x in raw["cpu_flags"])):
+        raise InputError(f"{path}: cpu_flags={raw['cpu_flags']!r} must be a list of strings")
     raw["cpu_flags"] = tuple(raw["cpu_flags"])
     if "memory" in raw:
         raw["memory"] = _memory_from_toml(path, raw["memory"])
     try:
         return Board(**raw)
-    except TypeError as exc:
+    except InputError as exc:  # named by the file it is in
+        message = exc.message.removeprefix(f"board {raw['name']!r}: ")
+        raise InputError(f"{path}: {message}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
         raise InputError(f"{path}: {exc}") from None
 
 
@@ -242,17 +258,29 @@ def _memory_from_toml(path: Path, table: Any) -> tuple[MemoryRegion, ...]:
 
 
 class BoardRegistry:
-    """Boards by name; duplicate names are refused."""
+    """Boards by name; duplicate names are refused. A profile that does not load hides only itself:
+    asking for it raises its error, and ``problems()`` lists them all."""
 
     def __init__(self) -> None:
         self._boards: dict[str, Board] = {}
+        self._broken: dict[str, tuple[Path, InputError]] = {}  # by file name stem, which is the board's name
 
     def add(self, board: Board) -> None:
         if board.name in self._boards:
             raise InputError(f"board {board.name!r} is defined twice")
         self._boards[board.name] = board
 
+    def add_broken(self, path: Path, error: InputError) -> None:
+        self._broken[path.stem] = (path, error)
+
+    def problems(self) -> list[tuple[Path, InputError]]:
+        """The profiles that did not load, each with why."""
+        return [self._broken[n] for n in sorted(self._broken)]
+
     def get(self, name: str) -> Board:
+        if name not in self._boards and name in self._broken:
+            path, error = self._broken[name]
+            raise InputError(error.message, hint=f"fix or remove {path}; the other boards are not affected")
         if name not in self._boards:
             raise UsageError(f"unknown board {name!r}; known boards: {', '.join(sorted(self._boards))}",
                              hint="`edgelm boards` lists them with their CPUs")
@@ -262,10 +290,17 @@ class BoardRegistry:
         return [self._boards[n] for n in sorted(self._boards)]
 
 
-def load_registry(directory: Path = BOARDS_DIR) -> BoardRegistry:
+def load_registry(directory: Path | None = None) -> BoardRegistry:
+    """The profiles of ``directory`` (default: ``BOARDS_DIR``, read when called). One that does not load
+    is set aside with its error (``problems()``), never in the way of the others."""
     registry = BoardRegistry()
-    for path in sorted(directory.glob("*.toml")):
-        registry.add(_from_toml(path))
+    for path in sorted((directory or BOARDS_DIR).glob("*.toml")):
+        try:
+            board = _from_toml(path)
+        except InputError as exc:
+            registry.add_broken(path, exc)
+            continue
+        registry.add(board)
     return registry
 
 

@@ -20,6 +20,78 @@ from toolchain.errors import CapacityError, InputError
 _USER, _REPLY, _NEXT = "\x00user\x00", "\x00reply\x00", "\x00next\x00"
 
 
+# Bounds on rendering a checkpoint's chat template (its own code): a template of a few turns runs a
+# few hundred lines of the compiled template and makes a few hundred characters.
+MAX_RENDER_STEPS = 1_000_000  # lines of the compiled template run, loops included
+MAX_RENDER_CHARS = 1_000_000  # the text one rendering makes, and the longest string or list it may build
+MAX_INT_BITS = 4096  # the largest number ** may make
+
+
+class _TooMuch(Exception):
+    """A rendering went past one of the bounds (the message says which)."""
+
+
+def _size(x: Any) -> int | None:
+    return len(x) if isinstance(x, (str, bytes, list, tuple)) else None
+
+
+def _bounded_environment() -> Any:
+    """jinja2's immutable sandbox, with ``*``, ``**`` and ``+`` checked before they build something huge."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Bounded(ImmutableSandboxedEnvironment):
+        intercepted_binops = frozenset({"*", "**", "+"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 \
+                    and abs(left) > 1 and right * abs(left).bit_length() > MAX_INT_BITS:
+                raise _TooMuch(f"it makes a number too large ({left} ** {right})")
+            if operator == "*":
+                n, times = (_size(left), right) if _size(left) is not None else (_size(right), left)
+                if n is not None and isinstance(times, int) and n * times > MAX_RENDER_CHARS:
+                    raise _TooMuch(f"it builds a string or list longer than {MAX_RENDER_CHARS:,}")
+            if operator == "+" and _size(left) is not None and _size(right) is not None \
+                    and _size(left) + _size(right) > MAX_RENDER_CHARS:  # type: ignore[operator]
+                raise _TooMuch(f"it builds a string or list longer than {MAX_RENDER_CHARS:,}")
+            return super().call_binop(context, operator, left, right)
+
+    return Bounded(trim_blocks=True, lstrip_blocks=True)
+
+
+def _render_bounded(tpl: Any, **values: Any) -> str:
+    """``tpl`` rendered, stopped (``_TooMuch``) past MAX_RENDER_STEPS lines of its code or MAX_RENDER_CHARS
+    characters of text. The steps are counted by a trace function on the template's own frames only,
+    in this thread, whatever thread it is; the tracer in place before (a debugger, coverage) comes back."""
+    import sys
+
+    steps = 0
+
+    def line(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal steps
+        if event == "line":
+            steps += 1
+            if steps > MAX_RENDER_STEPS:
+                raise _TooMuch(f"it does not end: more than {MAX_RENDER_STEPS:,} steps")
+        return line
+
+    def call(frame: Any, event: str, arg: Any) -> Any:
+        return line if frame.f_code.co_filename == "<template>" else None
+
+    out: list[str] = []
+    size = 0
+    before = sys.gettrace()
+    sys.settrace(call)
+    try:
+        for piece in tpl.generate(**values):
+            size += len(piece)
+            if size > MAX_RENDER_CHARS:
+                raise _TooMuch(f"it makes more than {MAX_RENDER_CHARS:,} characters")
+            out.append(piece)
+    finally:
+        sys.settrace(before)
+    return "".join(out)
+
+
 @dataclass(frozen=True)
 class ChatFormat:
     """The text around each turn. Plain text when ``template`` is False: the user's text, then the
@@ -34,21 +106,27 @@ class ChatFormat:
     @classmethod
     def from_template(cls, template: str, bos_token: str = "", eos_token: str = "", source: str = "") -> ChatFormat:
         """The pieces of ``template``, found by rendering it around sentinel messages."""
-        import jinja2
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        try:  # a checkpoint's file: rendered in jinja2's sandbox, as transformers does
-            tpl = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+        try:  # a checkpoint's file: rendered in jinja2's sandbox, as transformers does, within bounds
+            tpl = _bounded_environment().from_string(template)
 
             def render(messages: list[dict[str, str]], gen: bool) -> str:
-                return tpl.render(messages=messages, add_generation_prompt=gen, bos_token=bos_token,
-                                  eos_token=eos_token)
+                return _render_bounded(tpl, messages=messages, add_generation_prompt=gen, bos_token=bos_token,
+                                       eos_token=eos_token)
 
             one = render([{"role": "user", "content": _USER}], True)
             two = render([{"role": "user", "content": _USER}, {"role": "assistant", "content": _REPLY},
                           {"role": "user", "content": _NEXT}], True)
-        except jinja2.TemplateError as exc:
-            raise InputError(f"{source or 'the chat template'}: does not render ({exc})") from None
+        except _TooMuch as exc:
+            raise InputError(f"{source or 'the chat template'}: {exc}",
+                             hint="a chat template renders the messages it is given, in a few hundred steps") from None
+        except RecursionError:
+            raise InputError(f"{source or 'the chat template'}: does not render (it calls itself without "
+                             "end)") from None
+        except MemoryError:
+            raise InputError(f"{source or 'the chat template'}: does not render (it ran out of memory)") from None
+        except Exception as exc:  # the template is the checkpoint's code: whatever it raises, it does not render
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InputError(f"{source or 'the chat template'}: does not render ({text[:200]})") from None
         if one.count(_USER) != 1 or two.count(_REPLY) != 1 or two.count(_NEXT) != 1:
             raise InputError(f"{source or 'the chat template'}: does not place each message once")
         before_first, after_user = one.split(_USER)

@@ -51,6 +51,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             with interrupts.handled():
+                if "workdir" in kwargs:
+                    check_workdir(kwargs["workdir"])
                 return fn(*args, **kwargs)
         except EdgelmError as exc:
             hint = f" [dim](hint: {escape(printable(exc.hint))})[/]" if exc.hint else ""
@@ -74,6 +76,35 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_INTERNAL)
 
     return wrapper
+
+
+def check_workdir(workdir: Path | None) -> None:
+    """--workdir must be a folder, or a path where one can be made: not a file, nor under one."""
+    if workdir is None:
+        return
+    path = Path(workdir)
+    for p in (path, *path.parents):
+        try:
+            if not (p.exists() or p.is_symlink()):
+                continue
+            if not p.is_dir():
+                where = f"--workdir {workdir}" + (f": {p}" if p != path else "")
+                raise UsageError(f"{where} is a file, not a folder" if p.exists() else f"{where} is a link to nothing",
+                                 hint="give a folder for --workdir")
+        except OSError as exc:
+            raise UsageError(f"--workdir {workdir}: cannot look at {p} ({exc.strerror or exc})") from None
+        return
+
+
+def check_text(option: str, value: str) -> None:
+    """Text that is sent to a board must be UTF-8: argv bytes that are not reach Python as lone surrogates."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        c = ord(value[exc.start])
+        what = f"the byte 0x{c - 0xdc00:02x}" if 0xdc80 <= c <= 0xdcff else f"U+{c:04X}"
+        raise UsageError(f"{option} is not UTF-8 text ({what} at character {exc.start})",
+                         hint="give the text in UTF-8") from None
 
 
 def printable(text: str) -> str:
@@ -119,13 +150,55 @@ def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def options_from(kwargs: dict[str, Any]) -> Any:
-    """Pop the target_options values out of a command's kwargs into a TargetOptions."""
+def options_from(kwargs: dict[str, Any], board: str | None = None, target: str | None = None, *,
+                 service: bool = False, bundle: Path | None = None, check: bool = True) -> Any:
+    """Pop the target_options values out of a command's kwargs into a TargetOptions, refusing those the
+    target (``target``, else ``board``'s default; ``bundle``'s board when no board is named) would ignore."""
     from toolchain.deploy.registry import TargetOptions
 
-    return TargetOptions(port=kwargs.pop("link_port"), board_port=kwargs.pop("board_port"),
-                         ssh_config=kwargs.pop("ssh_config"), accept_new_host_key=kwargs.pop("accept_new_host_key"),
-                         boot=kwargs.pop("boot"))
+    options = TargetOptions(port=kwargs.pop("link_port"), board_port=kwargs.pop("board_port"),
+                            ssh_config=kwargs.pop("ssh_config"),
+                            accept_new_host_key=kwargs.pop("accept_new_host_key"), boot=kwargs.pop("boot"),
+                            service=service)
+    if check:
+        refuse_ignored_options(options, board, target, bundle)
+    return options
+
+
+# The wiring options each kind of target would ignore (the others each kind takes, or refuses itself).
+OPTION_FLAGS = {"port": "--port", "board_port": "--board-port", "ssh_config": "--ssh-config",
+                "accept_new_host_key": "--accept-new-host-key", "boot": "--boot", "service": "--service"}
+IGNORED_BY = {
+    "qemu": (tuple(OPTION_FLAGS), "an emulated board on this machine: edgelm makes its link (a pseudo-terminal "
+                                  "pair) and starts and stops its runner itself"),
+    "local": (tuple(OPTION_FLAGS), "this machine: edgelm makes its link (a pseudo-terminal pair) and starts and "
+                                   "stops its runner itself"),
+    "qemu-system": (("accept_new_host_key",), "the guest's host key is recorded in the image's known_hosts on "
+                                              "first contact"),
+}
+
+
+def refuse_ignored_options(options: Any, board: str | None, target: str | None, bundle: Path | None = None) -> None:
+    """One line naming the option and the target kind, for a wiring option the target would not use."""
+    given = [name for name in OPTION_FLAGS if getattr(options, name)]
+    if not given:
+        return
+    from toolchain import boards
+    from toolchain.deploy import registry
+
+    if target is None:
+        if board is None and bundle is not None:
+            from toolchain.bundle import package
+
+            board = package.read_bundle(bundle).board
+        if board is None:
+            return  # nothing names the target yet: the job refuses that itself
+        target = registry.default_for(boards.get(board))
+    kind = registry.kind_of(target).name
+    ignored, why = IGNORED_BY.get(kind, ((), ""))
+    for name in given:
+        if name in ignored:
+            raise UsageError(f"{OPTION_FLAGS[name]} does not apply to the {kind} target ({why})")
 
 
 class StepProgress:
@@ -316,7 +389,7 @@ def backends(as_json: bool) -> None:
         emit_json(items)
         return
     for b in items:
-        console.print(f"[bold]{b['name']:<10}[/] {b['description']}")
+        console.print(f"[bold]{escape(b['name']):<10}[/] {escape(b['description'])}")
 
 
 @main.command("boards")
@@ -327,19 +400,28 @@ def boards_cmd(as_json: bool) -> None:
     from toolchain import boards
     from toolchain.deploy import registry
 
+    reg = boards.load_registry()
+    for path, problem in reg.problems():  # a profile that does not load is left out, and said so
+        err.print(f"[yellow]warning:[/] {escape(printable(problem.message))} (board {escape(printable(path.stem))} "
+                  "left out)", soft_wrap=True)
     items = [b.to_dict() | {"default_target": None if b.bare_metal else registry.default_for(b),
-                            "bare_metal": b.bare_metal} for b in boards.load_registry().all()]
+                            "bare_metal": b.bare_metal} for b in reg.all()]
     if as_json:
         emit_json(items)
         return
+
+    def text(value: Any) -> str:  # a profile's strings are shown as they are, never as markup
+        return escape(printable(str(value)))
+
     table = Table("board", "cpu", "cores", "memory", "NPU", "glibc", "serial", "target", "description")
     for b in items:
         npu = f"{b['npu']} @ {b['npu_clock_mhz']} MHz" if b["npu"] else "-"
         memory = (", ".join(f"{r['name']} {_size(r['bytes'])}" for r in b["memory"] if r["name"] in (
             "SRAM", "FLASH", "DDR")) + f"; program in {b['program_memory']}" if b["memory"] else f"{b['ram_mb']} MB")
-        table.add_row(b["name"], " ".join(f for f in b["cpu_flags"] if f.startswith(("-mcpu", "-march"))),
-                      str(b["cores"]), memory, npu, b["glibc"] or "-", f"{b['serial_device']} @ {b['baud']}",
-                      b["default_target"] or "- (edgelm build)", b["description"])
+        table.add_row(*(text(x) for x in (
+            b["name"], " ".join(f for f in b["cpu_flags"] if f.startswith(("-mcpu", "-march"))), b["cores"], memory,
+            npu, b["glibc"] or "-", f"{b['serial_device']} @ {b['baud']}", b["default_target"] or "- (edgelm build)",
+            b["description"])))
     console.print(table)
 
 
@@ -382,12 +464,13 @@ def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | No
         if as_json:
             emit_json(result)
         else:
-            console.print(f"rendered {result['project']} for {board}: {result['objects']} objects compiled with "
-                          f"{' '.join(result['cpu_flags'])} -Werror; self-test {result['selftest_elf']}")
+            console.print(f"rendered {escape(result['project'])} for {escape(board)}: {result['objects']} objects "
+                          f"compiled with {escape(' '.join(result['cpu_flags']))} -Werror; self-test "
+                          f"{escape(result['selftest_elf'])}")
             console.print(f"arena {result['arena_bytes']:,} B + NPU scratch {result['npu_scratch_bytes']:,} B in "
                           f"SRAM; program {result['program_bytes']:,} B in {result['program_region']}")
             if result["linked"]:
-                console.print(f"[green]linked[/] {result['runner_elf']}")
+                console.print(f"[green]linked[/] {escape(result['runner_elf'])}")
         if not result["linked"]:
             raise BuildError(f"the runner for {board} is NOT linked: it needs ExecuTorch built for Cortex-M; "
                              f"missing: {', '.join(result['missing'])}",
@@ -403,7 +486,7 @@ def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | No
         emit_json({"bundle": str(bundle.root), "release": bundle.release_id, "signed": sign_key is not None}
                   | bundle.info)
         return
-    console.print(f"[green]built[/] {bundle.root} for {bundle.board}: {len(bundle.files)} files, "
+    console.print(f"[green]built[/] {escape(str(bundle.root))} for {escape(bundle.board)}: {len(bundle.files)} files, "
                   f"{bundle.info['size_bytes'] / 1e6:.1f} MB, needs glibc {bundle.info['glibc_required']} "
                   f"(board has {bundle.info['glibc_board']}), release {bundle.release_id}"
                   + (", signed" if sign_key is not None else ""))
@@ -437,7 +520,7 @@ def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_js
     """Make a target accept only bundles signed by this public key (or another it trusts)."""
     from toolchain import api
 
-    result = api.trust(public_key, board, target, workdir, options_from(kw))
+    result = api.trust(public_key, board, target, workdir, options_from(kw, board, target))
     if as_json:
         emit_json(result)
         return
@@ -463,9 +546,10 @@ def flash(bundle: Path | None, board: str | None, target: str | None, rollback: 
     """Deploy a bundle to a target (hash-verified on the board) and start its runner."""
     from toolchain import api
 
+    options = options_from(kw, board, target, service=service, bundle=bundle)
     with StepProgress(enabled=not as_json) as progress:
         result = api.flash(bundle, target, workdir, start=not no_start, progress=progress, board=board,
-                           rollback=rollback, options=options_from(kw), service=service, force=force)
+                           rollback=rollback, options=options, service=service, force=force)
     if as_json:
         emit_json(result)
         return
@@ -493,7 +577,7 @@ def stop(board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any
     """Stop the runner a `flash` started."""
     from toolchain import api
 
-    stale = api.stop(board, target, workdir, options_from(kw))
+    stale = api.stop(board, target, workdir, options_from(kw, board, target))
     if as_json:
         emit_json({"board": board, "stopped": True, "stale_pid_file": stale})
     else:
@@ -511,8 +595,9 @@ def power(action: str, board: str, target: str | None, workdir: Path, as_json: b
     """Switch a board on (boot), off, cycle it, or show its state (qemu-system, labgrid:// with a power port)."""
     from toolchain import api
 
+    options = options_from(kw, board, target)
     with StepProgress(enabled=not as_json) as progress:
-        result = api.power(board, action, target, workdir, options_from(kw), progress)
+        result = api.power(board, action, target, workdir, options, progress)
     if as_json:
         emit_json(result)
         return
@@ -628,11 +713,12 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
               help="Also draft with this smaller model of the same tokenizer (see `edgelm export --draft-model`).")
 @click.option("--threads", type=int, default=None, help="Runner threads [default: the board's].")
 @click.option("--tolerance", type=float, default=None,
-              help="Board vs host logit difference accepted as rounding, in std of the host logits "
-                   "[default: 0.01 fp32, 0.75 8da*].")
+              help="Without a twin: board vs host logit difference accepted as rounding, in std of the host "
+                   "logits [default: 0.01 fp32, 0.75 8da*]. The twin allows none.")
 @click.option("--near-tie-budget", type=float, default=None,
-              help="Largest fraction of the tokens that may be near-ties (a flip the measured drift explains) "
-                   "[default: 0.5, at least 2 tokens].")
+              help="Without a twin: largest fraction of the tokens that may be near-ties (a flip where the host's "
+                   "own top two are within the board's near_tie) [default: 0.05, at least 1 token]. The twin "
+                   "allows none.")
 @click.option("--retries", type=int, default=0, show_default=True,
               help="Ask again for a stream the link damaged (garbled or lost frames); only a whole stream is judged.")
 @click.option("--byte-tokenizer", is_flag=True,
@@ -661,6 +747,7 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
     from toolchain.validate import html as html_report
     from toolchain.validate import report as report_mod
 
+    check_text("--prompt", prompt)
     if report_path is not None and not report_path.resolve().parent.is_dir():
         raise UsageError(f"--report {report_path}: the folder {report_path.resolve().parent} does not exist")
 
@@ -671,7 +758,7 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                          min_agreement=min_agreement, tolerance=tolerance, threads=threads,
                          workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
-                         sign_key=sign_key, target_options=options_from(kw), force=force, pte=pte)
+                         sign_key=sign_key, target_options=options_from(kw, board, target), force=force, pte=pte)
 
     def on_text(piece: str) -> None:
         if not as_json and piece:
@@ -743,16 +830,19 @@ def console_cmd(board: str, model: str, quant: str | None, target: str | None, m
                 **kw: Any) -> None:
     """Chat with a board over its link: tokens as they arrive, a status line per reply, Ctrl-C stops
     a reply (CANCEL), /reset, /stats, /quit. Exit status 0, or 6 if a reply did not validate."""
-    from toolchain import console as console_mod
-    from toolchain.errors import UsageError, ValidationFailed
+    from dataclasses import replace
 
-    if tokens < 1 or max_seq_len < 2:
-        raise UsageError("--tokens must be at least 1 and --max-seq-len at least 2")
+    from toolchain import console as console_mod
+    from toolchain.errors import ValidationFailed
+
+    options = options_from(kw, board, target, check=False)
+    # --attach talks to --port itself, whatever the target; else the target takes the options
+    refuse_ignored_options(replace(options, port=None) if attach else options, board, target)
     opts = console_mod.Options(board=board, model=model, target=target, quant=quant, max_seq_len=max_seq_len,
                                tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                threads=threads, keep_state=not no_keep_state, validate=not no_validate,
                                ignore_eos=ignore_eos,
-                               workdir=workdir, target_options=options_from(kw), attach=attach, pte=pte)
+                               workdir=workdir, target_options=options, attach=attach, pte=pte)
 
     def write(text: str) -> None:
         console.print(printable(text), end="", markup=False, highlight=False, soft_wrap=True)

@@ -45,6 +45,14 @@ class Options:
     attach: bool = False  # talk to the release `edgelm flash` left serving (no bring-up)
     pte: Path | None = None  # the program it serves (attach: for the tokenizer's sizes and validation)
 
+    def check(self) -> None:
+        """The options in range, checked as `edgelm run` checks them (one line naming the option)."""
+        from toolchain import api
+
+        api.RunRequest(board=self.board, model=self.model, prompt="", tokens=self.tokens,
+                       max_seq_len=self.max_seq_len, temperature=self.temperature, top_k=self.top_k,
+                       top_p=self.top_p, seed=self.seed, threads=self.threads).check()
+
 
 @dataclass
 class Turn:
@@ -104,9 +112,10 @@ class _SessionOnly:
 class Chat:
     """One conversation on a board that is up: ``say(text)`` runs a turn."""
 
-    def __init__(self, session: Any, conv: Any, reference: Any, tolerance: float, opts: Options):
+    def __init__(self, session: Any, conv: Any, judge: Any, opts: Options):
+        """``judge``: a ``validate.judge.Judge`` that follows the whole conversation (None: not validated)."""
         self.session, self.conv = session, conv  # the tokenizer and the EOS ids are the conversation's
-        self.reference, self.tolerance, self.opts = reference, tolerance, opts
+        self.judge, self.opts = judge, opts
         self.totals = Totals()
 
     def say(self, text: str, on_text: Callable[[str], None]) -> Turn:
@@ -118,13 +127,12 @@ class Chat:
         prompt = self.conv.turn(text, o.tokens)
         request = protocol.Request(prompt=tuple(prompt), max_new_tokens=o.tokens, temperature=o.temperature,
                                    top_k=o.top_k, top_p=o.top_p, seed=o.seed, stop=self.conv.eos_ids,
-                                   report_logits=self.reference is not None, keep_state=o.keep_state,
+                                   report_logits=self.judge is not None, keep_state=o.keep_state,
                                    ignore_eos=o.ignore_eos)
         assembler = TextAssembler(self.conv.tok)
         with ctrl_c_cancels() as pressed:
-            served = api.serve_and_validate(_SessionOnly(self.session), request, self.reference,
-                                            tolerance=self.tolerance, on_token=lambda t: on_text(assembler.push(t)),
-                                            cancel=pressed)
+            served = api.serve_and_validate(_SessionOnly(self.session), request, self.judge,
+                                            on_token=lambda t: on_text(assembler.push(t)), cancel=pressed)
         on_text(assembler.finish())
         stats = served.collected.stats
         reply = list(served.collected.tokens)
@@ -167,8 +175,11 @@ def open_chat(opts: Options, progress: Callable[[str, str], None]) -> Iterator[C
     prep = api.prepare_run(req, progress)
     man = prep.exported.manifest
     conv = Conversation.from_manifest(fmt, prep.tok, man)
-    with bringup.bring_up(prep.target, prep.bundle, threads=opts.threads, progress=progress) as up:
-        yield Chat(up.session, conv, prep.reference if opts.validate else None, prep.tolerance, opts)
+    try:
+        with bringup.bring_up(prep.target, prep.bundle, threads=opts.threads, progress=progress) as up:
+            yield Chat(up.session, conv, prep.judge if opts.validate else None, opts)
+    finally:
+        prep.close()
 
 
 def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> Iterator[Chat]:
@@ -179,6 +190,7 @@ def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> 
     from toolchain.link.session import BoardSession
     from toolchain.model import tokenizer
     from toolchain.validate import compare
+    from toolchain.validate.judge import Judge
     from toolchain.validate.reference import ProgramRunner
 
     if opts.pte is None:
@@ -202,9 +214,11 @@ def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> 
     try:
         session = BoardSession(transport, reopen=open_link)
         session._rx_seq = None  # the board has been counting since its HELLO: take its numbering as it comes
-        reference = ProgramRunner(opts.pte) if opts.validate else None
-        quant = man["quantization"]["linear"]
-        yield Chat(session, conv, reference, compare.default_tolerance(quant), opts)
+        # No bundle of ours and no HELLO here: no twin, the host reference judges (the board's near-tie gap).
+        tolerance = compare.default_tolerance(man["quantization"]["linear"])
+        judge = Judge(reference=ProgramRunner(opts.pte), tolerance=tolerance,
+                      near_tie=boards.get(opts.board).near_tie) if opts.validate else None
+        yield Chat(session, conv, judge, opts)
     finally:
         transport.close()
 
@@ -215,6 +229,7 @@ def run(opts: Options, *, read: Callable[[str], str], write: Callable[[str], Non
     prompt only reminds how to leave). Returns the number of replies that did not validate."""
     from toolchain.link.session import LinkError
 
+    opts.check()  # before any bring-up
     failed = 0
     with open_chat(opts, progress) as chat:
         progress("chat", f"{chat.conv.fmt.source}, {chat.conv.max_seq_len} tokens of room")

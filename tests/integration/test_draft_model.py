@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from judges import twin_judge
 from runner_io import TIMEOUTS, lying_bundle, serve
 
 from toolchain import api, boards
@@ -107,17 +108,16 @@ def test_a_wrong_draft_changes_no_token(wrongly_drafted, host_bundle, sampling):
     assert stats.drafted > 10 and stats.accepted < stats.drafted / 4, stats
 
 
-def test_the_verdict_fails_a_runner_that_takes_the_draft_model_on_trust(wrongly_drafted, tmp_path):
+def test_the_verdict_fails_a_runner_that_takes_the_draft_model_on_trust(wrongly_drafted, hil_workdir, tmp_path):
     exported, _ = wrongly_drafted
     liar = lying_bundle(exported.pte, tmp_path / "liar")
     target = local.create("local", boards.get("host"), tmp_path / "targets")
-    reference = ProgramRunner(exported.pte)
     req = P.Request(tuple(PROMPT), 48, ignore_eos=True, report_logits=True)
-    with bring_up(target, liar, timeouts=TIMEOUTS) as up:
-        served = api.serve_and_validate(up, req, reference, tolerance=0.75)
+    with twin_judge(exported.pte, hil_workdir) as judge, bring_up(target, liar, timeouts=TIMEOUTS) as up:
+        served = api.serve_and_validate(up, req, judge)
         assert not served.verdict.passed and served.collected.stats.drafted > 0
-        honest = api.serve_and_validate(up, P.Request(**{**req.__dict__, "draft": False}), reference, tolerance=0.75)
-        assert honest.verdict.passed
+        honest = api.serve_and_validate(up, P.Request(**{**req.__dict__, "draft": False}), judge)
+        assert honest.verdict.passed, honest.verdict.reason
 
 
 def test_edgelm_run_with_a_draft_model_passes(self_drafted, hil_workdir):

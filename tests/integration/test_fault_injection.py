@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from judges import twin_judge
 
 from toolchain import api, boards
 from toolchain.deploy import local
@@ -23,7 +24,6 @@ from toolchain.link import faults
 from toolchain.link import protocol as P
 from toolchain.link.session import Timeouts
 from toolchain.model.tokenizer import ByteTokenizer
-from toolchain.validate.reference import ProgramRunner
 
 pytestmark = pytest.mark.slow
 
@@ -41,10 +41,10 @@ def rig(hil_workdir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("faults")
     target = local.create("local", boards.get("host"), folder / "targets")
     link = faults.RelayedLink(folder, SEED)
-    reference = ProgramRunner(exported.pte)
+    reference = twin_judge(exported.pte, hil_workdir)
     eos = tuple(exported.manifest["tokens"]["eos_token_ids"])
     try:
-        with bring_up(target, bundle, open_transport=link, timeouts=FAST) as up:
+        with reference, bring_up(target, bundle, open_transport=link, timeouts=FAST) as up:
             yield up, link, reference, eos
     finally:
         link.close()
@@ -62,7 +62,7 @@ def _requests(eos):
 
 def _serve(up, request, reference, retries=2):
     try:
-        return api.serve_and_validate(up, request, reference, tolerance=0.75, retries=retries)
+        return api.serve_and_validate(up, request, reference, retries=retries)
     except DeviceError as exc:
         up.session.resync()
         return exc

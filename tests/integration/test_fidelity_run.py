@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from toolchain import api
 from toolchain.cli import main
 from toolchain.model import checkpoint, tokenizer
+from toolchain.validate.judge import teacher_forced
 from toolchain.validate.reference import ProgramRunner
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def _greedy_on_program(pte, prompt: list[int], n: int) -> tuple[list[int], list]
     tokens = [int(runner.step(prompt, 0).argmax())]
     for i in range(n - 1):
         tokens.append(int(runner.step([tokens[-1]], len(prompt) + i).argmax()))
-    return tokens, api.reference_logits(ProgramRunner(pte), prompt, tokens)
+    return tokens, teacher_forced(ProgramRunner(pte), prompt, tokens)
 
 
 def test_a_program_made_from_other_weights_passes_as_itself_but_not_as_the_checkpoint(tmp_path):

@@ -68,24 +68,29 @@ def test_a_runner_with_the_sampler_fault_is_caught(faulty_bundle, tmp_path):
     assert sum(b != r for b, r in zip(board_tokens, replayed)) >= len(tokens) // 2
 
 
-def test_the_verdict_fails_a_runner_with_the_sampler_fault_end_to_end(faulty_bundle, tiny_pte, tmp_path):
+@pytest.mark.parametrize("rule", ["twin", "reference"])
+def test_the_verdict_fails_a_runner_with_the_sampler_fault_end_to_end(faulty_bundle, tiny_pte, hil_workdir, tmp_path,
+                                                                      rule):
     """The faulty runner behind the fault injector (no fault armed: the lie is the board's own), judged
-    by the same routine `edgelm run` uses: every sampled request FAILs, greedy ones still PASS."""
+    by the same routine `edgelm run` uses, by its twin and by the host reference alone: every sampled
+    request FAILs, greedy ones still PASS."""
+    from judges import reference_judge, twin_judge
+
     from toolchain.link import faults
-    from toolchain.validate.reference import ProgramRunner
 
     board, bundle = boards.get("host"), faulty_bundle
     link = faults.RelayedLink(tmp_path, seed=1)
-    reference = ProgramRunner(tiny_pte)
+    judge = twin_judge(tiny_pte, hil_workdir) if rule == "twin" else reference_judge(tiny_pte)
     target = local.create("local", board, tmp_path / "targets")
     try:
-        with bring_up(target, bundle, open_transport=link) as up:
+        with judge, bring_up(target, bundle, open_transport=link) as up:
             for seed, (temperature, top_k, top_p) in enumerate([(0.8, 0, 1.0), (1.0, 40, 0.95), (0.5, 8, 0.9)]):
                 req = P.Request((1, 82, 114, 103), 24, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                 ignore_eos=True, report_logits=True)
-                served = api.serve_and_validate(up, req, reference, tolerance=0.75)
-                assert not served.verdict.passed and "replay of the sampler" in served.verdict.reason
+                served = api.serve_and_validate(up, req, judge)
+                why = "its twin" if rule == "twin" else "replay of the sampler"
+                assert not served.verdict.passed and why in served.verdict.reason, served.verdict.reason
             greedy = P.Request((1, 82, 114, 103), 24, ignore_eos=True, report_logits=True)
-            assert api.serve_and_validate(up, greedy, reference, tolerance=0.75).verdict.passed
+            assert api.serve_and_validate(up, greedy, judge).verdict.passed
     finally:
         link.close()

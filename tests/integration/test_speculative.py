@@ -4,6 +4,7 @@ sends its drafts unverified is caught by the unchanged validation."""
 
 import pytest
 import torch
+from judges import reference_judge, twin_judge
 from runner_io import TIMEOUTS, lying_bundle, serve
 
 from toolchain import api, boards
@@ -110,18 +111,18 @@ def lying(hil_workdir, tmp_path_factory):
     return lying_bundle(exported.pte, tmp_path_factory.mktemp("draft-bug")), exported.pte
 
 
-def test_the_verdict_fails_a_runner_that_sends_unverified_drafts(lying, tmp_path):
+@pytest.mark.parametrize("rule", ["twin", "reference"])
+def test_the_verdict_fails_a_runner_that_sends_unverified_drafts(lying, hil_workdir, tmp_path, rule):
     bundle, pte = lying
-    reference = ProgramRunner(pte)
+    judge = twin_judge(pte, hil_workdir) if rule == "twin" else reference_judge(pte)
     target = local.create("local", boards.get("host"), tmp_path / "targets")
     prompts = [REPEATING, [1, *ByteTokenizer().encode("Once upon a time, a small board")]]
-    with bring_up(target, bundle, timeouts=TIMEOUTS) as up:
+    with judge, bring_up(target, bundle, timeouts=TIMEOUTS) as up:
         for prompt in prompts:
             req = P.Request(tuple(prompt), 48, ignore_eos=True, report_logits=True)
-            served = api.serve_and_validate(up, req, reference, tolerance=0.75)
-            assert not served.verdict.passed, prompt
+            served = api.serve_and_validate(up, req, judge)
+            assert not served.verdict.passed and served.verdict.rule == rule, prompt
             assert served.collected.stats.drafted > 0
             # the same lying runner, asked for no drafts, decodes honestly and passes
-            honest = api.serve_and_validate(up, P.Request(**{**req.__dict__, "draft": False}), reference,
-                                            tolerance=0.75)
-            assert honest.verdict.passed
+            honest = api.serve_and_validate(up, P.Request(**{**req.__dict__, "draft": False}), judge)
+            assert honest.verdict.passed, honest.verdict.reason

@@ -38,7 +38,7 @@ def test_bad_profiles_name_field_and_value(tmp_path, line, message):
     lines = [x for x in text.splitlines() if not x.startswith(key + " ")]
     (tmp_path / "rpi5.toml").write_text("\n".join(lines + [line]) + "\n")
     with pytest.raises(InputError, match=message):
-        boards.load_registry(tmp_path)
+        boards.load_registry(tmp_path).get("rpi5")
 
 
 def test_duplicate_names_are_refused():
@@ -81,7 +81,7 @@ def test_bad_npu_profiles_are_refused(tmp_path, line, message):
     table = lines.index("[memory]")  # top-level keys go before the first table
     (tmp_path / "corstone-300.toml").write_text("\n".join(lines[:table] + [line] + lines[table:]) + "\n")
     with pytest.raises(InputError, match=message):
-        boards.load_registry(tmp_path)
+        boards.load_registry(tmp_path).get("corstone-300")
 
 
 def test_a_board_with_an_npu_needs_its_vela_configuration(tmp_path):
@@ -89,7 +89,7 @@ def test_a_board_with_an_npu_needs_its_vela_configuration(tmp_path):
     lines = [x for x in text.splitlines() if not x.startswith("vela_system_config ")]
     (tmp_path / "corstone-300.toml").write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match="needs vela_system_config"):
-        boards.load_registry(tmp_path)
+        boards.load_registry(tmp_path).get("corstone-300")
 
 
 @pytest.mark.parametrize("region, message", [
@@ -105,4 +105,74 @@ def test_bad_memory_maps_are_refused(tmp_path, region, message):
     lines = [x for x in text.splitlines() if not x.startswith("SRAM ")] + [region]
     (tmp_path / "corstone-300.toml").write_text("\n".join(lines) + "\n")
     with pytest.raises(InputError, match=message):
-        boards.load_registry(tmp_path)
+        boards.load_registry(tmp_path).get("corstone-300")
+
+
+@pytest.fixture
+def boards_dir(tmp_path, monkeypatch):
+    """A boards folder of our own, with rpi5 and host as shipped: what every command reads."""
+    folder = tmp_path / "boards"
+    folder.mkdir()
+    for name in ("rpi5", "host"):
+        (folder / f"{name}.toml").write_text((boards.BOARDS_DIR / f"{name}.toml").read_text())
+    monkeypatch.setattr(boards, "BOARDS_DIR", folder)
+    return folder
+
+
+def cli(*args):
+    import io
+
+    from click.testing import CliRunner
+    from rich.console import Console
+
+    from toolchain import cli as cli_mod
+
+    screen = Console(file=io.StringIO(), width=400, highlight=False, emoji=False)
+    old = cli_mod.console
+    cli_mod.console = screen
+    try:
+        result = CliRunner().invoke(cli_mod.main, list(args))
+    finally:
+        cli_mod.console = old
+    return result, screen.file.getvalue()
+
+
+def test_a_bad_profile_hides_only_itself(boards_dir):
+    (boards_dir / "broken.toml").write_text("name = 'broken'\narch = [unclosed\n")
+    (boards_dir / "odd.toml").write_text((boards_dir / "rpi5.toml").read_text().replace('name = "rpi5"', 'name = "odd"')
+                                         .replace("cores = 4", "cores = 'four'"))
+    reg = boards.load_registry()
+    assert [b.name for b in reg.all()] == ["host", "rpi5"]
+    assert boards.get("rpi5").qemu_cpu == "cortex-a76"  # the others load and work
+    with pytest.raises(InputError, match=r"broken\.toml is not valid TOML"):
+        boards.get("broken")
+    with pytest.raises(InputError, match=r"odd\.toml: cores='four' must be a positive integer"):
+        boards.get("odd")
+    assert sorted(p.name for p, _ in reg.problems()) == ["broken.toml", "odd.toml"]
+    with pytest.raises(UsageError, match="unknown board 'rpi9'; known boards: host, rpi5"):
+        boards.get("rpi9")
+
+
+def test_boards_lists_the_good_profiles_and_warns_of_a_bad_one(boards_dir):
+    (boards_dir / "broken.toml").write_text("name = 'broken'\narch = [unclosed\n")
+    result, shown = cli("boards")
+    assert result.exit_code == 0, result.output
+    assert "rpi5" in shown and "host" in shown
+    warnings = [x for x in result.output.splitlines() if x.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:") and "broken.toml" in warnings[0], result.output
+    result, _ = cli("run", "--board", "broken", "--workdir", str(boards_dir / "work"))
+    lines = [x for x in result.output.splitlines() if x.strip()]
+    assert result.exit_code == 3 and len(lines) == 1 and "broken.toml is not valid TOML" in lines[0], result.output
+
+
+@pytest.mark.parametrize("value", [
+    ('"[red]x[/red] and [/] and [bold]b"'),
+    ('"[link=file:///etc/passwd]click[/link]"'),
+])
+def test_a_profile_s_text_is_shown_as_it_is_not_as_markup(boards_dir, value):
+    text = (boards_dir / "rpi5.toml").read_text()
+    lines = [x for x in text.splitlines() if not x.startswith("description ")]
+    (boards_dir / "rpi5.toml").write_text("\n".join([*lines, f"description = {value}"]) + "\n")
+    result, shown = cli("boards")
+    assert result.exit_code == 0, result.output
+    assert value.strip('"') in shown, shown

@@ -83,3 +83,26 @@ def test_a_folder_without_a_template_is_plain_text(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(InputError, match="not readable JSON"):
         ChatFormat.for_checkpoint(tmp_path)
+
+
+LOOPS = "{% for i in range(100000) %}{% for j in range(1000) %}{% endfor %}{% endfor %}"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("template, why", [
+    (LOOPS + "{% for m in messages %}{{ m['content'] }}{% endfor %}", "more than 1,000,000 steps"),  # 10^8 turns
+    ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "does not render"),  # no end to it
+    ("{% for m in messages %}{{ m['content'] * 100000000 }}{% endfor %}", "longer than 1,000,000"),
+    ("{{ 'x' + 'y' * 999999 + 'z' * 999999 }}", "longer than 1,000,000"),
+    ("{{ 10 ** 99999999 }}", "a number too large"),
+    ("{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}", "more than 1,000,000 characters"),
+    ("{{ 1 / 0 }}", r"does not render \(division by zero\)"),
+])
+def test_a_template_that_does_not_end_or_grows_without_bound_is_refused_in_one_line(tmp_path, template, why):
+    import time
+
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    started = time.monotonic()
+    with pytest.raises(InputError, match=f"tokenizer_config.json chat_template: .*{why}") as err:
+        ChatFormat.for_checkpoint(tmp_path)
+    assert "\n" not in str(err.value) and time.monotonic() - started < 20

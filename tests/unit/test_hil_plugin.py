@@ -89,3 +89,57 @@ def test_a_misconfigured_board_is_an_error_not_a_skip(project, args, line):
     r = project.runpytest_subprocess(*args)
     r.assert_outcomes(errors=1)
     r.stdout.fnmatch_lines([line])
+
+
+CHANGED_KEY = """@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!
+Host key for rpi5 has changed and you have requested strict checking.
+Host key verification failed."""
+DENIED = "pi@rpi5: Permission denied (publickey,password)."
+UNKNOWN_KEY = """No ED25519 host key is known for rpi5 and you have requested strict checking.
+Host key verification failed."""
+
+
+def fake_ssh(folder, stderr):
+    """An ``ssh`` that fails as OpenSSH does (exit status 255) with ``stderr``."""
+    folder.mkdir()
+    ssh = folder / "ssh"
+    ssh.write_text("#!/bin/sh\ncat >&2 <<'EOF'\n" + stderr + "\nEOF\nexit 255\n")
+    ssh.chmod(0o755)
+    return folder
+
+
+@pytest.mark.parametrize("stderr, line", [
+    (CHANGED_KEY, "*rpi5:ssh://pi@rpi5: *the host key of rpi5 (port 22) has changed*"),
+    (DENIED, "*rpi5:ssh://pi@rpi5: *pi@rpi5 refused our keys (Permission denied (publickey,password))*"),
+    (UNKNOWN_KEY, "*rpi5:ssh://pi@rpi5: *the host key of rpi5 is not in known_hosts*"),
+])
+def test_a_board_that_answers_but_refuses_us_is_an_error_not_a_skip(project, monkeypatch, tmp_path, stderr, line):
+    """A changed host key (a reinstalled board, or someone in between) or a login the board refuses is a
+    misconfiguration or an attack: CI must not go green on it, --edgelm-require or not."""
+    import os
+
+    bin_dir = fake_ssh(tmp_path / "bin", stderr)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    r = project.runpytest_subprocess("-rs", "--edgelm-board", "rpi5:ssh://pi@rpi5")
+    r.assert_outcomes(errors=1)
+    r.stdout.fnmatch_lines([line])
+
+
+@pytest.mark.parametrize("stderr, misconfigured", [
+    (CHANGED_KEY, True), (DENIED, True), (UNKNOWN_KEY, True),
+    ("ssh: connect to host rpi5 port 22: Connection refused", False),
+    ("ssh: connect to host rpi5 port 22: Connection timed out", False),
+    ("ssh: Could not resolve hostname rpi5: Name or service not known", False),
+    ("ssh: connect to host rpi5 port 22: No route to host", False),
+])
+def test_which_ssh_failures_are_a_misconfiguration(stderr, misconfigured):
+    """As ssh's own words reach the plugin through the target's reasons for being unreachable."""
+    from toolchain.deploy.sshclient import SshSpec, ssh_failure
+    from toolchain.hil import plugin
+
+    spec = SshSpec.parse("ssh://pi@rpi5")
+    why = f"an SSH server that lets us in at {spec} ({ssh_failure(spec, stderr, 10).message})"
+    assert plugin.misconfigured(why) is misconfigured

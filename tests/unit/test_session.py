@@ -129,3 +129,35 @@ def test_a_port_that_comes_back_is_reopened():
     s.wait_hello()
     out = list(s.generate(P.Request((1, 2, 3), 3)))
     assert [m.token for m in out[:-1]] == [10, 11, 12] and s.reopened == 1 and s.transport is second
+
+
+# What the board holds, by the host's count (KEEP_STATE) -----------------------------------------------------
+
+def test_the_host_counts_what_the_board_holds():
+    from toolchain.link.session import kept_of
+
+    turn1 = [(P.HELLO, HELLO)] + [(P.TOKEN, P.Token(i, 10 + i, 1000 * i)) for i in range(3)]
+    turn1 += [(P.STATS, P.Stats(3, 3, P.STOP_LIMIT, 5.0, 1.0, 100.0, 50.0, 2048))]
+    s, tr = session_with(board_frames(*turn1))
+    assert s.held is None
+    s.wait_hello()
+    assert s.held == ()  # a runner that just started holds nothing
+    c = s.collect(P.Request((1, 2, 3), 3, keep_state=True))
+    assert c.expected_kept == 0 and c.request.keep_state
+    assert s.held == (1, 2, 3, 10, 11)  # the prompt and all but the last token (never fed)
+    assert len(c.arrivals_s) == 3 and c.arrivals_s == sorted(c.arrivals_s)
+    assert kept_of(P.Request((1, 2, 3, 10, 11, 12, 7), 1, keep_state=True), s.held) == 5
+    assert kept_of(P.Request((1, 2, 3, 10, 11, 12, 7), 1, keep_state=False), s.held) == 0  # not asked
+    assert kept_of(P.Request((1, 2, 3, 10, 99, 12, 7), 1, keep_state=True), s.held) == 0  # another conversation
+    assert kept_of(P.Request((1, 2, 3, 10, 11), 1, keep_state=True), s.held) == 0  # does not go on past it
+    assert kept_of(P.Request((1, 2, 3, 10, 11, 5), 1, keep_state=True), None) == 0  # unknown: nothing
+
+
+def test_after_a_damaged_stream_the_state_is_unknown_and_the_next_turn_starts_afresh():
+    s, tr = session_with(board_frames((P.HELLO, HELLO), (P.TOKEN, P.Token(0, 10, 0))))
+    s.wait_hello()
+    with pytest.raises(DeviceError):
+        s.collect(P.Request((1, 2, 3), 3, keep_state=True))
+    assert s.held is None
+    sent = s.outgoing(P.Request((1, 2, 3, 10, 4), 3, keep_state=True))
+    assert not sent.keep_state  # nothing the board then claims to keep could be checked

@@ -3,6 +3,7 @@ returns). Each fails with one message that says what the board did."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -21,20 +22,22 @@ def _stat(report: Any, name: str) -> float:
     value = report.board_stats.get(name)
     if value is None:
         raise AssertionError(f"{_where(report)}: the board reported no {name} (no STATS frame)")
+    if not math.isfinite(float(value)):
+        raise AssertionError(f"{_where(report)}: the board reported {name} {value}, not a number to compare")
     return float(value)
 
 
 def assert_decode_tok_s_at_least(report: Any, floor: float) -> None:
     """The board decoded at least ``floor`` tokens per second (its own clock)."""
     got = _stat(report, "decode_tok_s")
-    if got < floor:
+    if not got >= floor:
         raise AssertionError(f"{_where(report)}: decode {got:.1f} tok/s, below the floor {floor:g}")
 
 
 def assert_ttft_ms_under(report: Any, ceiling_ms: float) -> None:
     """The first token came within ``ceiling_ms`` milliseconds of the request (its own clock)."""
     got = _stat(report, "ttft_ms")
-    if got >= ceiling_ms:
+    if not got < ceiling_ms:
         raise AssertionError(f"{_where(report)}: first token after {got:.0f} ms, not under {ceiling_ms:g} ms")
 
 

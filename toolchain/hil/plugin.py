@@ -18,9 +18,11 @@ The board is brought up once per session and board, through the one bring-up rou
 (:func:`toolchain.deploy.bringup.bring_up`), with a program and runner built through edgelm's caches
 (keyed by model, quantization, board and the toolchain's sources; kept in the pytest cache folder
 unless ``--edgelm-workdir``). A test that needs a board nobody configured, or one this machine
-cannot reach (qemu, socat, an SSH server that lets us in), is skipped with the reason; with
-``--edgelm-require`` it fails instead. Each generation is recorded in the JUnit XML
-(``record_property``) and in ``--edgelm-report FILE.html`` (or ``.json``).
+cannot reach (qemu, socat, an SSH server that answers), is skipped with the reason; with
+``--edgelm-require`` it fails instead. A board whose SSH host key changed (or is not known yet), or
+that refuses our login, is an error, never a skip: a misconfiguration, or someone in between.
+Each generation is recorded in the JUnit XML (``record_property``) and in ``--edgelm-report
+FILE.html`` (or ``.json``).
 
 Lower-level fixtures for edgelm's own tests: ``hil_board`` (the selected BOARD:TARGET),
 ``hil_workdir``, ``hil_options`` and ``hil_up(bundle)``.
@@ -117,6 +119,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 NO_BOARD = ("no board configured: give --edgelm-board BOARD[:TARGET] (or edgelm_board in pytest.ini), "
             "e.g. --edgelm-board rpi5 --edgelm-target qemu")
 
+# What OpenSSH says (toolchain.deploy.sshclient.ssh_failure's lines) when the board answered and we may not
+# use it: its host key changed, or is unknown (--edgelm-accept-new-host-key), or it refused our keys.
+_REFUSALS = ("REMOTE HOST IDENTIFICATION HAS CHANGED", "is not in known_hosts", "refused our keys (Permission denied")
+
+
+def misconfigured(why: str) -> bool:
+    """Whether a reason a target gives for being out of reach is one that must fail, not skip, a test: the
+    board answered, and its host key or its login says it is not the board we know, or not ours to use."""
+    return any(text in why for text in _REFUSALS)
+
 
 @pytest.fixture(scope="session")
 def hil_board(edgelm_spec: HilBoard | None) -> HilBoard:
@@ -193,6 +205,10 @@ def _edgelm_session_board(hil_board: HilBoard, edgelm_workdir: Path, hil_options
     except EdgelmError as exc:
         pytest.fail(f"edgelm: {hil_board}: {exc}", pytrace=False)
     lacks = target.missing()
+    refused = [why for why in lacks if misconfigured(why)]
+    if refused:  # the board answered: not a board that is away, so never a skip
+        pytest.fail(f"edgelm: {hil_board}: {'; '.join(refused)} (a misconfiguration, or someone in between: "
+                    "an error, not a skip)", pytrace=False)
     if not {Capability.START, Capability.LINK} <= target.capabilities:
         lacks.append(f"a way to start a runner and talk to it ({target.spec} only stores releases)")
     if lacks:
@@ -204,6 +220,7 @@ def _edgelm_session_board(hil_board: HilBoard, edgelm_workdir: Path, hil_options
     request.addfinalizer(stack.close)
     try:
         prep = api.prepare_run(base)
+        stack.callback(prep.close)  # the twin, after the board
         up = stack.enter_context(bring_up(prep.target, prep.bundle, threads=base.threads))
     except EdgelmError as exc:
         pytest.fail(f"edgelm: {hil_board}: {exc}", pytrace=False)

@@ -28,6 +28,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ KERNEL_FILE = "boot/kernel8.img"
 INITRAMFS_FILE = "boot/initramfs8"
 DATA_FILE = "data.img"
 KNOWN_HOSTS = "known_hosts"  # the host keys the guest made on the data disk, as the host saw them
+MARKER = ".edgelm-image"  # written first into the folder: it is one `edgelm image` makes (a build may stop halfway)
+WORK_PREFIX = ".work-"  # the scratch folder of one build, inside the image folder, removed when it ends
 KERNEL_PACKAGE = "linux-image-arm64"  # the metapackage: it names the versioned kernel package
 PACKAGES = ("busybox-static", "dropbear-bin", "libtomcrypt1", "libtommath1", "libgmp10", "libcrypt1", "zlib1g")
 SYSROOT = Path("/usr/aarch64-linux-gnu/lib")
@@ -300,8 +303,64 @@ def _data_disk(staging: Path, out: Path, size: int) -> None:
         raise BuildError(f"fixing the data disk's timestamps (debugfs) failed: {(bad or ['exit'])[-1][:200]}")
 
 
-def _boot_files(boot: Path, board: Board, unpacked: Path) -> None:
-    """The Raspberry Pi boot-folder layout around kernel8.img and initramfs8."""
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that is not edgelm's to write: a file, or a folder with something in it that is
+    not an image `edgelm image` made (its ``image.json``, or the marker a build writes first). Nothing of
+    anyone else's is ever removed or overwritten; checked before any work."""
+    try:
+        if out.is_symlink() and not out.exists():
+            raise UsageError(f"--out {out} is a link to nothing", hint="give a new or empty folder for the image")
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out {out} exists and is not a folder", hint="give a new or empty folder for the image")
+        for parent in out.parents:  # a folder cannot be made under a file
+            if parent.exists():
+                if not parent.is_dir():
+                    raise UsageError(f"--out {out}: {parent} is not a folder")
+                break
+        if not out.exists() or not any(out.iterdir()):
+            return
+        ours = _made_here(out)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot look into it ({exc.strerror or exc})") from None
+    if not ours:
+        raise UsageError(f"--out {out} is not empty and not an image `edgelm image` made (no {IMAGE_FILE} of "
+                         f"{IMAGE_FORMAT}): nothing in it is replaced or removed",
+                         hint="give a new or empty folder, or the folder of an earlier `edgelm image`")
+    for name, folder in (("boot", True), (KERNEL_FILE, False), (INITRAMFS_FILE, False), (DATA_FILE, False),
+                         (IMAGE_FILE, False), (KNOWN_HOSTS, False)):
+        path = out / name
+        if path.is_symlink() or (path.exists() and path.is_dir() != folder):
+            raise UsageError(f"image {out}: {name} is not a {'folder' if folder else 'file'} `edgelm image` made",
+                             hint="build the image into a new folder")
+
+
+def _made_here(out: Path) -> bool:
+    """Whether ``out`` is an image folder of ours: its marker, or (an image made before the marker)
+    an ``image.json`` of this format."""
+    if (out / MARKER).is_file() and not (out / MARKER).is_symlink():
+        return True
+    path = out / IMAGE_FILE
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == IMAGE_FORMAT
+
+
+def _earlier_files(out: Path) -> list[str]:
+    """The files an earlier image in ``out`` listed (to remove the ones this one does not write again)."""
+    try:
+        info = json.loads((out / IMAGE_FILE).read_text())
+        files = info.get("files") if isinstance(info, dict) else None
+    except (OSError, ValueError):
+        return []
+    return [name for name in files if isinstance(name, str)] if isinstance(files, dict) else []
+
+
+def _boot_files(boot: Path, board: Board, unpacked: Path) -> list[str]:
+    """The Raspberry Pi boot-folder layout around kernel8.img and initramfs8: the names written."""
     _write(boot / "config.txt",
            f"# Raspberry Pi firmware settings, written by `edgelm image --board {board.name}`.\n"
            "arm_64bit=1\n"
@@ -312,15 +371,28 @@ def _boot_files(boot: Path, board: Board, unpacked: Path) -> None:
            + ("" if board.name == "rpi5" else "# The PL011 serves Bluetooth unless it is moved off it.\n"
                                                "dtoverlay=disable-bt\n"))
     _write(boot / "cmdline.txt", "console=tty1 quiet panic=5 edgelm_data=/dev/mmcblk0p2\n")
+    written = ["config.txt", "cmdline.txt"]
     for dtb in sorted(unpacked.glob("usr/lib/linux-image-*/broadcom/bcm27*-rpi-*.dtb")):
+        _unlink(boot / dtb.name)
         shutil.copy2(dtb, boot / dtb.name)
+        written.append(dtb.name)
+    return [f"boot/{name}" for name in written]
+
+
+def _unlink(path: Path) -> None:
+    """An earlier image's file (or a link where it was), before it is written again: never written through."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
 
 
 def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Path | None = None,
           data_bytes: int | None = None, cache: Path | None = None, progress: Progress = _no_progress) -> Image:
-    """The image for ``board`` (serving ``bundle`` from its data disk, if given) in ``out``."""
+    """The image for ``board`` (serving ``bundle`` from its data disk, if given) in ``out``: a new or
+    empty folder, or an earlier image's (:func:`check_out`); only the image's own files are written
+    or removed there."""
     if board.arch != "aarch64":
         raise UsageError(f"board images are for Arm boards; {board.name} is {board.arch}")
+    check_out(out)
     if bundle is not None:
         if bundle.board != board.name:
             raise UsageError(f"bundle {bundle.root} was built for {bundle.board}, not {board.name}")
@@ -330,9 +402,20 @@ def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Pat
     progress("packages", "Debian arm64: kernel, busybox-static, dropbear")
     kpkg = kernel_package()
     debs = fetch([kpkg, *PACKAGES], cache, progress)
+    check_out(out)  # again: the folder may have changed while the packages came
     out.mkdir(parents=True, exist_ok=True)
-    work = out / ".work"
-    shutil.rmtree(work, ignore_errors=True)
+    (out / MARKER).write_text(f"{IMAGE_FORMAT}: this folder is written by `edgelm image`\n")
+    earlier = _earlier_files(out)
+    _unlink(out / IMAGE_FILE)  # until the new one is whole, the folder is no image to boot
+    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=out))
+    try:
+        return _build_in(board, out, work, bundle, pubkey, kpkg, debs, earlier, data_bytes, progress)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_in(board: Board, out: Path, work: Path, bundle: Bundle | None, pubkey: str, kpkg: str,
+              debs: dict[str, Path], earlier: list[str], data_bytes: int | None, progress: Progress) -> Image:
     unpacked, tree, staging = work / "unpacked", work / "initramfs", work / "data"
     unpacked.mkdir(parents=True)
     for deb in debs.values():
@@ -344,11 +427,17 @@ def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Pat
     progress("initramfs", "busybox, dropbear, modules, C runtime, init")
     _initramfs_tree(tree, board, unpacked, modules[-1], pubkey)
     boot = out / "boot"
-    shutil.rmtree(boot, ignore_errors=True)
-    boot.mkdir()
+    boot.mkdir(exist_ok=True)
+    for name in (KERNEL_FILE, INITRAMFS_FILE, DATA_FILE):
+        _unlink(out / name)
     shutil.copyfile(kernels[-1], out / KERNEL_FILE)
     (out / INITRAMFS_FILE).write_bytes(cpio.initramfs(tree))
-    _boot_files(boot, board, unpacked)
+    for name in ("config.txt", "cmdline.txt"):
+        _unlink(boot / name)
+    written = [KERNEL_FILE, INITRAMFS_FILE, *_boot_files(boot, board, unpacked), DATA_FILE]
+    for name in earlier:  # what the earlier image had and this one has not (another kernel's device trees)
+        if name not in written and re.fullmatch(r"boot/[A-Za-z0-9._+-]+\.dtb", name):
+            _unlink(out / name)
     release = None
     (staging / "etc" / "dropbear").mkdir(parents=True)
     store = staging / "edgelm" / board.name
@@ -368,9 +457,7 @@ def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Pat
     size -= size % 4096
     progress("data disk", f"ext4, {size:,} bytes (sparse)")
     _data_disk(staging, out / DATA_FILE, size)
-    shutil.rmtree(work, ignore_errors=True)
-    files = {p.relative_to(out).as_posix(): sha256_file(p) for p in sorted(out.rglob("*"))
-             if p.is_file() and p.name != IMAGE_FILE and not p.name.startswith(".")}
+    files = {name: sha256_file(out / name) for name in sorted(written)}  # what this image is made of, only
     info = {
         "format": IMAGE_FORMAT,
         "board": board.name,
@@ -383,6 +470,6 @@ def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Pat
         "sha256": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
     }
     (out / IMAGE_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    (out / KNOWN_HOSTS).unlink(missing_ok=True)  # a new data disk: the guest makes new host keys
+    _unlink(out / KNOWN_HOSTS)  # a new data disk: the guest makes new host keys
     log.info("image for %s in %s: sha256 %s", board.name, out, info["sha256"])
     return Image(out, info)

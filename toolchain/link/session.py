@@ -7,6 +7,7 @@ session with a DeviceError that names the last good sequence number and shows th
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -52,6 +53,17 @@ class Collected:
     logits: list[tuple[float, tuple[tuple[int, float], ...]] | None]
     stats: protocol.Stats | None
     times_us: list[int] = field(default_factory=list)  # each token's t_us: the board's clock since the request
+    arrivals_s: list[float] = field(default_factory=list)  # each token's arrival: the host's clock since it sent
+    request: protocol.Request | None = None  # the REQUEST as sent (KEEP_STATE dropped when the state was unknown)
+    expected_kept: int = 0  # the prompt tokens the board must keep, by the host's count (kept_of)
+
+
+def kept_of(request: protocol.Request, held: tuple[int, ...] | None) -> int:
+    """How many prompt tokens a board holding ``held`` keeps for ``request`` (docs/protocol.md,
+    KEEP_STATE): all it holds when the prompt starts with exactly that and goes on past it, else 0."""
+    if not request.keep_state or not held or len(held) >= len(request.prompt):
+        return 0
+    return len(held) if tuple(request.prompt[:len(held)]) == held else 0
 
 
 class BoardSession:
@@ -68,11 +80,19 @@ class BoardSession:
         self._alive = alive or (lambda: None)
         self._reader = framing.FrameReader()
         self._pending: list[framing.Frame | framing.FrameError] = []
+        self._pending_at: list[float] = []  # when each pending frame's last bytes were read (monotonic)
+        self.frame_at = 0.0  # ... and that of the frame returned last: its arrival, not when it was handled
+        self.on_idle: Callable[[], None] | None = None  # called after each read that brought nothing (may raise)
         self._rx_seq: int | None = None  # next expected sequence number from the board
         # A random start: the board drops a frame that repeats its last one (seq and body), which a
         # new session starting from 0 with the same request would otherwise look like.
         self._tx_seq = secrets.randbits(32) if tx_seq is None else tx_seq
         self.hello: protocol.Hello | None = None
+        # What the board's model state holds, by the host's count: () for a runner that just said
+        # HELLO, the last prompt and all but the last generated token after a clean request, None
+        # (unknown: a damaged or refused stream, a board we attached to) otherwise.
+        self.held: tuple[int, ...] | None = None
+        self.sent_at = 0.0  # when the last REQUEST was written (monotonic)
 
     # Frames ------------------------------------------------------------------------------------
 
@@ -85,6 +105,7 @@ class BoardSession:
         while True:
             if self._pending:
                 item = self._pending.pop(0)
+                self.frame_at = self._pending_at.pop(0)
                 if isinstance(item, framing.FrameError):
                     raise self._fail(f"garbled frame from the board: {item}")
                 if self._rx_seq is not None and item.seq != self._rx_seq:
@@ -95,8 +116,12 @@ class BoardSession:
                 raise self._fail(f"timed out after {deadline.seconds:.1f} s waiting for {waiting_for}")
             data = self._read(deadline, waiting_for)
             if data:
-                self._pending.extend(self._reader.feed(data))
+                frames = list(self._reader.feed(data))
+                self._pending.extend(frames)
+                self._pending_at.extend([time.monotonic()] * len(frames))
             else:
+                if self.on_idle is not None:
+                    self.on_idle()
                 why = self._alive()
                 if why is not None:
                     raise self._fail(f"the board stopped while we waited for {waiting_for}: {why}")
@@ -173,28 +198,44 @@ class BoardSession:
         if msg.proto != protocol.PROTOCOL_VERSION:
             raise LinkError(f"board speaks protocol {msg.proto}, this host {protocol.PROTOCOL_VERSION}")
         self.hello = msg
+        self.held = () if expect_start else None
         return msg
 
+    def outgoing(self, request: protocol.Request) -> protocol.Request:
+        """``request`` as it will be sent: a KEEP_STATE turn while the host does not know what the
+        board holds goes without the flag (the board starts afresh; nothing it claims to keep can be
+        checked otherwise)."""
+        if request.keep_state and self.held is None:
+            return dataclasses.replace(request, keep_state=False)
+        return request
+
     def generate(self, request: protocol.Request) -> Iterator[protocol.Token | protocol.Stats]:
-        """Send a request; yield each TOKEN as it arrives, then the STATS."""
+        """Send a request (as ``outgoing`` makes it); yield each TOKEN as it arrives, then the STATS.
+        ``held`` follows: what the board must hold after a clean stream, unknown after anything else."""
         if self.hello is not None and len(request.prompt) + request.max_new_tokens > self.hello.max_seq_len:
             raise CapacityError(f"{len(request.prompt)} prompt tokens + {request.max_new_tokens} new tokens exceed "
                                 f"the program's max sequence length {self.hello.max_seq_len}",
                                 hint="ask for fewer tokens, or re-export with a larger --max-seq-len")
+        request = self.outgoing(request)
+        self.held = None  # until the stream ends cleanly
         self.send(protocol.REQUEST, request.pack())
-        index = 0
+        self.sent_at = time.monotonic()
+        tokens: list[int] = []
         while True:
+            index = len(tokens)
             timeout = self.timeouts.first_token_s if index == 0 else self.timeouts.token_s
             what = "the first token (prefill)" if index == 0 else f"token {index}"
             msg = self._expect(Deadline(timeout), what)
             if isinstance(msg, protocol.Token):
                 if msg.index != index:
                     raise self._fail(f"token index {msg.index} where {index} was due")
-                index += 1
+                tokens.append(msg.token)
                 yield msg
             elif isinstance(msg, protocol.Stats):
                 if msg.generated != index:
                     raise self._fail(f"STATS counts {msg.generated} tokens, {index} arrived")
+                # The model state holds the prompt and every token but the last (never fed).
+                self.held = (*request.prompt, *tokens[:-1])
                 yield msg
                 return
             else:
@@ -204,11 +245,13 @@ class BoardSession:
         """Send a request and gather its stream. A board that does not stop is read only
         ``EXTRA_TOKENS_READ`` tokens past ``max_new_tokens`` (the verdict fails it); the session is then
         resynchronised before anything else is sent."""
-        out = Collected([], [], None)
-        for msg in self.generate(request):
+        sent = self.outgoing(request)
+        out = Collected([], [], None, request=sent, expected_kept=kept_of(sent, self.held))
+        for msg in self.generate(sent):
             if isinstance(msg, protocol.Token):
                 out.tokens.append(msg.token)
                 out.times_us.append(msg.t_us)
+                out.arrivals_s.append(self.frame_at - self.sent_at)
                 out.logits.append((msg.logit, msg.top) if msg.logit is not None else None)
                 if len(out.tokens) <= request.max_new_tokens:
                     on_token(msg.token)
@@ -234,7 +277,9 @@ class BoardSession:
                 break
         self._reader = framing.FrameReader()
         self._pending.clear()
+        self._pending_at.clear()
         self._rx_seq = None
+        self.held = None
 
     def frames(self, deadline: Deadline) -> Iterator[tuple[framing.Frame | framing.FrameError, object]]:
         """Monitor mode: every frame (or framing error) with its parsed message, until the deadline.

@@ -1,46 +1,51 @@
-"""Judge the board's stream against the host reference. Pure: what was asked, what came back and the
-reference logits in, a verdict out.
+"""Judge the board's stream. Pure: what was asked, what came back and what the judge computed in,
+a verdict out. Two rules, and the verdict says which one judged (``Verdict.rule``):
 
-Every token is checked, and so is the shape of the stream:
+- **twin** (``compare_twin``): the board's twin (``validate/twin.py``: the host's build of the same
+  runner, on the board's instruction set, served the same requests) sent its own stream; an
+  honest board's is the same bit for bit: every token, every reported logit, the stop and the
+  call counters. Nothing is excused: the first difference is a FAIL.
+- **reference** (``compare``), where no twin can run: the host runs the same program on its own
+  CPU (``validate/reference.py``), teacher-forced on the board's tokens. A greedy token is the
+  reference's argmax, or a *near-tie*: the host's own top-two gap at that step is within the
+  target's ``near_tie`` (in std of the reference logits; measured from honest runs and recorded in
+  the board profile). A sampled token is the one the host's replay of the board's sampler draws
+  (``validate/sampler.py``) or a near-tie: the draw lies within what a ``near_tie`` change of the
+  logits moves the boundary of the board's token by. What the board reports never excuses
+  anything: its logits must stay within ``tolerance`` of the reference (a refusal, not an excuse),
+  and near-ties are few (``near_tie_budget``, a few percent).
 
-- **the stream**: at least one token, no more than ``max_new_tokens``; the stop reason agrees with
-  the tokens (EOS: the last token, and only the last, is a stop id; LIMIT: exactly
-  ``max_new_tokens`` and no stop id was passed over); when the host asked for logits, every token
-  carries finite ones.
-- **greedy** (temperature 0): the token is the reference's argmax (exact), or a *near-tie*: the
-  board's own reported logits for the two tokens explain the flip (ref[best] - ref[token] <=
-  |d best| + |d token|); and a greedy board must have sent its own argmax.
-- **sampled** (temperature > 0): the host replays the board's sampler (``validate/sampler.py``, the
-  byte-for-byte twin of ``firmware/sampler.c``) on the reference logits with the run's seed, one
-  draw per token. A token other than the replayed one is a near-tie only when the measured drift
-  explains it: the same draw on the reference logits with the board's reported numbers put in
-  gives the board's token, or the draw falls within the drift of the boundary of the board's
-  token in the cumulative distribution.
-- **drift**: at each step the largest difference between the board's logits and the reference's
-  (for the ids the board reported) must stay within ``tolerance`` (in std of the reference logits).
-- **near-ties are bounded**: at most ``near_tie_budget`` of the tokens (a fraction), reported.
-
-Without board logits (a library caller that did not ask for them) the drift allowance is the
-tolerance itself.
+Both check the stream's shape first: at least one token, no more than ``max_new_tokens``; the stop
+reason agrees with the tokens (EOS: the last token, and only the last, is a stop id; LIMIT: exactly
+``max_new_tokens`` and no stop id was passed over); when the host asked for logits, every token
+carries finite ones.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
-from toolchain.validate import sampler as twin
+from toolchain.validate import sampler
 
 PASS, FAIL = "PASS", "FAIL"
+TWIN, REFERENCE = "twin", "reference"  # Verdict.rule
 STOP_EOS, STOP_LIMIT, STOP_CANCELLED = 0, 1, 2  # STATS.stop (docs/protocol.md)
-# Fraction of the generated tokens that may be near-ties (each one explained by the measured drift).
-# Measured: lfm2-350m 8da4w with random (flat) weights on an emulated Cortex-A76 against x86 had 20
-# near-ties in 64 tokens (31%), all explained; a board with no drift (the host) can have none.
-DEFAULT_NEAR_TIE_BUDGET = 0.5
-MIN_NEAR_TIE_BUDGET = 2  # a short run still gets this many
+# Under the reference rule: the share of the generated tokens that may be near-ties (each within the
+# host's own top-two gap of the target's near_tie), and the count a short run still gets.
+DEFAULT_NEAR_TIE_BUDGET = 0.05
+MIN_NEAR_TIE_BUDGET = 1
+# A host top-two gap (std of the reference logits) under which a flip may be a near-tie, where the
+# board profile records none.
+DEFAULT_NEAR_TIE = 0.05
+# The STATS fields an honest board and its twin agree on exactly (timings are the board's own).
+TWIN_COUNTERS = ("prompt_tokens", "generated", "stop", "decode_calls", "draft_calls", "drafted", "accepted",
+                 "draft_model_calls", "kept")
 
 BoardLogits = tuple[float, Sequence[tuple[int, float]]]  # (logit of the sent token, [(id, logit)] best first)
 
@@ -84,6 +89,9 @@ class Verdict:
     drift_mean: float | None = None
     drift_by_position: list[float] = field(default_factory=list)  # in units of the reference logits' std
     sampled: bool = False
+    rule: str = REFERENCE  # TWIN or REFERENCE: which judged the run
+    judge: str = ""  # how: the twin's command, or why there was no twin
+    near_tie: float = 0.0  # reference rule: the host top-two gap (std) a flip may have
 
     @property
     def passed(self) -> bool:
@@ -157,38 +165,22 @@ def check_stream(asked: Asked, stream: Stream) -> str | None:
 
 # Token by token ----------------------------------------------------------------------------------------
 
-def _drift(tok: int, board: BoardLogits, ref: np.ndarray) -> tuple[float, dict[int, float]]:
-    deltas = {tok: abs(board[0] - ref[tok])}
-    for i, x in board[1]:
-        if 0 <= i < len(ref):
-            deltas[i] = abs(x - ref[i])
-    return max(deltas.values()), deltas
+def _drift(tok: int, board: BoardLogits, ref: np.ndarray) -> float:
+    """The largest difference between what the board reported and the reference (a refusal only)."""
+    deltas = [abs(board[0] - ref[tok])]
+    deltas += [abs(x - ref[i]) for i, x in board[1] if 0 <= i < len(ref)]
+    return float(max(deltas))
 
 
-def _with_board_numbers(ref: np.ndarray, tok: int, board: BoardLogits) -> np.ndarray:
-    """The reference logits with the board's reported numbers put in (what the board saw, as far as it said)."""
-    mixed = ref.astype(np.float32, copy=True)
-    mixed[tok] = board[0]
-    for i, x in board[1]:
-        if 0 <= i < len(mixed):
-            mixed[i] = x
-    return mixed
-
-
-def _sampled_near_tie(ref: np.ndarray, tok: int, draw: twin.Draw, u: float, asked: Asked, drift: float,
-                      board: BoardLogits | None) -> str | None:
-    """None when the measured drift explains the board drawing ``tok`` where the reference draws
-    ``draw.token``; else why not."""
-    if board is not None:
-        seen = twin.draw(_with_board_numbers(ref, tok, board), asked.temperature, asked.top_k, asked.top_p, u)
-        if seen.token == tok:
-            return None
-    # Every logit within +-drift scales each weight by at most e^(2 drift / T), so a boundary of the
-    # cumulative distribution (as a fraction of the mass) moves by at most (e^(4 drift / T) - 1).
-    eps = math.expm1(min(4.0 * drift / float(np.float32(asked.temperature)), 50.0)) + 1e-9
+def _sampled_near_tie(tok: int, draw: sampler.Draw, asked: Asked, near_tie: float) -> str | None:
+    """None when the host's own draw lies so close to the boundary of ``tok``'s interval that a change of
+    every logit by ``near_tie`` (in logits, the host's measure for the target) moves it across; else why not."""
+    # Every logit within +-d scales each weight by at most e^(2d / T), so a boundary of the cumulative
+    # distribution (as a share of the mass) moves by at most (e^(4d / T) - 1) of the smaller side.
+    eps = math.expm1(min(4.0 * near_tie / float(np.float32(asked.temperature)), 50.0)) + 1e-9
     order = list(draw.order)
     if tok not in order:
-        return f"not a token the sampler could draw (outside top-k/top-p after drift {drift:.4g})"
+        return "not a token the sampler could draw (outside top-k/top-p)"
     k = order.index(tok)
     lo = (float(draw.cdf[k - 1]) if k else 0.0) / draw.mass
     hi = float(draw.cdf[k]) / draw.mass
@@ -197,24 +189,27 @@ def _sampled_near_tie(ref: np.ndarray, tok: int, draw: twin.Draw, u: float, aske
     edge = lo if f < lo else hi
     if gap <= eps * min(edge, 1.0 - edge) + 1e-12:
         return None
-    return (f"the draw {f:.6f} falls {gap:.4g} outside token {tok}'s interval [{lo:.6f}, {hi:.6f}); the drift "
-            f"{drift:.4g} explains at most {eps * min(edge, 1.0 - edge):.4g}")
+    return (f"the draw {f:.6f} falls {gap:.4g} outside token {tok}'s interval [{lo:.6f}, {hi:.6f}); the target's "
+            f"near-tie allowance moves it at most {eps * min(edge, 1.0 - edge):.4g}")
 
 
 def compare(asked: Asked, stream: Stream, reference_logits: Sequence[np.ndarray], *, tolerance: float,
-            near_tie_fraction: float = DEFAULT_NEAR_TIE_BUDGET) -> Verdict:
-    """The verdict on one request. ``reference_logits[i]`` are the host's logits before token i,
-    teacher-forced on the board's tokens (not needed when the stream's shape already fails)."""
+            near_tie: float = DEFAULT_NEAR_TIE, near_tie_fraction: float = DEFAULT_NEAR_TIE_BUDGET,
+            judge: str = "") -> Verdict:
+    """The verdict on one request by the reference rule. ``reference_logits[i]`` are the host's logits
+    before token i, teacher-forced on the board's tokens (not needed when the stream's shape already
+    fails). ``near_tie``: the host top-two gap (std) under which a flip may be a near-tie."""
     n = len(stream.tokens)
     v = Verdict(verdict=PASS, generated=n, exact_matches=0, tolerance=tolerance,
-                near_tie_budget=near_tie_budget(n, near_tie_fraction), sampled=asked.temperature > 0)
+                near_tie_budget=near_tie_budget(n, near_tie_fraction), sampled=asked.temperature > 0,
+                rule=REFERENCE, judge=judge, near_tie=near_tie)
     shape = check_stream(asked, stream)
     if shape is not None:
         v.verdict, v.reason = FAIL, shape
         return v
     if len(reference_logits) != n:
         raise ValueError(f"{n} board tokens but {len(reference_logits)} reference steps")
-    draws = twin.uniforms(asked.seed, n) if asked.temperature > 0 else [0.0] * n
+    draws = sampler.uniforms(asked.seed, n) if asked.temperature > 0 else [0.0] * n
     drifts: list[float] = []
     for pos, (tok, ref_in) in enumerate(zip(stream.tokens, reference_logits, strict=True)):
         ref = np.asarray(ref_in, dtype=np.float32).reshape(-1)
@@ -226,7 +221,7 @@ def compare(asked: Asked, stream: Stream, reference_logits: Sequence[np.ndarray]
         tol = tolerance * scale  # in logits
         board = stream.logits[pos]
         if board is not None:
-            drift, deltas = _drift(tok, board, ref64)
+            drift = _drift(tok, board, ref64)
             drifts.append(drift)
             v.drift_by_position.append(round(drift / scale, 4))
             if drift > tol:
@@ -234,10 +229,8 @@ def compare(asked: Asked, stream: Stream, reference_logits: Sequence[np.ndarray]
                                      "reason": f"board logits differ from the reference by {drift:.4g} "
                                                f"({drift / scale:.2f} std) > tolerance {tolerance} std"})
                 continue
-        else:
-            drift, deltas = tol, {}
         if asked.temperature > 0:
-            draw = twin.draw(ref, asked.temperature, asked.top_k, asked.top_p, draws[pos])
+            draw = sampler.draw(ref, asked.temperature, asked.top_k, asked.top_p, draws[pos])
             expected = draw.token
         else:
             expected = int(np.argmax(ref64))
@@ -251,7 +244,7 @@ def compare(asked: Asked, stream: Stream, reference_logits: Sequence[np.ndarray]
         if v.first_divergence is None:
             v.first_divergence = pos
         if asked.temperature > 0:
-            why = _sampled_near_tie(ref, tok, draw, draws[pos], asked, drift, board)
+            why = _sampled_near_tie(tok, draw, asked, near_tie * scale)
             if why is None:
                 v.near_ties.append(pos)
             else:
@@ -259,16 +252,12 @@ def compare(asked: Asked, stream: Stream, reference_logits: Sequence[np.ndarray]
                                      "reason": f"the host's replay of the sampler draws {expected}; {why}"})
             continue
         gap = float(ref64[expected] - ref64[tok])
-        if board is not None:
-            allowance = deltas[tok] + deltas.get(expected, drift) + 1e-6  # what this step's rounding explains
-            beyond = f"more than the measured rounding ({allowance:.4g}) explains"
-        else:
-            allowance, beyond = tol, f"> tolerance {tolerance} std"
-        if gap <= allowance:
+        if gap <= near_tie * scale:  # the host's own numbers: the board's never excuse a flip
             v.near_ties.append(pos)
         else:
             v.mismatches.append({"position": pos, "board": tok, "reference": expected, "gap": gap,
-                                 "reason": f"reference prefers {expected} by {gap:.4g}, {beyond}"})
+                                 "reason": f"reference prefers {expected} by {gap:.4g} ({gap / scale:.3g} std), "
+                                           f"more than the target's near-tie gap {near_tie} std"})
     if drifts:
         v.drift_max, v.drift_mean = float(max(drifts)), float(np.mean(drifts))
     if v.mismatches:
@@ -278,5 +267,67 @@ def compare(asked: Asked, stream: Stream, reference_logits: Sequence[np.ndarray]
     elif len(v.near_ties) > v.near_tie_budget:
         v.verdict = FAIL
         v.reason = (f"{len(v.near_ties)} near-ties in {n} tokens exceed the budget of {v.near_tie_budget} "
-                    f"({near_tie_fraction:.0%}); each was within the drift, but that many is not rounding")
+                    f"({near_tie_fraction:.0%}); each was within the target's near-tie gap, but that many is not "
+                    "rounding")
+    return v
+
+
+# The twin rule -----------------------------------------------------------------------------------------
+
+def _f32(x: float) -> bytes:
+    return struct.pack("<f", x)
+
+
+def _same_logits(a: BoardLogits | None, b: BoardLogits | None) -> bool:
+    """Bit for bit (an f32 travels as one and parses to the same double)."""
+    if a is None or b is None:
+        return a is b
+    return (_f32(a[0]) == _f32(b[0]) and len(a[1]) == len(b[1])
+            and all(i == j and _f32(x) == _f32(y) for (i, x), (j, y) in zip(a[1], b[1], strict=True)))
+
+
+def _shown(lg: BoardLogits | None) -> str:
+    if lg is None:
+        return "no logits"
+    return f"logit {lg[0]!r}, best " + ", ".join(f"{i}:{x!r}" for i, x in lg[1])
+
+
+def compare_twin(asked: Asked, stream: Stream, twin_stream: Stream, *, stats: Any = None, twin_stats: Any = None,
+                 judge: str = "") -> Verdict:
+    """The verdict on one request by the twin rule: the board's stream must be its twin's, bit for bit.
+    A stream the host cancelled must be a prefix of the twin's (which ran to its end); its counters are
+    then not compared. ``stats``/``twin_stats``: the two STATS (``TWIN_COUNTERS`` compared)."""
+    n = len(stream.tokens)
+    v = Verdict(verdict=PASS, generated=n, exact_matches=0, sampled=asked.temperature > 0, rule=TWIN, judge=judge)
+
+    def fail(pos: int | None, why: str) -> Verdict:
+        v.verdict, v.first_divergence = FAIL, pos
+        v.reason = why if pos is None else f"token {pos}: {why}"
+        if pos is not None:
+            v.mismatches.append({"position": pos, "reason": why})
+        return v
+
+    shape = check_stream(asked, stream)
+    if shape is not None:
+        v.verdict, v.reason = FAIL, shape
+        return v
+    for pos, tok in enumerate(stream.tokens):
+        if pos >= len(twin_stream.tokens):
+            return fail(pos, f"the board sent a token past the twin's {len(twin_stream.tokens)}")
+        if tok != twin_stream.tokens[pos]:
+            return fail(pos, f"board sent {tok}, its twin {twin_stream.tokens[pos]}")
+        mine, theirs = stream.logits[pos], twin_stream.logits[pos]
+        if not _same_logits(mine, theirs):
+            return fail(pos, f"the board reports {_shown(mine)}; its twin {_shown(theirs)}")
+        v.exact_matches += 1
+    if stream.stop == STOP_CANCELLED:
+        return v
+    if n != len(twin_stream.tokens) or stream.stop != twin_stream.stop:
+        return fail(None, f"the board stopped after {n} tokens (stop {stream.stop}), its twin after "
+                          f"{len(twin_stream.tokens)} (stop {twin_stream.stop})")
+    if stats is not None and twin_stats is not None:
+        for name in TWIN_COUNTERS:
+            mine, theirs = getattr(stats, name), getattr(twin_stats, name)
+            if mine != theirs:
+                return fail(None, f"STATS {name} is {mine}, its twin's {theirs}")
     return v

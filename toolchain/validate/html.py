@@ -120,6 +120,7 @@ def _validation_rows(v: dict[str, Any]) -> list[tuple[str, Any]]:
         return "-" if x is None else f"{x:.4g}"
 
     return [("verdict", v["verdict"]), ("reason", v.get("reason") or "-"),
+            ("judged by", v.get("judge") or v.get("rule") or "reference"),
             ("tokens judged", v["generated"]), ("exact matches", v["exact_matches"]),
             ("near-ties", f"{len(v.get('near_ties', []))} (budget {v.get('near_tie_budget', '-')})"),
             ("first divergence", "none" if v.get("first_divergence") is None else v["first_divergence"]),

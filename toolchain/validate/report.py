@@ -8,6 +8,17 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _check(v: dict[str, Any]) -> str:
+    """How the stream was judged, and what came of it."""
+    first = "none" if v["first_divergence"] is None else v["first_divergence"]
+    if v.get("rule") == "twin":
+        return (f"{v['exact_matches']}/{v['generated']} bit for bit as its twin ({v.get('judge', '')}), "
+                f"{'sampled, ' if v.get('sampled') else ''}first divergence {first}")
+    return (f"{v['exact_matches']}/{v['generated']} exact vs host reference ({v.get('judge') or 'reference'}), "
+            f"{len(v['near_ties'])} near-ties (budget {v.get('near_tie_budget', '-')}), "
+            f"{'sampler replayed, ' if v.get('sampled') else ''}first divergence {first}")
+
+
 def _drafts(s: dict[str, Any]) -> str:
     """', 40 calls for 63 tokens: 23 of 30 draft tokens accepted' (speculative decoding), or ''."""
     if s.get("decode_calls") is None:
@@ -34,14 +45,12 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         ("decode", f"{s['decode_tok_s']:.1f} tok/s" + _drafts(s)),
         ("peak RSS", f"{s['peak_rss_kb'] / 1024:.1f} MiB"
                      + (" (of the emulator process)" if report["emulated"] else "")),
-        ("check", f"{v['exact_matches']}/{v['generated']} exact vs host reference, "
-                  f"{len(v['near_ties'])} near-ties (budget {v.get('near_tie_budget', '-')}), "
-                  f"{'sampler replayed, ' if v.get('sampled') else ''}first divergence "
-                  f"{'none' if v['first_divergence'] is None else v['first_divergence']}"),
-        ("drift", "not reported by the board" if v.get("drift_max") is None else
-                  f"board vs host logits: max {v['drift_max']:.3g}, mean {v['drift_mean']:.3g} "
-                  f"(max {max(v['drift_by_position'] or [0]):.2f} std; tolerance {v['tolerance']} std)"),
+        ("check", _check(v)),
     ]
+    if v.get("rule") != "twin":
+        rows.append(("drift", "not reported by the board" if v.get("drift_max") is None else
+                              f"board vs host logits: max {v['drift_max']:.3g}, mean {v['drift_mean']:.3g} "
+                              f"(max {max(v['drift_by_position'] or [0]):.2f} std; tolerance {v['tolerance']} std)"))
     fid = report.get("fidelity")
     if fid:
         rows.append(("fidelity", f"vs the eager fp32 model (teacher-forced on the board's tokens): top-1 "

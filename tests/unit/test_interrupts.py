@@ -95,8 +95,11 @@ def test_a_signal_during_flash_stops_what_it_started(sig, code, line, workdir, s
     assert flash.returncode == code, err
     one_error_line(subprocess.CompletedProcess([], code, "", err), line)
     assert wait_gone([started["runner"], started["socat"]]) == []
-    assert not (state / "running.json").exists()
-    assert (state / "current").resolve().name == json.loads(flashed.stdout)["release"]  # the previous release
+    previous = json.loads(flashed.stdout)["release"]
+    assert (state / "current").resolve().name == previous  # the previous release, current again
+    again = json.loads((state / "running.json").read_text())  # and serving again: a flash leaves one serving
+    assert again["release"] == previous and runs(_started(again)["runner"]) and runs(_started(again)["socat"])
+    assert run_edgelm("stop", "--board", "host", "--target", "local", "--workdir", str(workdir)).returncode == 0
 
 
 def _wait_for_runner(proc, state, release_suffix, timeout=30.0):

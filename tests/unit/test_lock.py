@@ -47,8 +47,8 @@ def test_flash_is_refused_while_another_flash_waits_for_its_runner(workdir, stan
     finally:
         holder.terminate()
         holder.wait(timeout=30)
-    current = (workdir / STATE / "current").resolve()
-    assert current.parent.name == "releases" and current.name.startswith("r-")  # consistent after the SIGTERM
+    # consistent after the SIGTERM: nothing was current before that flash, and nothing is now
+    assert not (workdir / STATE / "current").is_symlink()
     flashed = run_edgelm("flash", str(good), "--target", "local", "--json", "--workdir", str(workdir))
     assert flashed.returncode == 0, flashed.stderr
     assert _stop(workdir).returncode == 0

@@ -48,7 +48,9 @@ def test_a_card_gets_the_release_the_enabled_unit_and_the_uart(tmp_path, fakes):
     for name in bundle.files:
         assert (data / "releases" / result["release"] / name).read_bytes() == (bundle.root / name).read_bytes()
     unit = (root / "etc/systemd/system" / service.UNIT_NAME).read_text()
-    assert "ExecStart=/opt/edgelm/rpi5/current/runner" in unit and "--serial /dev/ttyAMA0" in unit
+    assert "ExecStart=/opt/edgelm/rpi5/edgelm-serve /opt/edgelm/rpi5 --serial /dev/ttyAMA0" in unit
+    assert os.access(data / service.SERVE_SCRIPT, os.X_OK)  # what it runs: the release that verifies
+    assert (data / service.SERVE_SCRIPT).read_text() == service.serve_script()
     assert "DynamicUser=yes" in unit and "SupplementaryGroups=dialout" in unit
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants" / service.UNIT_NAME) == \
         f"/etc/systemd/system/{service.UNIT_NAME}"

@@ -50,9 +50,9 @@ def test_a_unit_for_a_user():
     s = u["Service"]
     assert s["User"] == ["pi"] and "DynamicUser" not in s
     assert s["SupplementaryGroups"] == ["dialout"]
-    assert s["ExecStart"] == ["/home/pi/.local/share/edgelm/current/runner --model "
-                              "/home/pi/.local/share/edgelm/current/model.pte --serial /dev/serial0 --baud 921600 "
-                              "--threads 3"]
+    assert s["ExecStart"] == ["/home/pi/.local/share/edgelm/edgelm-serve /home/pi/.local/share/edgelm "
+                              "--serial /dev/serial0 --baud 921600 --threads 3"]
+    assert s["RuntimeDirectory"] == ["edgelm-runner"] and s["RuntimeDirectoryPreserve"] == ["yes"]
     assert s["WorkingDirectory"] == ["/home/pi/.local/share/edgelm"]
     assert s["Restart"] == ["on-failure"] and s["RestartSec"] == [str(service.RESTART_SEC)]
     assert s["NoNewPrivileges"] == ["yes"] and s["ProtectSystem"] == ["full"] and s["PrivateTmp"] == ["yes"]
@@ -69,7 +69,7 @@ def test_a_unit_for_a_dynamic_user_with_the_boards_threads():
     s = sections(text)["Service"]
     assert s["DynamicUser"] == ["yes"] and "User" not in s
     assert s["SupplementaryGroups"] == ["dialout"]
-    assert s["ExecStart"][0].startswith("/opt/edgelm/current/runner --model /opt/edgelm/current/model.pte ")
+    assert s["ExecStart"][0].startswith("/opt/edgelm/edgelm-serve /opt/edgelm --serial ")
     assert s["ExecStart"][0].endswith(" --threads 2")
 
 
@@ -115,7 +115,7 @@ def test_systemd_analyze_verifies_the_unit(tmp_path, user):
     """Where this machine has systemd-analyze, the unit verifies in a root holding the runner it names
     (and the system's units, for the targets it depends on); the structure is checked everywhere."""
     text = unit(user=user, release_dir="/opt/edgelm/current", data_dir="/opt/edgelm")
-    assert sections(text)["Service"]["ExecStart"][0].startswith("/opt/edgelm/current/runner ")
+    assert sections(text)["Service"]["ExecStart"][0].startswith("/opt/edgelm/edgelm-serve ")
     analyze = shutil.which("systemd-analyze")
     system_units = Path("/usr/lib/systemd/system")
     if analyze is None or not system_units.is_dir():
@@ -124,13 +124,14 @@ def test_systemd_analyze_verifies_the_unit(tmp_path, user):
     (root / "opt/edgelm/current").mkdir(parents=True)
     shutil.copy("/bin/true", root / "opt/edgelm/current/runner")
     shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
-    for entry in service.rootfs_files(text):
+    for entry in service.rootfs_files(text, "/opt/edgelm"):
         dest = root / entry.path
         dest.parent.mkdir(parents=True, exist_ok=True)
         if entry.link is not None:
             dest.symlink_to(entry.link)
         else:
             dest.write_text(entry.text)
+            dest.chmod(entry.mode)
     unit_file = root / service.UNIT_PATH.relative_to("/")
     r = subprocess.run([analyze, "verify", "--man=no", f"--root={root}", str(unit_file)],
                        capture_output=True, text=True, timeout=120)
@@ -154,7 +155,9 @@ def test_install_commands_for_ssh():
 
 def test_rootfs_files_enable_the_unit_on_a_card():
     text = unit(user=None, release_dir="/opt/edgelm/current", data_dir="/opt/edgelm")
-    f, link = service.rootfs_files(text)
+    serve, f, link = service.rootfs_files(text, "/opt/edgelm")
+    assert serve.path == PurePosixPath("opt/edgelm/edgelm-serve") and serve.mode == 0o755
+    assert serve.text == service.serve_script() and serve.text.startswith("#!/bin/sh\n")
     assert f.path == PurePosixPath("etc/systemd/system/edgelm-runner.service") and f.text == text and f.mode == 0o644
     assert link.path == PurePosixPath("etc/systemd/system/multi-user.target.wants/edgelm-runner.service")
     assert link.link == "/etc/systemd/system/edgelm-runner.service" and link.text is None

@@ -82,9 +82,23 @@ class ReleaseStore(Protocol):
         """The release that was current before the current one (``flash --rollback``)."""
         ...
 
-    def activate(self, release: Release) -> None:
+    def activate(self, release: Release, *, verify: bool = True) -> None:
         """Verify ``release``'s files on the board, then make it current in one atomic step (the one
-        it replaces becomes ``previous``). Refuses, changing nothing, when a file does not verify."""
+        it replaces becomes ``previous``). Refuses, changing nothing, when a file does not verify.
+        Every file of the release and its folder are on stable storage before the switch, and the
+        switch itself after it (fsync). ``verify=False``: the caller verified it just before (the
+        bring-up, which switches only between stopping the old runner and starting the new one)."""
+        ...
+
+    def restore(self, current: Release | None, previous: Release | None) -> None:
+        """Put ``current`` and ``previous`` back as they were before a switch that failed (None: no
+        such link), so that ``previous`` never names the release that failed. ``current`` is
+        verified first (a refusal changes nothing); synced like ``activate``."""
+        ...
+
+    def clean(self) -> None:
+        """Remove what an upload that failed or was cut left (``.incoming-*``, ``.old-*``): its space
+        is free again before the preflight counts it."""
         ...
 
     def verify(self, release: Release) -> None:
@@ -107,8 +121,14 @@ class RunnerControl(Protocol):
         """None while the runner runs, else why it stopped."""
         ...
 
-    def stop(self) -> str | None:
-        """Stop the runner (and what serves its link); None, or a note on stale records."""
+    def stop(self, *, lease_s: float | None = None) -> str | None:
+        """Stop the runner (and what serves its link); None, or a note on stale records.
+
+        ``lease_s``: stopped only for a switch. A service on the board that restarts the runner by
+        itself (the image's ``edgelm-service``, the systemd unit) holds off for at most that long
+        and then serves its current release again on its own: a controller that dies in between
+        (SIGKILL) never leaves it held. None: stopped until started again (``edgelm stop``, the
+        end of a ``run``)."""
         ...
 
     def running(self) -> dict[str, Any] | None:

@@ -457,9 +457,17 @@ class FarmStore:
         with self.farm.held() as t:
             return self._store(t).previous()
 
-    def activate(self, release: Release) -> None:
+    def activate(self, release: Release, *, verify: bool = True) -> None:
         with self.farm.held() as t:
-            self._store(t).activate(release)
+            self._store(t).activate(release, verify=verify)
+
+    def restore(self, current: Release | None, previous: Release | None) -> None:
+        with self.farm.held() as t:
+            self._store(t).restore(current, previous)
+
+    def clean(self) -> None:
+        with self.farm.held() as t:
+            self._store(t).clean()
 
     def verify(self, release: Release) -> None:
         with self.farm.held() as t:
@@ -507,9 +515,9 @@ class FarmRunner:
         with self.farm.held() as t:
             return self._runner(t).alive()
 
-    def stop(self) -> str | None:
+    def stop(self, *, lease_s: float | None = None) -> str | None:
         with self.farm.held() as t:
-            return self._runner(t).stop()
+            return self._runner(t).stop(lease_s=lease_s)
 
     def running(self) -> dict[str, Any] | None:
         with self.farm.held() as t:

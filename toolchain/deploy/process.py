@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ LINK_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 RECORD_TIMEOUT_S = 1.0  # for a child's command line to appear in /proc after its exec
 RUNNING_FILE = "running.json"
+LEASE_FILE = "lease.json"  # a stop for a switch: the guard's token (ProcessRunner.stop)
 
 
 def stat_start_time(stat: bytes) -> tuple[str, int]:
@@ -219,10 +221,29 @@ class ProcessRunner:
     def open(self, port: str) -> Transport:
         return ports.open_port(port, self.board.baud)
 
+    @property
+    def _lease_path(self) -> Path:
+        return self.state / LEASE_FILE
+
+    def _arm_lease(self, lease_s: float) -> None:
+        import secrets
+
+        token = secrets.token_hex(8)
+        self.state.mkdir(parents=True, exist_ok=True)
+        tmp = self._lease_path.with_name(f".{LEASE_FILE}.tmp")
+        tmp.write_text(json.dumps({"token": token, "board": self.board.name, "prefix": list(self.prefix())}))
+        tmp.replace(self._lease_path)
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
+        subprocess.Popen([sys.executable, "-m", "toolchain.deploy.process", "guard", str(self.state),
+                          str(max(1, int(lease_s))), token], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, env=env, cwd="/")
+
     def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
         """Start ``release``'s runner on ``device``, the board's end of the link (``connect`` first)."""
         if self._socat is None or self._socat.poll() is not None:
             raise DeviceError("the serial link is not up: connect it before starting the runner")
+        self._lease_path.unlink(missing_ok=True)  # started here: a guard a stop left has nothing to do
         path = Path(release.path)
         cmd = [*self.prefix(), str(path / RUNNER), "--model", str(path / PROGRAM_FILE), "--serial", device]
         if threads:
@@ -280,11 +301,19 @@ class ProcessRunner:
         except (OSError, ValueError):
             return None
 
-    def stop(self) -> str | None:
+    def stop(self, *, lease_s: float | None = None) -> str | None:
         """Stop the runner and the link: the ones this object started, and the ones running.json names
         if they are still those processes (same start time and command line; a pid alone may have
         been handed on to an unrelated process). Returns None, or what running.json named that no
-        longer runs: that file was stale, and nothing was killed for it."""
+        longer runs: that file was stale, and nothing was killed for it.
+
+        ``lease_s`` (a stop for a switch): when a runner served, a guard process is left behind that
+        starts the current release again once the lease runs out, unless a start takes the lease
+        back first (see :func:`guard`): an edgelm killed between its stop and its start (SIGKILL)
+        leaves a release serving all the same. Without it, a lease left earlier is taken back."""
+        self._lease_path.unlink(missing_ok=True)
+        if lease_s is not None and self.running() is not None:
+            self._arm_lease(lease_s)
         with interrupts.deferred():  # a signal now would leave a child running
             ours = [p for p in (self._runner, self._socat) if p is not None]
             _stop_children(ours)
@@ -312,3 +341,49 @@ class ProcessRunner:
             note = f"found a stale PID file {path}: {'; '.join(stale)}; removed it, and killed none of those"
             log.info("%s", note)
             return note
+
+
+def guard(state: Path, lease_s: float, token: str) -> str:
+    """The guard a stop for a switch leaves (``python -m toolchain.deploy.process guard STATE SECONDS
+    TOKEN``, in a session of its own): after ``lease_s``, if the lease is still the one with
+    ``token`` (no start took it back), nothing serves and no edgelm holds the target, it starts
+    the current release's runner and its link as ``flash`` would have, and leaves them serving.
+    Returns what it did (for its log)."""
+    from toolchain import boards
+    from toolchain.deploy import lock as lock_mod
+    from toolchain.errors import EdgelmError
+
+    time.sleep(lease_s)
+    path = state / LEASE_FILE
+    try:
+        lease = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "the lease was taken back"
+    if not isinstance(lease, dict) or lease.get("token") != token:
+        return "another lease replaced it"
+    try:
+        with lock_mod.hold(state, "guard"):
+            path.unlink(missing_ok=True)
+            runner = ProcessRunner(state, boards.get(str(lease["board"])), lambda: [str(x) for x in lease["prefix"]])
+            if runner.running() is not None:
+                return "a runner serves already"
+            link = state / "current"
+            if not link.is_symlink():
+                return "nothing is current"
+            folder = link.resolve()
+            release = Release(folder.name, str(folder), str(lease["board"]), "")
+            try:
+                runner.connect()
+                runner.start(release, device=runner.board_device)
+            except BaseException:
+                runner.stop()
+                raise
+            return f"started the runner of {release.id} again"
+    except EdgelmError as exc:  # the target is busy (an edgelm works on it), or the start failed
+        return f"nothing started: {exc}"
+
+
+if __name__ == "__main__":  # the guard, started by ProcessRunner.stop(lease_s=...)
+    if len(sys.argv) == 5 and sys.argv[1] == "guard":
+        logging.basicConfig(level=logging.INFO)
+        log.info("%s", guard(Path(sys.argv[2]), float(sys.argv[3]), sys.argv[4]))

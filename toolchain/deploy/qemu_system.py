@@ -421,8 +421,8 @@ class GuestService:
     def open(self, port: str) -> Transport:
         return ports.open_port(port, self.board.baud)
 
-    def _service(self, verb: str) -> str:
-        proc = self.ssh.run(["edgelm-service", verb], timeout_s=SERVICE_TIMEOUT_S)
+    def _service(self, verb: str, *args: str) -> str:
+        proc = self.ssh.run(["edgelm-service", verb, *args], timeout_s=SERVICE_TIMEOUT_S)
         out = _printable(proc.stdout.decode(errors="replace"))
         if proc.returncode != 0:
             raise DeviceError(f"edgelm-service {verb} on the emulated {self.board.name} failed: "
@@ -437,7 +437,7 @@ class GuestService:
         except OSError:
             self._console_from = 0
         self._release = release.id
-        out = self._service("start")
+        out = self._service("start", release.id)  # verified by the store just before: not hashed again
         if out != "started":
             raise DeviceError(f"edgelm-service start answered {out!r}")
 
@@ -455,10 +455,12 @@ class GuestService:
         why = runner_exit(self.console_since_start(), self.board, self._release)
         return f"{why} (see {self.machine.console})" if why else None
 
-    def stop(self) -> str | None:
+    def stop(self, *, lease_s: float | None = None) -> str | None:
+        """The service holds until ``start``, or (``lease_s``) for that long at most, then serves its
+        current release again by itself."""
         if not self.machine.is_on():
             return f"the emulated {self.board.name} is off: nothing serves"
-        self._service("stop")
+        self._service("stop", *([str(max(1, int(lease_s)))] if lease_s is not None else []))
         return None
 
     def running(self) -> dict[str, Any] | None:

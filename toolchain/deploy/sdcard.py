@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from toolchain.boards import Board
 from toolchain.deploy import bootfs, service
 from toolchain.deploy.base import Release, Target, TargetOptions
-from toolchain.deploy.store import INCOMING_PREFIX, RELEASES, LocalStore, TrustStore, write_hint
+from toolchain.deploy.store import INCOMING_PREFIX, RELEASES, LocalStore, TrustStore, fsync_path, write_hint
 from toolchain.errors import DeviceError, UsageError
 
 PREFIX = "dir:"
@@ -75,6 +75,7 @@ def _write_atomic(path: Path, text: str | None, link: str | None, mode: int) -> 
             os.fsync(f.fileno())
         tmp.chmod(mode)
     tmp.replace(path)
+    fsync_path(path.parent, folder=True)  # the rename too survives the card being pulled
 
 
 class CardStore(LocalStore):
@@ -102,18 +103,19 @@ class CardStore(LocalStore):
         if self.boot is not None:
             changed = bootfs.apply(self.boot)
             self.notes += changed or [f"{self.boot}: the UART was already free (enable_uart=1, no serial console)"]
-        for entry in service.rootfs_files(unit):
+        for entry in service.rootfs_files(unit, data):
             _write_atomic(_no_links_inside(self.card, entry.path), entry.text, entry.link, entry.mode)
         self.notes.append(f"enabled {service.UNIT_NAME} on the card: the board serves on {self.device} from boot")
 
-    def activate(self, release: Release) -> None:
-        self.verify(release)
+    def activate(self, release: Release, *, verify: bool = True) -> None:
+        if verify:
+            self.verify(release)
         try:
             self.prepare()  # the unit and the boot settings first: `current` switches last
         except OSError as exc:
             raise DeviceError(f"writing the service unit to {self.where} failed: {exc.strerror or exc} "
                               f"({exc.filename}); {release.id} was not made current", hint=write_hint(exc)) from None
-        super().activate(release)
+        super().activate(release, verify=False)
 
 
 def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> Target:

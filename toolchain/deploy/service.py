@@ -32,6 +32,9 @@ UNIT_PATH = UNIT_DIR / UNIT_NAME
 WANTED_BY = "multi-user.target"
 WANTS_DIR = UNIT_DIR / f"{WANTED_BY}.wants"
 TEMPLATE = FIRMWARE_DIR / render.UNIT_TEMPLATE
+SERVE_SCRIPT = "edgelm-serve"  # in the data folder: picks a release that verifies and runs its runner
+SERVE_TEMPLATE = FIRMWARE_DIR / "edgelm-serve.sh"
+RESUME_UNIT = "edgelm-runner-resume"  # the transient timer of a lease (lease_commands)
 RESTART_SEC = 5
 RUNNER_MAX_THREADS = 1024  # the runner's own --threads limit (firmware/runner.cpp)
 MAX_PATH_CHARS = 1024
@@ -82,7 +85,7 @@ def render_unit(*, board: Board, release_dir: str | PurePosixPath, data_dir: str
     values = {
         "BOARD": board.name, "DEVICE": dev, "IDENTITY": identity, "GROUP": _name("group", group, REFUSED_GROUPS),
         "DATA_DIR": data, "RELEASE_DIR": release, "RUNNER": RUNNER, "PROGRAM": PROGRAM_FILE,
-        "BAUD": str(board.baud), "THREADS": str(threads), "RESTART_SEC": str(RESTART_SEC),
+        "BAUD": str(board.baud), "THREADS": str(threads), "RESTART_SEC": str(RESTART_SEC), "SERVE": SERVE_SCRIPT,
     }
     return render.substitute(template.read_text(), values, template.name)
 
@@ -121,6 +124,27 @@ def install_commands(staged_unit: str | PurePosixPath) -> tuple[tuple[str, ...],
             ("sudo", "-n", "systemctl", "restart", UNIT_NAME))
 
 
+def lease_commands(seconds: float) -> tuple[tuple[str, ...], ...]:
+    """A transient timer that starts the unit again ``seconds`` from now: the lease of a stop for a
+    switch (``RunnerControl.stop(lease_s=...)``). Armed before the unit is stopped; if the
+    controller dies before it starts the unit itself, the board does (a unit already running is
+    left as it is). Cancelled by :func:`cancel_lease_commands`; a reboot ends it (the unit is enabled)."""
+    return (("sudo", "-n", "systemd-run", "--quiet", f"--unit={RESUME_UNIT}", f"--on-active={max(1, int(seconds))}s",
+             "--timer-property=AccuracySec=1s", "systemctl", "start", UNIT_NAME),)
+
+
+def cancel_lease_commands() -> tuple[tuple[str, ...], ...]:
+    """Cancel a lease (each may fail: there was none, or it fired and is gone)."""
+    return (("sudo", "-n", "systemctl", "stop", f"{RESUME_UNIT}.timer"),
+            ("sudo", "-n", "systemctl", "reset-failed", f"{RESUME_UNIT}.timer", f"{RESUME_UNIT}.service"))
+
+
+def serve_script() -> str:
+    """The unit's start script (:data:`SERVE_SCRIPT` in the data folder): the runner of the current
+    release, or of the previous one when the current one's files do not match its bundle.json."""
+    return SERVE_TEMPLATE.read_text()
+
+
 def uninstall_commands() -> tuple[tuple[str, ...], ...]:
     return (("sudo", "-n", "systemctl", "disable", "--now", UNIT_NAME),
             ("sudo", "-n", "rm", "-f", str(UNIT_PATH)),
@@ -143,8 +167,12 @@ class RootfsEntry:
             raise ValueError(f"rootfs entry {self.path}: give exactly one of text and link")
 
 
-def rootfs_files(unit_text: str) -> tuple[RootfsEntry, ...]:
-    """The unit and its enabling link (what ``systemctl enable`` makes), relative to a card's root."""
+def rootfs_files(unit_text: str, data_dir: str | PurePosixPath) -> tuple[RootfsEntry, ...]:
+    """The unit's start script in ``data_dir`` (the board's path), the unit and its enabling link
+    (what ``systemctl enable`` makes), relative to a card's root, in that order: the script is
+    there before a unit names it."""
+    data = PurePosixPath(_path("data_dir", data_dir))
     rel = PurePosixPath(*UNIT_DIR.parts[1:])
-    return (RootfsEntry(rel / UNIT_NAME, text=unit_text),
+    return (RootfsEntry(PurePosixPath(*data.parts[1:]) / SERVE_SCRIPT, text=serve_script(), mode=0o755),
+            RootfsEntry(rel / UNIT_NAME, text=unit_text),
             RootfsEntry(PurePosixPath(*WANTS_DIR.parts[1:]) / UNIT_NAME, link=str(UNIT_PATH)))

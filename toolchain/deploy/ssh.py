@@ -52,22 +52,34 @@ _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*\Z")  # what a data folder on the bo
 DATA_SCRIPT = 'printf "%s\\n" "${XDG_DATA_HOME:-$HOME/.local/share}/edgelm/$1"'
 LINKS_SCRIPT = ('cd -- "$1" 2>/dev/null || exit 0; for n in current previous; do '
                 't=$(readlink -- "$n" 2>/dev/null) || continue; printf "%s %s\\n" "$n" "$t"; done')
-CLEAN_SCRIPT = 'mkdir -p -- "$1/releases" && rm -rf -- "$1/releases/.incoming-"*'
+CLEAN_SCRIPT = 'mkdir -p -- "$1/releases" && rm -rf -- "$1/releases/.incoming-"* "$1/releases/.old-"*'
+# What an upload that failed or was cut left, removed before the preflight counts the free space.
+LEFTOVERS_SCRIPT = 'cd -- "$1/releases" 2>/dev/null || exit 0; rm -rf -- .incoming-* .old-*'
 COMMIT_SCRIPT = ('set -e; cd -- "$1/releases"; rm -rf -- ".old-$2"; '
                  'if [ -e "$2" ] || [ -L "$2" ]; then mv -- "$2" ".old-$2"; fi; mv -- ".incoming-$2" "$2"; '
                  'rm -rf -- ".old-$2"')
 # A link is replaced by renaming a new one over it (mv -T: one step). Where mv has no -T, or takes the
 # link for the folder it names (BusyBox), the old link is removed and the new one made (a link or
-# nothing is there; a real folder in its place is an error).
-SWITCH_SCRIPT = ('set -e; cd -- "$1"; old=$(readlink -- current 2>/dev/null || true); '
-                 'put_link() { ln -sfn -- "$2" ".$1.tmp"; mv -Tf -- ".$1.tmp" "$1" 2>/dev/null || '
-                 '{ rm -f -- ".$1.tmp" "$1"; ln -s -- "$2" "$1"; }; }; '
-                 'put_link current "releases/$2"; '
+# nothing is there; a real folder in its place is an error). Before a link names a release, every
+# file of it, its folder and releases/ are synced (`sync FILE...` fsyncs each; where sync takes no
+# files, all of them); after the switch, the data folder: a power cut keeps the switch and the files.
+_LINK_FUNCTIONS = ('put_link() { ln -sfn -- "$2" ".$1.tmp"; mv -Tf -- ".$1.tmp" "$1" 2>/dev/null || '
+                   '{ rm -f -- ".$1.tmp" "$1"; ln -s -- "$2" "$1"; }; }; '
+                   'sync_release() { sync -- "releases/$1"/* "releases/$1" releases 2>/dev/null || sync; }; ')
+SWITCH_SCRIPT = ('set -e; cd -- "$1"; old=$(readlink -- current 2>/dev/null || true); ' + _LINK_FUNCTIONS
+                 + 'sync_release "$2"; put_link current "releases/$2"; '
                  'if [ -n "$old" ] && [ "$old" != "releases/$2" ]; then put_link previous "$old"; fi; '
-                 'sync')  # on the card before we say it is current: a power cut keeps the switch
+                 'sync -- . 2>/dev/null || sync')
+# $1 data folder, $2 the release to make current again ("": none), $3 the one `previous` names again ("": none)
+RESTORE_SCRIPT = ('set -e; cd -- "$1"; ' + _LINK_FUNCTIONS
+                  + 'if [ -n "$2" ]; then sync_release "$2"; put_link current "releases/$2"; '
+                  'else rm -f -- current; fi; '
+                  'if [ -n "$3" ]; then put_link previous "releases/$3"; else rm -f -- previous; fi; '
+                  'sync -- . 2>/dev/null || sync')
 # $1 data folder, $2 release id, then the runner's argv. The pid and the process's start time (field
 # 22 of /proc/PID/stat) are recorded, so `stop` never signals a pid that now names another process.
-START_SCRIPT = ('set -e; d=$1; id=$2; shift 2; cd -- "$d/releases/$id"; '
+# A lease a stop left (below) has done its job: it is removed first.
+START_SCRIPT = ('set -e; d=$1; id=$2; shift 2; rm -f -- "$d/lease"; cd -- "$d/releases/$id"; '
                 'nohup "$@" >"$d/runner.log" 2>&1 </dev/null & pid=$!; '
                 'st=$(sed "s/.*) //" "/proc/$pid/stat" | cut -d" " -f20); '
                 'printf "%s %s %s\\n" "$pid" "$st" "$id" >"$d/runner.pid.tmp"; '
@@ -80,11 +92,37 @@ STATUS_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || { echo none; exit 0; }; read
                  'state=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f1); '
                  'if [ -n "$now" ] && [ "$now" = "$st" ] && [ "$state" != Z ]; then echo "running $pid $id"; '
                  'else echo "stopped $id: $(tail -n 1 "$1/runner.log" 2>/dev/null)"; fi')
-# $1 data folder, $2 seconds: TERM, then KILL, only if the pid is still the recorded process ("stopped")
-STOP_SCRIPT = ('f="$1/runner.pid"; [ -r "$f" ] || exit 0; read pid st id <"$f" || true; '
+# A stop for a switch leaves a lease: $d/lease (a token, the serial device) and a guard in the background
+# on the board that, once the lease has run out, starts the current release's runner the way START_SCRIPT
+# does, unless the lease was taken back (a start removes it, a stop for good too) or a runner runs. An
+# edgelm killed between its stop and its start (SIGKILL) leaves the board serving all the same.
+# $1 data folder, $2 seconds, $3 token
+GUARD_SCRIPT = ('d=$1; sleep "$2"; read tok dev <"$d/lease" 2>/dev/null || exit 0; [ "$tok" = "$3" ] || exit 0; '
+                'rm -f -- "$d/lease"; '
+                'if [ -r "$d/runner.pid" ]; then read pid st id <"$d/runner.pid" || true; '
+                'case $pid in ""|*[!0-9]*) pid=none ;; esac; '
+                'now=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20); '
+                'state=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f1); '
+                '[ -n "$now" ] && [ "$now" = "$st" ] && [ "$state" != Z ] && exit 0; fi; '
+                'rel=$(readlink -- "$d/current") || exit 0; id=${rel#releases/}; '
+                'case $id in r-*) ;; *) exit 0 ;; esac; cd -- "$d/releases/$id" || exit 0; '
+                'nohup "$d/releases/$id/runner" --model "$d/releases/$id/model.pte" --serial "$dev" '
+                '>"$d/runner.log" 2>&1 </dev/null & pid=$!; '
+                'st=$(sed "s/.*) //" "/proc/$pid/stat" | cut -d" " -f20); '
+                'printf "%s %s %s\\n" "$pid" "$st" "$id" >"$d/runner.pid.tmp"; '
+                'mv -f -- "$d/runner.pid.tmp" "$d/runner.pid"')
+# $1 data folder, $2 seconds, then for a stop for a switch: $3 lease seconds, $4 the serial device, $5
+# GUARD_SCRIPT: the lease is armed when a runner runs (else, and for a stop for good, one a stop left
+# is taken back). TERM, then KILL, only if the pid is still the recorded process ("stopped").
+STOP_SCRIPT = ('f="$1/runner.pid"; pid=none; st=; if [ -r "$f" ]; then read pid st id <"$f" || true; fi; '
                'case $pid in ""|*[!0-9]*) pid=none ;; esac; '
                'same() { now=$(sed "s/.*) //" "/proc/$pid/stat" 2>/dev/null | cut -d" " -f20); '
                '[ -n "$now" ] && [ "$now" = "$st" ]; }; '
+               'if [ -n "${3:-}" ] && same; then tok="$$-$(date +%s)"; '
+               'printf "%s %s\\n" "$tok" "$4" >"$1/lease.tmp" && mv -f -- "$1/lease.tmp" "$1/lease" && '
+               '{ nohup sh -c "$5" sh "$1" "$3" "$tok" >/dev/null 2>&1 </dev/null & }; '
+               'else rm -f -- "$1/lease"; fi; '
+               '[ -r "$f" ] || exit 0; '
                'if same; then echo stopped; kill -TERM "$pid" 2>/dev/null || true; i=0; '
                'while same && [ $i -lt $(($2 * 10)) ]; do sleep 0.1; i=$((i + 1)); done; '
                'if same; then kill -KILL "$pid" 2>/dev/null || true; fi; fi; rm -f -- "$f"')
@@ -194,10 +232,24 @@ class SshStore:
                                  hint="flash a bundle signed by a key it trusts (`edgelm build --sign-key`)")
             signing.verify(data, sig, trusted, f"{self.where} {release.id}/{SIGNATURE_FILE}")
 
-    def activate(self, release: Release) -> None:
-        self.verify(release)
+    def activate(self, release: Release, *, verify: bool = True) -> None:
+        if verify:
+            self.verify(release)
         self.ssh.script(SWITCH_SCRIPT, [self.data, release.id], what=f"switching to {release.id}")
         log.info("%s: current release is now %s", self.where, release.id)
+
+    def restore(self, current: Release | None, previous: Release | None) -> None:
+        if current is not None:
+            self.verify(current)
+        for r in (current, previous):
+            if r is not None and not _RELEASE_ID.match(r.id):
+                raise UsageError(f"release {r.id[:40]} is not one of {self.where}'s")
+        self.ssh.script(RESTORE_SCRIPT, [self.data, current.id if current else "", previous.id if previous else ""],
+                        what=f"making {current.id if current else 'no release'} current again")
+        log.info("%s: current release is %s again", self.where, current.id if current else "none")
+
+    def clean(self) -> None:
+        self.ssh.script(LEFTOVERS_SCRIPT, [self.data], what="removing what an unfinished upload left")
 
     def trust(self, public_key_pem: bytes) -> str:
         return self.trust_store.add(public_key_pem)
@@ -324,7 +376,7 @@ class SshChannel:
         what = "the SSH connection failed" if code == 255 else f"runner exited with status {code}"
         return what + (f": {tail}" if tail else "")
 
-    def stop(self) -> str | None:
+    def stop(self, *, lease_s: float | None = None) -> str | None:
         started = self._proc is not None
         if self._transport is not None:
             self._transport.close()  # the runner sees end of file and exits; ssh is ended after a grace
@@ -336,7 +388,7 @@ class SshChannel:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
-        stopped_left = self.left.stop_left() if self.left is not None else False
+        stopped_left = self.left.stop_left(lease_s) if self.left is not None else False
         if started or stopped_left:
             return None
         return (f"{self.where}: nothing runs there (a runner on the SSH channel ends with its connection, and none "
@@ -385,7 +437,16 @@ class SshDaemon:
         out = self.ssh.script(UNIT_ACTIVE_SCRIPT, [service.UNIT_NAME], what="asking whether the service runs").stdout
         return out.decode(errors="replace").strip() == "active"
 
-    def _stop_unit(self) -> None:
+    def _stop_unit(self, lease_s: float | None = None) -> None:
+        """``systemctl stop``; with ``lease_s``, a transient timer first starts it again after that
+        long unless ``start`` cancels it (a controller that dies in between leaves it serving)."""
+        if lease_s is not None:
+            for argv in service.cancel_lease_commands():  # one a dead controller armed (fails when there is none)
+                self.ssh.run(list(argv), timeout_s=60)
+            try:
+                self._sudo(service.lease_commands(lease_s), "arming the service's lease")
+            except DeviceError as exc:  # still stopped: the bring-up starts it again, unless it is killed
+                log.warning("%s; the service stays stopped if edgelm is killed before it starts it again", exc)
         proc = self.ssh.run(["sudo", "-n", "systemctl", "stop", service.UNIT_NAME], timeout_s=60)
         if proc.returncode != 0:
             why = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -394,19 +455,35 @@ class SshDaemon:
                               hint=f"stop it on the board (sudo systemctl disable --now {service.UNIT_NAME}), "
                                    "or flash with --service again")
 
-    def stop_left(self) -> bool:
+    def _sudo(self, commands: tuple[tuple[str, ...], ...], what: str) -> None:
+        """Each ``sudo -n`` argv in turn; the first that fails raises, with its last line."""
+        for argv in commands:
+            proc = self.ssh.run(list(argv), timeout_s=60)
+            if proc.returncode != 0:
+                why = proc.stderr.decode(errors="replace").strip().splitlines()
+                raise DeviceError(f"{what} on {self.ssh.spec} failed at `{' '.join(argv)}`: "
+                                  f"{why[-1] if why else 'exit ' + str(proc.returncode)}",
+                                  hint="the board user needs passwordless sudo for this")
+
+    def stop_left(self, lease_s: float | None = None, unit_lease_s: float | None = None) -> bool:
         """Stop the background runner, and the service an earlier ``flash --service`` left (both would
-        hold the serial device); whether either was running."""
-        out = self.ssh.script(STOP_SCRIPT, [self.store.data, str(int(STOP_TIMEOUT_S))],
-                              timeout_s=STOP_TIMEOUT_S + 30, what="stopping the runner").stdout
+        hold the serial device); whether either was running. ``lease_s``: the background runner's
+        lease (GUARD_SCRIPT); ``unit_lease_s``: the unit's (``_stop_unit``)."""
+        args = [self.store.data, str(int(STOP_TIMEOUT_S))]
+        if lease_s is not None:
+            args += [str(max(1, int(lease_s))), self.board_device, GUARD_SCRIPT]
+        out = self.ssh.script(STOP_SCRIPT, args, timeout_s=STOP_TIMEOUT_S + 30, what="stopping the runner").stdout
         stopped = out.decode(errors="replace").strip() == "stopped"
         if self._unit_active():
-            self._stop_unit()
+            self._stop_unit(unit_lease_s)
             stopped = True
         return stopped
 
-    def stop(self) -> str | None:
-        self.stop_left()
+    def stop(self, *, lease_s: float | None = None) -> str | None:
+        # For a switch the board starts the current release again by itself once the lease runs out,
+        # unless we start one first; a unit an earlier `flash --service` left is stopped for good,
+        # since this runner serves without it.
+        self.stop_left(lease_s)
         return None
 
     def running(self) -> dict[str, Any] | None:
@@ -425,6 +502,9 @@ class SshDaemon:
 SYSTEMD_SCRIPT = 'if [ -d /run/systemd/system ]; then echo yes; else echo no; fi'
 UNIT_ACTIVE_SCRIPT = ('if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet -- "$1" 2>/dev/null; '
                       'then echo active; else echo inactive; fi')
+# $1 the file, $2 its mode: stdin written into it in one rename, synced
+INSTALL_SCRIPT = ('set -e; cat >"$1.tmp"; chmod "$2" "$1.tmp"; sync -- "$1.tmp" 2>/dev/null || sync; '
+                  'mv -f -- "$1.tmp" "$1"')
 # $1 the device: prints the login user and the device's group
 OWNER_SCRIPT = 'id -un; stat -c %G -- "$1"'
 
@@ -459,7 +539,11 @@ class SshService(SshDaemon):
         unit = service.render_unit(board=self.board, release_dir=f"{data}/current", data_dir=data, device=device,
                                    user=user.strip(), group=group.strip(), threads=threads)
         staged = f"{data}/{service.UNIT_NAME}"
+        self.ssh.script(INSTALL_SCRIPT, [f"{data}/{service.SERVE_SCRIPT}", "0755"],
+                        input=service.serve_script().encode(), what="writing the service's start script")
         self.ssh.script('cat >"$1"', [staged], input=unit.encode(), what="staging the service unit")
+        for argv in service.cancel_lease_commands():  # started now: the lease has done its job
+            self.ssh.run(list(argv), timeout_s=60)
         for argv in service.install_commands(staged):
             proc = self.ssh.run(list(argv), timeout_s=60)
             if proc.returncode != 0:
@@ -469,6 +553,15 @@ class SshService(SshDaemon):
                                   hint="the board user needs passwordless sudo for this (or install the unit by "
                                        f"hand from {staged})")
         self.notes.append(f"installed and started {service.UNIT_NAME}: the board serves on {device} after every boot")
+
+    def stop(self, *, lease_s: float | None = None) -> str | None:
+        """The unit stops; for a switch (``lease_s``) only for that long at most: see ``_stop_unit``
+        (where there is no systemd, the background runner's lease: see SshDaemon)."""
+        if self.systemd:
+            self.stop_left(unit_lease_s=lease_s)
+        else:
+            self.stop_left(lease_s)
+        return None
 
     def alive(self) -> str | None:
         if not self.systemd:

@@ -7,7 +7,10 @@ board, or the root filesystem of an SD card mounted here (``dir:``).
 
 A bundle is copied into ``releases/.incoming-<id>``, verified there (signature when keys are
 trusted, the exact file list, every hash), then renamed into place; ``current`` is switched only
-after that, so a refused or failed deploy leaves the previous release current. Public keys in the
+after that, so a refused or failed deploy leaves the previous release current. Before the rename
+that switches ``current``, every file of the release, its folder and ``releases/`` are fsynced,
+and the folder holding the link after it: a power cut cannot bring back a current release whose
+files were never written (ext4 keeps a rename it may have ordered before the data). Public keys in the
 trust folder make the store accept only bundles signed by one of them.
 """
 
@@ -40,6 +43,8 @@ RELEASES = "releases"
 CURRENT = "current"
 PREVIOUS = "previous"
 INCOMING_PREFIX = ".incoming-"
+OLD_PREFIX = ".old-"
+_KEEP = object()  # restore/_switch: leave `previous` as it is
 
 
 def remove(path: Path) -> None:
@@ -80,13 +85,43 @@ def _discard(path: Path) -> None:
         log.info("could not remove %s (the next deploy does): %s", path, exc.strerror or exc)
 
 
-def switch_link(folder: Path, name: str, target: str) -> None:
-    """Point ``folder/name`` at ``target`` (relative) in one rename: a reader sees the old or the new."""
-    tmp = folder / f".{name}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(target)
-    tmp.replace(folder / name)
+def fsync_path(path: Path, folder: bool = False) -> None:
+    """``path``'s data and metadata on stable storage (fsync). A folder whose file system cannot sync
+    one (some FUSE or network mounts: EINVAL, ENOTSUP) is logged, not refused."""
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if folder else 0) | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not folder or exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+        log.info("cannot sync folder %s: %s", path, exc.strerror or exc)
+    finally:
+        os.close(fd)
+
+
+def sync_release(folder: Path) -> None:
+    """Every file of a release, its folder and the folder holding it, on stable storage: a power cut
+    after ``current`` names it cannot leave it zero-filled (ext4 may keep a rename and lose data
+    written just before it)."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and not path.is_symlink():
+            fsync_path(path)
+    fsync_path(folder, folder=True)
+    fsync_path(folder.parent, folder=True)
+
+
+def switch_link(folder: Path, name: str, target: str | None) -> None:
+    """Point ``folder/name`` at ``target`` (relative) in one rename: a reader sees the old or the new
+    (None: remove it). The folder is synced after it: the switch survives a power cut."""
+    if target is None:
+        (folder / name).unlink(missing_ok=True)
+    else:
+        tmp = folder / f".{name}.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(target)
+        tmp.replace(folder / name)
+    fsync_path(folder, folder=True)
 
 
 def check_trusted(root: Path, trusted: list[signing.Ed25519PublicKey], where: str) -> tuple[Bundle, bytes]:
@@ -183,21 +218,46 @@ class LocalStore:
         if bundle.release_id != release.id:
             raise InputError(f"release {release.id} on {self.where} now holds other files ({bundle.release_id})")
 
-    def activate(self, release: Release) -> None:
-        self.verify(release)
+    def activate(self, release: Release, *, verify: bool = True) -> None:
+        if verify:
+            self.verify(release)
+        old = self.current()
+        self._switch(release, old if old is not None and old.id != release.id else _KEEP)
+
+    def restore(self, current: Release | None, previous: Release | None) -> None:
+        if current is not None:
+            self.verify(current)
+        self._switch(current, previous)
+
+    def _switch(self, release: Release | None, previous: Release | None | object) -> None:
+        """``current`` -> ``release`` (None: none), then ``previous`` -> ``previous`` (None: none;
+        _KEEP: as it is); the release's files synced before, each link's folder after."""
         old = self.current()
         switched = False
         try:
-            switch_link(self.root, CURRENT, f"{RELEASES}/{release.id}")
+            if release is not None:
+                sync_release(Path(release.path))
+            switch_link(self.root, CURRENT, f"{RELEASES}/{release.id}" if release is not None else None)
             switched = True
-            if old is not None and old.id != release.id:
-                switch_link(self.root, PREVIOUS, f"{RELEASES}/{old.id}")
+            if previous is not _KEEP:
+                assert previous is None or isinstance(previous, Release)
+                switch_link(self.root, PREVIOUS, f"{RELEASES}/{previous.id}" if previous is not None else None)
         except OSError as exc:
-            state = (f"{release.id} is current but not what was before it" if switched else
+            name = release.id if release is not None else "no release"
+            state = (f"{name} is current but not what was before it" if switched else
                      f"release {old.id} is still current" if old is not None else "nothing is current")
-            raise DeviceError(f"switching {self.where} to {release.id} failed: {exc.strerror or exc} "
+            raise DeviceError(f"switching {self.where} to {name} failed: {exc.strerror or exc} "
                               f"({exc.filename}); {state}", hint=write_hint(exc)) from None
-        log.info("%s: current release is now %s", self.where, release.id)
+        log.info("%s: current release is now %s", self.where, release.id if release is not None else "none")
+
+    def clean(self) -> None:
+        releases = self.root / RELEASES
+        if not releases.is_dir():
+            return
+        for path in releases.iterdir():
+            if path.name.startswith((INCOMING_PREFIX, OLD_PREFIX)):
+                log.info("%s: removing %s, left by an upload that did not finish", self.where, path.name)
+                _discard(path)
 
     def trust(self, public_key_pem: bytes) -> str:
         return self.trust_store.add(public_key_pem)
@@ -241,7 +301,7 @@ class LocalStore:
             _discard(incoming)
             raise DeviceError(f"deploy to {self.where} failed: the copy does not verify ({exc}); {now}") from None
         if final.exists() or final.is_symlink():  # an earlier copy of this release: replaced by the verified one
-            old = releases / f".old-{release_id}"
+            old = releases / f"{OLD_PREFIX}{release_id}"
             remove(old)
             final.rename(old)
             incoming.rename(final)

@@ -940,14 +940,21 @@ def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _no
         boot = {"boot_s": state.get("boot_s"), "boot_to_hello_s": state.get("boot_to_hello_s")}
     on_text(assembler.finish())
     fid = None
-    if req.fidelity and served.verdict.generated and served.collected.stats is not None:
-        from toolchain.validate.judge import teacher_forced
+    if served.verdict.generated and served.collected.stats is not None:
+        from toolchain.validate import compare
+        from toolchain.validate.judge import stream_of, teacher_forced
 
-        progress("fidelity", "the board's tokens against the eager fp32 model")
         tokens = list(served.collected.tokens)
+        # This machine's run of the program, teacher-forced on the board's tokens (the reference rule
+        # computed it already): fidelity's program logits, and the drift the report plots.
         program_logits = prep.judge.last_logits or teacher_forced(prep.reference, served.request.prompt, tokens)
-        fid = measure_fidelity(req.model, list(served.request.prompt), tokens, program_logits,
-                               req.min_agreement).to_dict()
+        if served.verdict.rule == compare.TWIN:  # beside the twin's verdict, not part of it
+            served.verdict.tolerance = prep.tolerance
+            compare.record_drift(served.verdict, stream_of(served.collected), program_logits)
+        if req.fidelity:
+            progress("fidelity", "the board's tokens against the eager fp32 model")
+            fid = measure_fidelity(req.model, list(served.request.prompt), tokens, program_logits,
+                                   req.min_agreement).to_dict()
     stats, hello = served.collected.stats, up.hello
     stop_reason = {None: "none (no STATS)", protocol.STOP_EOS: "eos", protocol.STOP_LIMIT: "max tokens",
                    protocol.STOP_CANCELLED: "cancelled"}.get(

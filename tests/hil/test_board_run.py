@@ -40,7 +40,8 @@ def test_the_board_passes_validation(greedy_report, hil_board):
     assert len(r["generated_token_ids"]) == N_TOKENS and r["stop_reason"] == "max tokens"
     assert r["board"] == hil_board.board and r["target"] == hil_board.target
     assert r["emulated"] == (hil_board.target == "qemu")
-    # the board reported its logits with every token: the drift from the host is measured, and small
+    # judged by its twin, bit for bit; the drift from this machine's run is measured beside, and small
+    assert v["rule"] == "twin" and v["exact_matches"] == N_TOKENS
     assert len(v["drift_by_position"]) == N_TOKENS and max(v["drift_by_position"]) <= v["tolerance"]
 
 

@@ -272,6 +272,21 @@ def compare(asked: Asked, stream: Stream, reference_logits: Sequence[np.ndarray]
     return v
 
 
+def record_drift(v: Verdict, stream: Stream, reference_logits: Sequence[np.ndarray]) -> None:
+    """Put the board's drift from the host reference into a twin's verdict (what the report plots):
+    information beside the verdict, which the twin already gave without it."""
+    drifts = []
+    for tok, board, ref_in in zip(stream.tokens, stream.logits, reference_logits, strict=False):
+        ref = np.asarray(ref_in, dtype=np.float64).reshape(-1)
+        if board is None or not 0 <= tok < len(ref):
+            continue
+        d = _drift(tok, board, ref)
+        drifts.append(d)
+        v.drift_by_position.append(round(d / max(float(np.std(ref)), 1e-12), 4))
+    if drifts:
+        v.drift_max, v.drift_mean = float(max(drifts)), float(np.mean(drifts))
+
+
 # The twin rule -----------------------------------------------------------------------------------------
 
 def _f32(x: float) -> bytes:

@@ -47,10 +47,11 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                      + (" (of the emulator process)" if report["emulated"] else "")),
         ("check", _check(v)),
     ]
-    if v.get("rule") != "twin":
+    if v.get("drift_max") is not None or v.get("rule") != "twin":
         rows.append(("drift", "not reported by the board" if v.get("drift_max") is None else
-                              f"board vs host logits: max {v['drift_max']:.3g}, mean {v['drift_mean']:.3g} "
-                              f"(max {max(v['drift_by_position'] or [0]):.2f} std; tolerance {v['tolerance']} std)"))
+                              f"board vs this machine's run: max {v['drift_max']:.3g}, mean {v['drift_mean']:.3g} "
+                              f"(max {max(v['drift_by_position'] or [0]):.2f} std; tolerance {v['tolerance']} std"
+                              + (", not judged: the twin was" if v.get("rule") == "twin" else "") + ")"))
     fid = report.get("fidelity")
     if fid:
         rows.append(("fidelity", f"vs the eager fp32 model (teacher-forced on the board's tokens): top-1 "

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "unit")]
 
 import standin  # noqa: E402
-from standin import make_bundle, runs  # noqa: E402
+from standin import kill_leftovers, make_bundle, runs  # noqa: E402
 
 STATE = Path("targets") / "local-host"
 
@@ -42,16 +42,6 @@ def edgelm(code: Path, *args: str, timeout: float = 60) -> subprocess.CompletedP
     env = dict(os.environ, PYTHONPATH=str(code), PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", "toolchain.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=code, env=env)
-
-
-def kill_leftovers(work: Path) -> None:
-    mark = str(work).encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and mark in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
 
 
 def serving(work: Path) -> tuple[str | None, str | None]:

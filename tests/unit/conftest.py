@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
-from standin import make_bundle
+from standin import kill_leftovers, make_bundle
 
 
 @pytest.fixture
@@ -17,13 +14,7 @@ def workdir(tmp_path):
     """A workdir for edgelm; whatever a failing test leaves running from it is killed afterwards."""
     work = tmp_path / "work"
     yield work
-    mark = str(work).encode()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and mark in (entry / "cmdline").read_bytes():
-                os.kill(int(entry.name), signal.SIGKILL)
-        except (OSError, ProcessLookupError):
-            pass
+    kill_leftovers(work)
 
 
 @pytest.fixture

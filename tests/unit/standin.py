@@ -101,3 +101,14 @@ def make_bundle(folder: Path, name: str, serving: bool = True) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     write_bundle(root, runner=f"#!{sys.executable} -S\n# {name}\n{script}".encode(), program=program)
     return root
+
+
+def kill_leftovers(work: Path) -> None:
+    """SIGKILL every process whose command line names ``work`` (what a failed test or trial left running)."""
+    mark = str(work).encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and mark in (entry / "cmdline").read_bytes():
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass

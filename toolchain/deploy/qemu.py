@@ -20,16 +20,25 @@ SYSROOTS = {"aarch64": "/usr/aarch64-linux-gnu"}
 TIMEOUTS = Timeouts(first_token_s=120.0, token_s=30.0)
 
 
+def emulator(board: Board) -> list[str]:
+    """The command prefix that runs ``board``'s Linux binaries here: qemu-user with the board's CPU
+    model and its architecture's sysroot (also the board's twin: validate/twin.py)."""
+    if board.arch not in SYSROOTS:
+        raise UsageError(f"the qemu target emulates Arm boards; {board.name} is {board.arch}",
+                         hint="use --target local for the host board")
+    qemu = f"qemu-{board.arch}"
+    if shutil.which(qemu) is None:
+        raise DeviceError(f"{qemu} is not installed", hint="`make setup` installs Debian's qemu-user")
+    return [qemu, "-L", SYSROOTS[board.arch], "-cpu", board.qemu_cpu or "max"]
+
+
 def create(spec: str, board: Board, state_dir: Path, options: object = None) -> Target:
     if board.arch not in SYSROOTS:
         raise UsageError(f"the qemu target emulates Arm boards; {board.name} is {board.arch}",
                          hint="use --target local for the host board")
 
     def prefix() -> list[str]:
-        qemu = f"qemu-{board.arch}"
-        if shutil.which(qemu) is None:
-            raise DeviceError(f"{qemu} is not installed", hint="`make setup` installs Debian's qemu-user")
-        return [qemu, "-L", SYSROOTS[board.arch], "-cpu", board.qemu_cpu or "max"]
+        return emulator(board)
 
     def missing() -> list[str]:
         lacks = missing_tools((f"qemu-{board.arch}", "Debian's qemu-user"), local.SOCAT)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,26 +27,26 @@ from toolchain.link.transport import PipeTransport
 
 log = logging.getLogger(__name__)
 
-SYSROOTS = {"aarch64": "/usr/aarch64-linux-gnu"}  # qemu-user's -L for each emulated arch
 TIMEOUTS = Timeouts(hello_s=600.0, first_token_s=600.0, token_s=120.0)  # the twin is not on trial for speed
 
 
 def command(board: Board) -> tuple[list[str] | None, str]:
     """The prefix that runs ``board``'s binaries here on its instruction set ([] natively), or None
     and why there is no twin."""
+    from toolchain.deploy import qemu
+
     if board.arch == platform.machine():
         return [], "native"
-    qemu = f"qemu-{board.arch}"
-    if board.arch not in SYSROOTS:
-        return None, f"QEMU cannot run {board.arch} programs here"
-    if not board.qemu_cpu:
-        return None, f"the {board.name} profile names no CPU for QEMU to emulate (qemu_cpu)"
-    if shutil.which(qemu) is None:
-        return None, f"{qemu} is not installed (Debian's qemu-user)"
-    sysroot = SYSROOTS[board.arch]
+    if not board.qemu_cpu:  # profiles of Linux Arm boards must name one; other kinds have none to name
+        return None, f"QEMU has no model of {board.name}'s CPU here ({board.arch}, no qemu_cpu)"
+    try:
+        prefix = qemu.emulator(board)
+    except EdgelmError as exc:
+        return None, exc.message
+    sysroot = qemu.SYSROOTS[board.arch]
     if not Path(sysroot).is_dir():
         return None, f"{sysroot} is missing (Debian's libc6-{board.arch.replace('aarch64', 'arm64')}-cross)"
-    return [qemu, "-L", sysroot, "-cpu", board.qemu_cpu], f"{qemu} -cpu {board.qemu_cpu}"
+    return prefix, f"{prefix[0]} -cpu {board.qemu_cpu}"
 
 
 class Twin:
@@ -93,7 +92,9 @@ class Twin:
             raise DeviceError(f"the twin could not serve the request: {exc}") from None
 
     def close(self) -> None:
-        self.session.quit() if hasattr(self, "session") else None
+        session = getattr(self, "session", None)  # None when the twin never said HELLO
+        if session is not None:
+            session.quit()
         self._link.close()
 
     def __enter__(self) -> Twin:

@@ -5,9 +5,10 @@ Long jobs report progress through a ``progress(step, detail)`` callback; they ne
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -320,11 +321,24 @@ def cached_export(model: str, workdir: Path, *, quant: str, group_size: int = 32
                         max_seq_len=max_seq_len, draft_model=draft_model, progress=progress), False
 
 
+def check_counter_option(security_counter: int | None, sign_key: Any) -> None:
+    """``--security-counter`` means something only inside a signature: refused without ``--sign-key``."""
+    if security_counter is None:
+        return
+    if sign_key is None:
+        raise UsageError("--security-counter needs --sign-key: only a signature makes the counter binding",
+                         hint="add --sign-key KEY (the private key whose .pub the board trusts)")
+    from toolchain.bundle import package
+
+    package.check_security_counter(security_counter)
+
+
 def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = False, sdk_wheel: Path | None = None,
-                   sign_key: Path | None = None, progress: Progress = _noop):
+                   sign_key: Path | None = None, progress: Progress = _noop, security_counter: int | None = None):
     """Render the firmware for a board, compile it with the board's compiler and assemble the bundle.
 
-    ``sign_key``: an ed25519 private key (`edgelm keygen`) to sign the bundle with (bundle.sig).
+    ``sign_key``: an ed25519 private key (`edgelm keygen`) to sign the bundle with (bundle.sig), its
+    ``security_counter`` (default 0) written into bundle.json, under the signature.
     """
     from toolchain import boards
     from toolchain.bundle import signing
@@ -336,9 +350,11 @@ def build_firmware(board_name: str, pte: Path, out: Path, *, sanitize: bool = Fa
     for path, what in ((out, "--out"), (out / "project", "the project folder"), (out / "bundle", "the bundle folder")):
         if path.is_symlink() or (path.exists() and not path.is_dir()):
             raise UsageError(f"{what} {path} exists and is not a folder", hint="give a folder for --out")
+    check_counter_option(security_counter, sign_key)
     key = signing.load_private_key(sign_key) if sign_key is not None else None  # before the slow steps
     body = manifest.read(pte)  # a .pte that is not a program, or not its manifest's, stops here
-    return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=key, progress=progress)
+    return _build(board, pte, body, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=key, progress=progress,
+                  security_counter=security_counter)
 
 
 def build_cortex_m(board_name: str, pte: Path, out: Path, *, executorch_dir: Path | None = None,
@@ -367,7 +383,8 @@ def build_cortex_m(board_name: str, pte: Path, out: Path, *, executorch_dir: Pat
 
 
 def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool = False,
-           sdk_wheel: Path | None = None, sign_key: Any = None, progress: Progress = _noop):
+           sdk_wheel: Path | None = None, sign_key: Any = None, progress: Progress = _noop,
+           security_counter: int | None = None):
     """build_firmware for a program whose manifest ``body`` was read (and its hash verified) already."""
     from toolchain.bundle import cross, package, render, sdk
 
@@ -379,19 +396,22 @@ def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool 
     runner = cross.configure_and_build(board, project, runtime, sanitize=sanitize)
     progress("bundle", str(out / "bundle"))
     return package.assemble(board, runner, runtime, pte, out / "bundle", render.firmware_version(), body,
-                               sign_key=sign_key)
+                            sign_key=sign_key, counter=security_counter)
 
 
-def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop, sign_key: Path | None = None):
+def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop, sign_key: Path | None = None,
+                 security_counter: int | None = None):
     """build_firmware into ``workdir/builds``, reusing an earlier build of the same inputs (re-verified).
 
-    ``sign_key``: sign the bundle (a reused one too) with this ed25519 private key.
+    ``sign_key``: sign the bundle (a reused one too) with this ed25519 private key, with
+    ``security_counter`` (None: a reused bundle's own, a new one's 0).
     """
     from toolchain import boards
     from toolchain.bundle import package, render, sdk, signing
     from toolchain.export import manifest
 
     board = boards.get(board_name)
+    check_counter_option(security_counter, sign_key)
     signer = signing.load_private_key(sign_key) if sign_key is not None else None
     body = manifest.read(pte)  # hashes the program once; the build below reuses the verified manifest
     key = _digest({"board": board.to_dict(), "fw": render.firmware_version(), "et": sdk.host_version(),
@@ -402,12 +422,13 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
             bundle = package.read_bundle(out / "bundle")
             package.verify_bundle(bundle)
             if signer is not None:
-                package.sign_bundle(bundle, signer)
+                package.sign_bundle(bundle, signer, security_counter)
+                bundle = package.read_bundle(out / "bundle")
             progress("build", f"reusing {out / 'bundle'}")
             return bundle, True
         except EdgelmError:
             pass
-    return _build(board, pte, body, out, sign_key=signer, progress=progress), False
+    return _build(board, pte, body, out, sign_key=signer, progress=progress, security_counter=security_counter), False
 
 
 def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORKDIR, options: Any = None):
@@ -442,20 +463,25 @@ def targets() -> list[dict[str, Any]]:
 
 def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, start: bool = True,
           progress: Progress = _noop, sign_key: Path | None = None, *, board: str | None = None,
-          rollback: bool = False, options: Any = None, service: bool = False, force: bool = False) -> dict[str, Any]:
+          rollback: bool = False, options: Any = None, service: bool = False, force: bool = False,
+          security_counter: int | None = None) -> dict[str, Any]:
     """Deploy a bundle (verified on the board) and start it; where the target can, it keeps serving
     after we return.
 
     Started through the one bring-up routine: the release counts as flashed only once its runner
     has said HELLO on the link with the program's hash; otherwise the previous release is restored.
     ``rollback``: instead of a bundle, make the previous release current again (verified) and start it.
-    ``sign_key``: first sign the bundle (writes bundle.sig into ``bundle_dir``) with this private key.
+    ``sign_key``: first sign the bundle (writes bundle.sig into ``bundle_dir``) with this private key,
+    its ``security_counter`` written into bundle.json first (None: the bundle's own, else 0).
+    A board that trusts keys records the counter of the release once it serves (``security_counter``
+    in the result: the board's counter now).
     ``service``: install the runner as a service that serves after every boot (where the target can).
     """
     from toolchain.bundle import package, signing
     from toolchain.deploy import bringup
     from toolchain.deploy.base import need_runner, need_store
 
+    check_counter_option(security_counter, sign_key)
     bundle = None
     if rollback:
         if bundle_dir is not None:
@@ -468,7 +494,8 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
             raise UsageError("give the bundle folder to flash (or --rollback)")
         bundle = package.read_bundle(bundle_dir)
         if sign_key is not None:
-            package.sign_bundle(bundle, signing.load_private_key(sign_key))
+            package.sign_bundle(bundle, signing.load_private_key(sign_key), security_counter)
+            bundle = package.read_bundle(bundle_dir)  # its bundle.json now holds the counter
         if board is not None and board != bundle.board:
             raise UsageError(f"bundle {bundle_dir} was built for {bundle.board}, not --board {board}")
         board_name = bundle.board
@@ -489,8 +516,9 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
                 tgt.power.on(progress)
             release = bringup.stage(tgt, bundle, progress, force)
             store.activate(release)
+            counter = store.confirm(release)  # nothing to answer HELLO: made current is confirmed
         return base | {"release": release.id, "path": release.path, "verified": True, "started": False,
-                       "notes": list(tgt.notes)}
+                       "security_counter": counter, "notes": list(tgt.notes)}
     runner = need_runner(tgt)
     keep = runner.keeps_serving
     with bringup.bring_up(tgt, bundle, rollback=rollback, keep_running=keep, progress=progress,
@@ -499,7 +527,7 @@ def flash(bundle_dir: Path | None, target: str | None = None, workdir: Path = DE
                          "previous": up.previous.id if up.previous else None,
                          "port": up.port, "firmware_version": up.hello.firmware,
                          "model_sha256": up.hello.model_sha256, "load_ms": up.hello.load_ms,
-                         "started": True, "serving": keep}
+                         "started": True, "serving": keep, "security_counter": up.security_counter}
     return result | {"notes": list(tgt.notes)}
 
 
@@ -563,23 +591,100 @@ def image(board_name: str, out: Path, *, bundle_dir: Path | None = None, model: 
 
 
 def keygen(out: Path) -> dict[str, Any]:
-    """A new ed25519 signing key: ``out`` (private, PEM, mode 0600) and ``out.pub``."""
+    """A new ed25519 signing key: ``out`` (private, PEM, mode 0600) and ``out.pub``; missing folders
+    on the way are made (mode 0700)."""
     from toolchain.bundle import signing
 
     private, public, fp = signing.generate(out)
     return {"private_key": str(private), "public_key": str(public), "fingerprint": fp}
 
 
-def trust(public_key: Path, board_name: str, target: str | None = None,
-          workdir: Path = DEFAULT_WORKDIR, options: Any = None) -> dict[str, Any]:
-    """Make a target accept only bundles signed by this key (or another it trusts) from now on."""
-    from toolchain.bundle import signing
+@contextlib.contextmanager
+def _trust_job(board_name: str, target: str | None, workdir: Path, options: Any, what: str,
+               progress: Progress) -> Iterator[Any]:
+    """The target, locked, its board on (a board that boots is switched on for it, and off again
+    after): the board's trust lives on the board."""
+    tgt = target_for(board_name, target, workdir, options)
+    _store_of(tgt)
+    with tgt.lock(what):
+        powered = tgt.power.on(progress) if tgt.power is not None else False
+        try:
+            yield tgt
+        finally:
+            if powered and tgt.power is not None:
+                tgt.power.off()
+
+
+def _store_of(tgt: Any) -> Any:
     from toolchain.deploy.base import need_store
 
+    return need_store(tgt)
+
+
+def trust(public_key: Path, board_name: str, target: str | None = None,
+          workdir: Path = DEFAULT_WORKDIR, options: Any = None, progress: Progress = _noop) -> dict[str, Any]:
+    """Make a target accept only bundles signed by this key (or another it trusts) from now on. The
+    key is kept on the board (its data folder, the card, a local board's state folder): every host
+    and workdir that reaches it finds it there."""
+    from toolchain.bundle import signing
+
     key = signing.load_public_key(public_key)
-    tgt = target_for(board_name, target, workdir, options)
-    fp = need_store(tgt).trust(signing.public_pem(key))
-    return {"board": board_name, "target": tgt.spec, "fingerprint": fp, "public_key": str(public_key)}
+    with _trust_job(board_name, target, workdir, options, "trust", progress) as tgt:
+        store = _store_of(tgt)
+        fp = store.trust(signing.public_pem(key))
+        keys = store.trusted()
+    return {"board": board_name, "target": tgt.spec, "fingerprint": fp, "public_key": str(public_key),
+            "trusted": len(keys), "notes": list(tgt.notes)}
+
+
+def trusted(board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR, options: Any = None,
+            progress: Progress = _noop) -> dict[str, Any]:
+    """The keys a target's board trusts and the security counter it holds."""
+    with _trust_job(board_name, target, workdir, options, "trusted", progress) as tgt:
+        store = _store_of(tgt)
+        keys = store.trusted()
+        counter = store.security_counter()
+    return {"board": board_name, "target": tgt.spec, "keys": keys, "security_counter": counter,
+            "accepts_unsigned": not keys, "notes": list(tgt.notes)}
+
+
+FINGERPRINT_MIN_HEX = 8  # a prefix shorter than this names a key too loosely
+
+
+def untrust(fingerprint: str | None, board_name: str, target: str | None = None, workdir: Path = DEFAULT_WORKDIR,
+            options: Any = None, *, all_keys: bool = False, allow_unsigned: bool = False,
+            progress: Progress = _noop) -> dict[str, Any]:
+    """Stop trusting the key whose fingerprint starts with ``fingerprint`` (or, ``all_keys``, every
+    key). Leaving the board with no trusted key makes it accept unsigned bundles again: refused
+    unless ``allow_unsigned`` says that is what is wanted. The security counter stays as it is."""
+    if (fingerprint is None) == (not all_keys):
+        raise UsageError("give the fingerprint of the key to remove, or --all, not both" if all_keys else
+                         "give the fingerprint of the key to remove (`edgelm trusted` lists them), or --all")
+    wanted = fingerprint.strip().lower() if fingerprint is not None else ""
+    if fingerprint is not None and (len(wanted) < FINGERPRINT_MIN_HEX or len(wanted) > 64
+                                    or not all(c in "0123456789abcdef" for c in wanted)):
+        raise UsageError(f"{fingerprint[:80]!r} is not a key fingerprint (at least {FINGERPRINT_MIN_HEX} hex digits "
+                         "of it)", hint="`edgelm trusted` lists them")
+    with _trust_job(board_name, target, workdir, options, "untrust", progress) as tgt:
+        store = _store_of(tgt)
+        keys = store.trusted()
+        where = f"{tgt.spec}:{board_name}"
+        chosen = keys if all_keys else [k for k in keys if k["fingerprint"].startswith(wanted)]
+        if not all_keys and not chosen:
+            known = ", ".join(k["fingerprint"][:16] for k in keys) or "none"
+            raise UsageError(f"{where} trusts no key {wanted[:16]} (it trusts: {known})")
+        if len(chosen) > 1 and not all_keys:
+            raise UsageError(f"{wanted} names {len(chosen)} keys {where} trusts; give more of the fingerprint")
+        left = len(keys) - len(chosen)
+        if keys and not left and not allow_unsigned:
+            what = "its last trusted key" if len(chosen) == 1 else f"all {len(chosen)} keys it trusts"
+            raise UsageError(f"removing {what} leaves {where} trusting no key: it would accept unsigned bundles "
+                             "again", hint="add --allow-unsigned if that is what you want, or trust another key first")
+        for key in chosen:
+            store.untrust(key["fingerprint"])
+        counter = store.security_counter()
+    return {"board": board_name, "target": tgt.spec, "removed": [k["fingerprint"] for k in chosen],
+            "remaining": left, "accepts_unsigned": not left, "security_counter": counter, "notes": list(tgt.notes)}
 
 
 MAX_THREADS = 256
@@ -608,6 +713,7 @@ class RunRequest:
     threads: int | None = None
     workdir: Path = DEFAULT_WORKDIR
     sign_key: Path | None = None  # sign the bundle with this ed25519 private key (edgelm keygen)
+    security_counter: int | None = None  # with sign_key: the bundle's security counter (anti-rollback)
     retries: int = 0
     near_tie_budget: float | None = None  # fraction of the tokens; None: compare.DEFAULT_NEAR_TIE_BUDGET
     byte_tokenizer: bool = False  # allow a checkpoint folder without tokenizer.json (prompt as UTF-8 bytes)
@@ -884,6 +990,7 @@ def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
     from toolchain.validate.reference import ProgramRunner
 
     req.check()
+    check_counter_option(req.security_counter, req.sign_key)
     if req.sign_key is not None:
         from toolchain.bundle import signing
 
@@ -900,7 +1007,8 @@ def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
                                                 draft_model=req.draft_model, progress=progress)
     tok = tokenizer.for_model(tok_path, exported.manifest["model"]["config"]["vocab_size"])
     _request_for(req, exported.manifest, tok)  # a prompt that cannot fit fails before the build
-    bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress, sign_key=req.sign_key)
+    bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress, sign_key=req.sign_key,
+                                        security_counter=req.security_counter)
     tol = req.tolerance if req.tolerance is not None else compare.default_tolerance(quant)
     reference = ProgramRunner(exported.pte)
     fraction = compare.DEFAULT_NEAR_TIE_BUDGET if req.near_tie_budget is None else req.near_tie_budget

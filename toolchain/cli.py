@@ -55,6 +55,10 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                     check_workdir(kwargs["workdir"])
                 return fn(*args, **kwargs)
         except EdgelmError as exc:
+            advise = getattr(exc, "advise", None)  # a board's refusal of a bundle: what to do, in this command's words
+            if callable(advise):
+                ctx = click.get_current_context(silent=True)
+                exc.hint = advise(ctx.info_name if ctx is not None else None)
             hint = f" [dim](hint: {escape(printable(exc.hint))})[/]" if exc.hint else ""
             err.print(f"[bold red]error:[/] {escape(printable(exc.message))}{hint}", soft_wrap=True)
             sys.exit(exc.exit_code)
@@ -441,13 +445,17 @@ def _size(n: int) -> str:
               help="A local executorch wheel for the board's platform (offline builds).")
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None,
               help="Sign the bundle with this ed25519 private key (see `edgelm keygen`).")
+@click.option("--security-counter", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="With --sign-key: the bundle's security counter (anti-rollback), under the signature; a board "
+                   "that trusts keys refuses a bundle below the highest counter it accepted [default: 0, or the "
+                   "bundle's own].")
 @click.option("--executorch-cortex-m", "executorch_dir", type=click.Path(path_type=Path), default=None,
               help="Bare-metal boards (corstone-300, corstone-320): an ExecuTorch install built for Cortex-M with "
                    "the Arm backend, to link the runner against.")
 @click.option("--json", "as_json", is_flag=True)
 @command
 def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | None, sign_key: Path | None,
-          executorch_dir: Path | None, as_json: bool) -> None:
+          security_counter: int | None, executorch_dir: Path | None, as_json: bool) -> None:
     """Render and cross-compile the runner firmware for a board; assemble the bundle.
 
     For a bare-metal Arm board: render the Cortex-M project, compile its own sources, link the
@@ -456,8 +464,8 @@ def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | No
     from toolchain import api, boards
 
     if boards.get(board).bare_metal:
-        if sanitize or sdk_wheel is not None or sign_key is not None:
-            raise UsageError("--sanitize, --sdk-wheel and --sign-key are for Linux boards; "
+        if sanitize or sdk_wheel is not None or sign_key is not None or security_counter is not None:
+            raise UsageError("--sanitize, --sdk-wheel, --sign-key and --security-counter are for Linux boards; "
                              f"{board} is bare metal")
         with StepProgress(enabled=not as_json) as progress:
             result = api.build_cortex_m(board, pte, out, executorch_dir=executorch_dir, progress=progress)
@@ -481,7 +489,7 @@ def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | No
         raise UsageError(f"--executorch-cortex-m is for bare-metal boards; {board} runs Linux")
     with StepProgress(enabled=not as_json) as progress:
         bundle = api.build_firmware(board, pte, out, sanitize=sanitize, sdk_wheel=sdk_wheel, sign_key=sign_key,
-                                    progress=progress)
+                                    progress=progress, security_counter=security_counter)
     if as_json:
         emit_json({"bundle": str(bundle.root), "release": bundle.release_id, "signed": sign_key is not None}
                   | bundle.info)
@@ -494,7 +502,8 @@ def build(board: str, pte: Path, out: Path, sanitize: bool, sdk_wheel: Path | No
 
 @main.command()
 @click.option("--out", "-o", type=click.Path(path_type=Path), required=True,
-              help="Private key file to write (PEM, mode 0600); the public key goes to OUT.pub.")
+              help="Private key file to write (PEM, mode 0600; missing folders are made, mode 0700); the public "
+                   "key goes to OUT.pub.")
 @click.option("--json", "as_json", is_flag=True)
 @command
 def keygen(out: Path, as_json: bool) -> None:
@@ -517,15 +526,83 @@ def keygen(out: Path, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @command
 def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any) -> None:
-    """Make a target accept only bundles signed by this public key (or another it trusts)."""
+    """Make a target accept only bundles signed by this public key (or another it trusts).
+
+    The key is kept on the board (its data folder, the card): every host and workdir sees it."""
     from toolchain import api
 
-    result = api.trust(public_key, board, target, workdir, options_from(kw, board, target))
+    with StepProgress(enabled=not as_json) as progress:
+        result = api.trust(public_key, board, target, workdir, options_from(kw, board, target), progress=progress)
     if as_json:
         emit_json(result)
         return
-    console.print(f"{result['target']}:{result['board']} now trusts key {result['fingerprint'][:16]} and accepts "
-                  "only bundles signed by a key it trusts")
+    console.print(f"{escape(result['target'])}:{result['board']} now trusts key {result['fingerprint'][:16]} "
+                  f"({result['trusted']} in all) and accepts only bundles signed by a key it trusts", soft_wrap=True)
+    _notes(result)
+
+
+def _notes(result: dict[str, Any]) -> None:
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note:[/] {escape(printable(note))}", soft_wrap=True)
+
+
+@main.command()
+@click.option("--board", "-b", required=True)
+@target_options
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@command
+def trusted(board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any) -> None:
+    """List the keys a target's board trusts, and the security counter it holds."""
+    from toolchain import api
+
+    with StepProgress(enabled=not as_json) as progress:
+        result = api.trusted(board, target, workdir, options_from(kw, board, target), progress=progress)
+    if as_json:
+        emit_json(result)
+        return
+    where = f"{escape(result['target'])}:{result['board']}"
+    if not result["keys"]:
+        console.print(f"{where} trusts no key: it accepts unsigned bundles (security counter "
+                      f"{result['security_counter']})", soft_wrap=True)
+    else:
+        console.print(f"{where} trusts {len(result['keys'])} key(s) and accepts only bundles signed by one of them "
+                      f"with a security counter of at least {result['security_counter']}:", soft_wrap=True)
+        for key in result["keys"]:
+            console.print(f"  {key['fingerprint']}  {escape(printable(key['file']))}", soft_wrap=True)
+    _notes(result)
+
+
+@main.command()
+@click.argument("fingerprint", required=False)
+@click.option("--board", "-b", required=True)
+@click.option("--all", "all_keys", is_flag=True, help="Remove every key the board trusts.")
+@click.option("--allow-unsigned", is_flag=True,
+              help="Allow removing the last trusted key: the board then accepts unsigned bundles again.")
+@target_options
+@click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@command
+def untrust(fingerprint: str | None, board: str, all_keys: bool, allow_unsigned: bool, target: str | None,
+            workdir: Path, as_json: bool, **kw: Any) -> None:
+    """Stop trusting a key (FINGERPRINT: at least 8 hex digits of it, see `edgelm trusted`), or --all."""
+    from toolchain import api
+
+    with StepProgress(enabled=not as_json) as progress:
+        result = api.untrust(fingerprint, board, target, workdir, options_from(kw, board, target),
+                             all_keys=all_keys, allow_unsigned=allow_unsigned, progress=progress)
+    if as_json:
+        emit_json(result)
+        return
+    where = f"{escape(result['target'])}:{result['board']}"
+    removed = ", ".join(fp[:16] for fp in result["removed"]) or "none"
+    if result["accepts_unsigned"]:
+        console.print(f"{where} no longer trusts {removed}: it trusts no key and accepts unsigned bundles",
+                      soft_wrap=True)
+    else:
+        console.print(f"{where} no longer trusts {removed}; it still trusts {result['remaining']} key(s)",
+                      soft_wrap=True)
+    _notes(result)
 
 
 @main.command()
@@ -538,18 +615,26 @@ def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_js
 @click.option("--no-start", is_flag=True, help="Deploy only; do not start the runner.")
 @click.option("--force", is_flag=True,
               help="Go on when the preflight refuses (the model does not fit, an old glibc): see what the board does.")
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
+              help="First sign the bundle (bundle.sig, in its folder) with this ed25519 private key.")
+@click.option("--security-counter", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="With --sign-key: the bundle's security counter (anti-rollback), under the signature; a board "
+                   "that trusts keys refuses a bundle below the highest counter it accepted [default: 0, or the "
+                   "bundle's own].")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @command
 def flash(bundle: Path | None, board: str | None, target: str | None, rollback: bool, service: bool, no_start: bool,
-          force: bool, workdir: Path, as_json: bool, **kw: Any) -> None:
+          force: bool, sign_key: Path | None, security_counter: int | None, workdir: Path, as_json: bool,
+          **kw: Any) -> None:
     """Deploy a bundle to a target (hash-verified on the board) and start its runner."""
     from toolchain import api
 
     options = options_from(kw, board, target, service=service, bundle=bundle)
     with StepProgress(enabled=not as_json) as progress:
         result = api.flash(bundle, target, workdir, start=not no_start, progress=progress, board=board,
-                           rollback=rollback, options=options, service=service, force=force)
+                           rollback=rollback, options=options, service=service, force=force, sign_key=sign_key,
+                           security_counter=security_counter)
     if as_json:
         emit_json(result)
         return
@@ -726,6 +811,10 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--sign-key", type=click.Path(path_type=Path), default=None,
               help="Sign the bundle with this ed25519 private key (see `edgelm keygen`).")
+@click.option("--security-counter", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="With --sign-key: the bundle's security counter (anti-rollback), under the signature; a board "
+                   "that trusts keys refuses a bundle below the highest counter it accepted [default: 0, or the "
+                   "bundle's own].")
 @click.option("--force", is_flag=True,
               help="Go on when the preflight refuses (the model does not fit, an old glibc): see what the board does.")
 @click.option("--pte", type=click.Path(path_type=Path), default=None,
@@ -739,8 +828,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
         min_agreement: float | None, no_draft: bool, draft_model: str | None,
         threads: int | None, tolerance: float | None, near_tie_budget: float | None, retries: int,
         byte_tokenizer: bool, workdir: Path,
-        sign_key: Path | None, force: bool, pte: Path | None, report_path: Path | None, as_json: bool,
-        **kw: Any) -> None:
+        sign_key: Path | None, security_counter: int | None, force: bool, pte: Path | None,
+        report_path: Path | None, as_json: bool, **kw: Any) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
     from toolchain.errors import UsageError, ValidationFailed
@@ -758,7 +847,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                          min_agreement=min_agreement, tolerance=tolerance, threads=threads,
                          workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
-                         sign_key=sign_key, target_options=options_from(kw, board, target), force=force, pte=pte)
+                         sign_key=sign_key, security_counter=security_counter,
+                         target_options=options_from(kw, board, target), force=force, pte=pte)
 
     def on_text(piece: str) -> None:
         if not as_json and piece:

@@ -41,10 +41,11 @@ def test_a_conversation_through_a_terminal(hil_workdir, tmp_path):
         kept, prompt = int(cut.group(2)), int(cut.group(3))
         assert kept > 300 and prompt > kept  # turn 1's prompt and reply were not fed again
         child.expect_exact("you> ")
-        # 3: the conversation goes on after the cancelled reply
+        # 3: the conversation goes on after the cancelled reply, fed whole: the twin that judges it ran
+        # the cancelled request to its end, so the board's state and the twin's part there
         child.sendline("Thank you.")
         child.expect(STATUS + "PASS", timeout=600)
-        assert int(child.match.group(2)) > prompt  # it kept the cancelled turn too
+        assert int(child.match.group(2)) == 0 and int(child.match.group(3)) > prompt
         child.expect_exact("you> ")
         child.sendline("/stats")
         child.expect(r"session: \d+ tokens in 3 replies, 3 of 3 validated, 1 cancelled")

@@ -240,3 +240,41 @@ def test_a_failed_preflight_switches_nothing(board, work, two_releases, tmp_path
             pass
     assert on_board(board)[1]["current"] == f"releases/{one.release_id}"
     assert sorted(p.name for p in (board.data / "edgelm" / BOARD / "releases").iterdir()) == before
+
+
+def test_trust_and_the_lock_live_on_the_board(board, tmp_path, fakes):
+    """Issue 23 over a real sshd: a key trusted from one workdir binds a flash from another, and a job
+    that holds the board (from another process, another workdir) refuses a second one, naming it."""
+    from toolchain.bundle import signing
+
+    data = board.data / "edgelm" / BOARD
+    private, public, fp = signing.generate(tmp_path / "keys" / "release")
+    unsigned = fakes.write_bundle(tmp_path / "unsigned", runner=b"#!/bin/sh\nexit 9\n")
+    try:
+        api.trust(public, BOARD, board.spec, tmp_path / "work-a", opts(board))
+        assert (data / "trusted_keys" / f"{fp[:16]}.pub").is_file()  # on the board
+        with pytest.raises(InputError, match="accepts only signed bundles") as err:
+            api.flash(unsigned.root, board.spec, tmp_path / "work-b", options=opts(board), start=False)
+        assert "--sign-key" in (err.value.hint or "")
+        assert not (data / "releases" / unsigned.release_id).exists()
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys\nfrom pathlib import Path\nfrom toolchain import api\n"
+             "from toolchain.deploy.registry import TargetOptions\n"
+             f"t = api.target_for({BOARD!r}, {board.spec!r}, Path({str(tmp_path / 'work-c')!r}), "
+             f"TargetOptions(ssh_config=Path({str(board.config)!r})))\n"
+             "with t.lock('flash'):\n    print('held', flush=True)\n    sys.stdin.readline()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline() == "held\n"
+            with pytest.raises(DeviceError, match=f"is busy: held by pid {holder.pid} on .*\\(flash since "):
+                api.flash(unsigned.root, board.spec, tmp_path / "work-b", options=opts(board), start=False)
+        finally:
+            holder.communicate("\n", timeout=60)
+        assert holder.returncode == 0 and not (data / "lock").exists()
+        package.sign_bundle(unsigned, signing.load_private_key(private), security_counter=2)
+        result = api.flash(unsigned.root, board.spec, tmp_path / "work-b", options=opts(board), start=False)
+        assert result["release"] == unsigned.release_id and result["security_counter"] == 2
+        assert api.trusted(BOARD, board.spec, tmp_path / "work-d", opts(board))["security_counter"] == 2
+    finally:
+        api.untrust(None, BOARD, board.spec, tmp_path / "work-a", opts(board), all_keys=True, allow_unsigned=True)
+        subprocess.run(["rm", "-f", str(data / "security_counter")], check=True)

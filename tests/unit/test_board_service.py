@@ -18,7 +18,6 @@ from toolchain import boards
 from toolchain.deploy import service, ssh
 from toolchain.deploy.base import Release
 from toolchain.deploy.sshclient import Ssh, SshSpec
-from toolchain.deploy.store import TrustStore
 from toolchain.image import builder
 
 LOCAL_SSH = """#!/bin/sh
@@ -222,7 +221,7 @@ def board_ssh(tmp_path, monkeypatch):
 
 def test_the_ssh_switch_syncs_the_release_before_current_names_it_and_the_folder_after(tmp_path, fakes, board_ssh):
     board, log = board_ssh
-    store = ssh.SshStore(board, boards.get("host"), "board:host", TrustStore(tmp_path / "trust"))
+    store = ssh.SshStore(board, boards.get("host"), "board:host")
     first = store.deploy(fakes.write_bundle(tmp_path / "a"))
     log.write_text("")
     second = store.deploy(fakes.write_bundle(tmp_path / "b", runner=b"#!/bin/sh\necho b\n"))
@@ -241,7 +240,7 @@ def test_the_ssh_switch_syncs_the_release_before_current_names_it_and_the_folder
 
 def test_a_stop_for_a_switch_arms_a_systemd_timer_that_starts_the_unit_again(tmp_path, board_ssh):
     board, log = board_ssh
-    store = ssh.SshStore(board, boards.get("host"), "board:host", TrustStore(tmp_path / "trust"))
+    store = ssh.SshStore(board, boards.get("host"), "board:host")
     runner = ssh.SshService(board, store, boards.get("host"), "loop://", "/dev/ttyAMA0", [])
     runner._systemd = True
     runner.stop(lease_s=120)
@@ -261,7 +260,7 @@ def test_starting_the_unit_installs_its_start_script_and_cancels_the_lease(tmp_p
     monkeypatch.setattr(service, "_TMP_PREFIXES", ())  # the board's data folder is under this machine's /tmp
     _script(tmp_path / "bin" / "id", "#!/bin/sh\necho pi\n")  # the login user and the device's group
     _script(tmp_path / "bin" / "stat", "#!/bin/sh\necho dialout\n")
-    store = ssh.SshStore(board, boards.get("host"), "board:host", TrustStore(tmp_path / "trust"))
+    store = ssh.SshStore(board, boards.get("host"), "board:host")
     Path(store.data).mkdir(parents=True)
     runner = ssh.SshService(board, store, boards.get("host"), "loop://", "/dev/ttyAMA0", [])
     runner._systemd = True
@@ -307,7 +306,7 @@ def test_a_runner_in_the_background_is_started_again_when_the_lease_of_its_stop_
     left nothing serving; the guard the stop leaves on the board starts the current release again."""
     board, _ = board_ssh
     (tmp_path / "bin" / "systemctl").unlink()  # no unit on this board
-    store = ssh.SshStore(board, boards.get("host"), "board:host", TrustStore(tmp_path / "trust"))
+    store = ssh.SshStore(board, boards.get("host"), "board:host")
     release = store.deploy(fakes.write_bundle(tmp_path / "a", runner=b"#!/bin/sh\nexec sleep 30\n"))
     daemon = ssh.SshDaemon(board, store, boards.get("host"), "loop://", "/dev/null")
     try:

@@ -125,6 +125,9 @@ class FakeStore:
     def trust(self, public_key_pem: bytes) -> str:
         raise NotImplementedError
 
+    def confirm(self, release: Release) -> int:
+        return 0  # trusts no key: nothing to record
+
 
 class FakeTransport:
     name = "fake"

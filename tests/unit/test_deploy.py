@@ -361,3 +361,159 @@ def test_signing_a_bundle_that_cannot_be_written_is_one_line(tmp_path, fakes, ke
     with pytest.raises(InputError, match="cannot write .*bundle.sig: Permission denied"):
         package.sign_bundle(bundle, key)
     assert not (bundle.root / "bundle.sig").exists()
+
+
+# Issue 24: keygen's folders, listing and removing trusted keys, the refusal's hint ---------------------
+
+def test_keygen_makes_the_folders_of_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _cli("keygen", "--out", "keys/release", "--json")
+    assert code == 0, err
+    assert (tmp_path / "keys" / "release").is_file() and (tmp_path / "keys" / "release.pub").is_file()
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+    (tmp_path / "file").write_text("x")
+    code, _, err = _cli("keygen", "--out", "file/release")  # a folder on the way that is a file: one line
+    assert code == 2 and "is not a folder" in _error_line(err)
+
+
+def _trust_cli(key, work, *more):
+    return _cli("trust", key, "--board", "host", "--target", "local", "--workdir", work, *more)
+
+
+def test_trusted_lists_the_keys_and_untrust_removes_one(tmp_path, keys):
+    work = tmp_path / "work"
+    fps = []
+    for name in ("trusted", "other"):
+        code, out, err = _trust_cli(keys[name][1], work, "--json")
+        assert code == 0, err
+        fps.append(json.loads(out)["fingerprint"])
+    code, out, err = _cli("trusted", "--board", "host", "--target", "local", "--workdir", work, "--json")
+    assert code == 0, err
+    listed = json.loads(out)
+    assert sorted(k["fingerprint"] for k in listed["keys"]) == sorted(fps)
+    assert listed["accepts_unsigned"] is False and listed["security_counter"] == 0
+    code, out, err = _cli("untrust", fps[0][:16], "--board", "host", "--target", "local", "--workdir", work, "--json")
+    assert code == 0, err
+    assert json.loads(out)["removed"] == [fps[0]] and json.loads(out)["remaining"] == 1
+    code, out, _ = _cli("trusted", "--board", "host", "--target", "local", "--workdir", work, "--json")
+    assert [k["fingerprint"] for k in json.loads(out)["keys"]] == [fps[1]]
+    code, _, err = _cli("untrust", "0123456789abcdef", "--board", "host", "--target", "local", "--workdir", work)
+    assert code == 2 and "trusts no key 0123456789abcdef" in _error_line(err)
+
+
+def test_untrusting_the_last_key_is_refused_unless_unsigned_bundles_are_asked_for(tmp_path, fakes, keys):
+    work = tmp_path / "work"
+    code, out, _ = _trust_cli(keys["trusted"][1], work, "--json")
+    fp = json.loads(out)["fingerprint"]
+    for args in ((fp,), ("--all",)):
+        code, _, err = _cli("untrust", *args, "--board", "host", "--target", "local", "--workdir", work)
+        line = _error_line(err)
+        assert code == 2 and "would accept unsigned bundles again" in line and "--allow-unsigned" in line
+    bundle = fakes.write_bundle(tmp_path / "b")
+    code, _, err = _cli("flash", bundle.root, "--target", "local", "--no-start", "--workdir", work)
+    assert code == 3  # still refused: the key is still trusted
+    code, out, err = _cli("untrust", "--all", "--allow-unsigned", "--board", "host", "--target", "local",
+                          "--workdir", work)
+    assert code == 0, err
+    assert "accepts unsigned bundles" in out and out.count("\n") == 1
+    code, _, err = _cli("flash", bundle.root, "--target", "local", "--no-start", "--workdir", work)
+    assert code == 0, err
+
+
+def test_the_refusal_names_the_command_that_was_run(tmp_path, fakes, keys, monkeypatch):
+    work = tmp_path / "work"
+    _trust_cli(keys["trusted"][1], work)
+    bundle = fakes.write_bundle(tmp_path / "b")
+    code, _, err = _cli("flash", bundle.root, "--target", "local", "--no-start", "--workdir", work)
+    line = _error_line(err)
+    assert code == 3 and "`edgelm flash" in line and "--sign-key" in line and "edgelm build" not in line
+
+    def run_job(req, **kw):  # what `run` meets after its build: the trusting target refuses the unsigned bundle
+        api.target_for("host", "local", work).store.deploy(bundle)
+
+    monkeypatch.setattr(api, "run_job", run_job)
+    code, _, err = _cli("run", "--board", "host", "--target", "local", "--workdir", work)
+    line = _error_line(err)
+    assert code == 3 and "`edgelm run" in line and "--sign-key" in line and "edgelm build" not in line
+
+
+# Issue 23: the security counter (anti-rollback) ---------------------------------------------------------
+
+def _flash(bundle, work, **kw):
+    return api.flash(bundle.root, "local", work, start=False, **kw)
+
+
+def test_the_security_counter_is_inside_what_the_signature_covers(tmp_path, fakes, keys):
+    bundle = fakes.write_bundle(tmp_path / "b")
+    package.sign_bundle(bundle, signing.load_private_key(keys["trusted"][0]), security_counter=7)
+    data = (bundle.root / "bundle.json").read_bytes()
+    assert json.loads(data)["security_counter"] == 7 and package.read_bundle(bundle.root).release_id == \
+        bundle.release_id  # the same files: the same release
+    signing.verify(data, (bundle.root / "bundle.sig").read_bytes(),
+                   [signing.load_public_key(keys["trusted"][1])], "sig")
+    fakes.rewrite_info(bundle.root, lambda i: i.__setitem__("security_counter", 9))
+    with pytest.raises(InputError, match="does not match the bytes it signs"):
+        signing.verify((bundle.root / "bundle.json").read_bytes(), (bundle.root / "bundle.sig").read_bytes(),
+                       [signing.load_public_key(keys["trusted"][1])], "sig")
+
+
+@pytest.mark.parametrize("value", [-1, True, "3", 2**32, 1.5])
+def test_a_security_counter_that_is_not_a_small_whole_number_is_refused(tmp_path, fakes, value):
+    bundle = fakes.write_bundle(tmp_path / "b")
+    fakes.rewrite_info(bundle.root, lambda i: i.__setitem__("security_counter", value))
+    with pytest.raises(InputError, match="security_counter"):
+        package.read_bundle(bundle.root)
+
+
+def test_a_bundle_below_the_counter_the_board_accepted_is_refused(tmp_path, fakes, keys):
+    work = tmp_path / "work"
+    api.trust(keys["trusted"][1], "host", "local", work)
+    key = keys["trusted"][0]
+    five = fakes.write_bundle(tmp_path / "five")
+    assert _flash(five, work, sign_key=key, security_counter=5)["security_counter"] == 5
+    assert api.trusted("host", "local", work)["security_counter"] == 5  # recorded on the board
+    three = fakes.write_bundle(tmp_path / "three", runner=b"#!/bin/sh\nexit 3\n")
+    state = work / "targets" / "local-host"
+    before = fakes.snapshot(state)
+    with pytest.raises(InputError) as err:
+        _flash(three, work, sign_key=key, security_counter=3)
+    line = _one_line(err)
+    assert "security counter 3" in line and "5" in line, line
+    assert fakes.snapshot(state) == before
+    again = fakes.write_bundle(tmp_path / "again", runner=b"#!/bin/sh\nexit 4\n")
+    assert _flash(again, work, sign_key=key, security_counter=5)["release"] == again.release_id  # not below: taken
+
+
+@pytest.mark.parametrize("counters, refused", [((1, 2), True), ((2, 2), False)])
+def test_a_rollback_below_the_recorded_counter_is_refused(tmp_path, fakes, keys, counters, refused):
+    work = tmp_path / "work"
+    api.trust(keys["trusted"][1], "host", "local", work)
+    first = fakes.write_bundle(tmp_path / "first")
+    second = fakes.write_bundle(tmp_path / "second", runner=b"#!/bin/sh\nexit 2\n")
+    _flash(first, work, sign_key=keys["trusted"][0], security_counter=counters[0])
+    _flash(second, work, sign_key=keys["trusted"][0], security_counter=counters[1])
+    if refused:
+        with pytest.raises(InputError) as err:
+            api.flash(None, "local", work, start=False, board="host", rollback=True)
+        line = _one_line(err)
+        assert "security counter 1" in line and "2" in line and "rollback" in line, line
+        assert api.target_for("host", "local", work).store.current().id == second.release_id
+    else:
+        assert api.flash(None, "local", work, start=False, board="host", rollback=True)["release"] == \
+            first.release_id
+
+
+def test_a_security_counter_without_a_sign_key_is_refused(tmp_path, fakes):
+    bundle = fakes.write_bundle(tmp_path / "b")
+    code, _, err = _cli("flash", bundle.root, "--target", "local", "--no-start", "--security-counter", "3",
+                        "--workdir", tmp_path / "w")
+    assert code == 2 and "--security-counter needs --sign-key" in _error_line(err)
+
+
+def test_a_garbled_counter_on_the_board_is_one_line(tmp_path, fakes, keys):
+    work = tmp_path / "work"
+    api.trust(keys["trusted"][1], "host", "local", work)
+    (work / "targets" / "local-host" / "security_counter").write_text("\x1b[2Jlots\n")
+    with pytest.raises(InputError, match="security counter .* is not a number") as err:
+        _flash(fakes.write_bundle(tmp_path / "b"), work, sign_key=keys["trusted"][0])
+    _one_line(err)

@@ -14,6 +14,8 @@ from toolchain import api
 from toolchain.deploy import registry, service
 from toolchain.errors import DeviceError, InputError, UsageError
 
+EdgelmErrorTypes = (DeviceError, InputError)
+
 CMDLINE = ("console=serial0,115200 console=tty1 root=PARTUUID=4e639091-02 rootfstype=ext4 fsck.repair=yes rootwait "
            "quiet splash plymouth.ignore-serial-consoles cfg80211.ieee80211_regdom=GB\n")
 CONFIG = ("# For more options and information see\n# http://rptl.io/configtxt\ndtparam=audio=on\n\n"
@@ -254,3 +256,67 @@ def test_targets_are_listed_and_unknown_ones_refused(tmp_path):
     assert kinds == {"qemu", "qemu-system", "local", "ssh", "dir", "labgrid"}
     with pytest.raises(UsageError, match="unknown target 'telnet://x'"):
         api.target_for("rpi5", "telnet://x", tmp_path)
+
+
+# Issue 23: the card's trusted keys live on the card -----------------------------------------------------
+
+@pytest.fixture
+def key(tmp_path):
+    from toolchain.bundle import signing
+
+    private, public, fp = signing.generate(tmp_path / "keys" / "release")
+    return private, public, fp
+
+
+def _card_bundle(tmp_path, name, **kw):
+    from fakebundle import write_bundle
+
+    return write_bundle(tmp_path / name, board="rpi5", info={"arch": "aarch64"}, **kw)
+
+
+def test_a_card_trusted_at_one_mount_path_refuses_unsigned_bundles_at_another_and_from_any_workdir(tmp_path, key):
+    from toolchain.bundle import package, signing
+
+    card = make_card(tmp_path / "a")
+    api.trust(key[1], "rpi5", spec(card), tmp_path / "work-1")
+    assert (card / "opt/edgelm/rpi5/trusted_keys" / f"{key[2][:16]}.pub").is_file()  # on the card itself
+    unsigned = _card_bundle(tmp_path, "unsigned")
+    with pytest.raises(InputError, match="accepts only signed bundles"):
+        api.flash(unsigned.root, spec(card), tmp_path / "work-2")  # another workdir
+    moved = tmp_path / "media" / "rootfs"
+    moved.parent.mkdir()
+    card.rename(moved)  # the same card, mounted at another path
+    for work in ("work-1", "work-2"):
+        with pytest.raises(InputError, match="accepts only signed bundles"):
+            api.flash(unsigned.root, spec(moved), tmp_path / work)
+    assert not (moved / "opt/edgelm/rpi5/current").exists()
+    package.sign_bundle(unsigned, signing.load_private_key(key[0]))
+    assert api.flash(unsigned.root, spec(moved), tmp_path / "work-2")["release"] == unsigned.release_id
+    listed = api.trusted("rpi5", spec(moved), tmp_path / "work-3")
+    assert [k["fingerprint"] for k in listed["keys"]] == [key[2]]
+
+
+def test_keys_trusted_by_an_older_edgelm_on_this_machine_move_onto_the_card(tmp_path, key):
+    card = make_card(tmp_path)
+    work = tmp_path / "work"
+    legacy = api.target_for("rpi5", spec(card), work).state / "trusted_keys"
+    legacy.mkdir(parents=True)
+    (legacy / f"{key[2][:16]}.pub").write_bytes(key[1].read_bytes())  # where `edgelm trust` kept them before
+    with pytest.raises(InputError, match="accepts only signed bundles"):
+        api.flash(_card_bundle(tmp_path, "unsigned").root, spec(card), work)
+    assert (card / "opt/edgelm/rpi5/trusted_keys" / f"{key[2][:16]}.pub").is_file()
+    assert not legacy.exists()
+
+
+@pytest.mark.parametrize("name", ["trusted_keys", "security_counter"])
+def test_trust_state_on_the_card_that_is_a_link_is_refused(tmp_path, key, name):
+    card = make_card(tmp_path)
+    outside = tmp_path / "host-folder"
+    outside.mkdir()
+    data = card / "opt/edgelm/rpi5"
+    data.mkdir(parents=True)
+    (data / name).symlink_to(outside / name)
+    with pytest.raises(EdgelmErrorTypes, match="is a symbolic link"):
+        api.trust(key[1], "rpi5", spec(card), tmp_path / "work")
+        api.flash(_card_bundle(tmp_path, "b").root, spec(card), tmp_path / "work")
+    assert list(outside.iterdir()) == []

@@ -14,7 +14,6 @@ from toolchain import api, boards
 from toolchain.bundle import package
 from toolchain.deploy import ssh
 from toolchain.deploy.sshclient import Ssh, SshSpec
-from toolchain.deploy.store import TrustStore
 from toolchain.errors import DeviceError
 
 BOARD = "host"
@@ -49,7 +48,7 @@ def board(tmp_path, monkeypatch):
 
 
 def store_on(board_ssh: Ssh, tmp_path: Path) -> ssh.SshStore:
-    return ssh.SshStore(board_ssh, boards.get(BOARD), "board:host", TrustStore(tmp_path / "trust"))
+    return ssh.SshStore(board_ssh, boards.get(BOARD), "board:host")
 
 
 def two_bundles(tmp_path, fakes):
@@ -146,7 +145,7 @@ def test_the_ssh_channel_stops_a_runner_an_earlier_flash_left_in_the_background(
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")  # `ssh` is the stand-in board
     note = api.stop(BOARD, "ssh://board", tmp_path / "work")
     assert note is not None and "nothing runs there" in note
-    data.mkdir(parents=True)
+    data.mkdir(parents=True, exist_ok=True)  # the stop took the board's lock there
     proc = _own_process()
     try:
         (data / ssh.RUNNER_PID).write_text(f"{proc.pid} {_start_time(proc.pid)} r-0123456789abcdef\n")
@@ -234,3 +233,132 @@ def test_a_board_that_floods_its_answer_is_cut_off_in_one_line(board, monkeypatc
     assert board_ssh.check(["printf", "%s", "fine"]).stdout == b"fine"
     with pytest.raises(DeviceError, match="did not finish within 0.3 s"):
         board_ssh.run(["sleep", "5"], timeout_s=0.3)
+
+
+# Issue 23: trusted keys, the security counter and the lock live on the board ------------------------------
+
+@pytest.fixture
+def reach(tmp_path, board, monkeypatch):
+    """`ssh` on PATH is the stand-in board: api calls reach it as ssh://board."""
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    return board[1]
+
+
+def _keys(tmp_path):
+    from toolchain.bundle import signing
+
+    return signing.generate(tmp_path / "keys" / "release")
+
+
+def test_trust_lives_on_the_board_and_binds_every_workdir(tmp_path, fakes, reach):
+    from toolchain.bundle import signing
+    from toolchain.errors import InputError
+
+    private, public, fp = _keys(tmp_path)
+    api.trust(public, BOARD, "ssh://board", tmp_path / "work-a")
+    assert (reach / "trusted_keys" / f"{fp[:16]}.pub").read_bytes() == public.read_bytes()  # beside releases/
+    unsigned = fakes.write_bundle(tmp_path / "unsigned")
+    for work in ("work-b", "work-a"):
+        with pytest.raises(InputError, match="accepts only signed bundles"):
+            api.flash(unsigned.root, "ssh://board", tmp_path / work, start=False)
+    assert not (reach / "current").exists() and not (reach / "releases" / unsigned.release_id).exists()
+    package.sign_bundle(unsigned, signing.load_private_key(private), security_counter=4)
+    assert api.flash(unsigned.root, "ssh://board", tmp_path / "work-c", start=False)["release"] == unsigned.release_id
+    listed = api.trusted(BOARD, "ssh://board", tmp_path / "work-d")
+    assert [k["fingerprint"] for k in listed["keys"]] == [fp] and listed["security_counter"] == 4
+    assert (reach / "security_counter").read_text().strip() == "4"
+    lower = fakes.write_bundle(tmp_path / "lower", runner=b"#!/bin/sh\nexit 1\n")
+    package.sign_bundle(lower, signing.load_private_key(private), security_counter=3)
+    with pytest.raises(InputError, match=r"security counter 3.*4|4.*security counter 3"):
+        api.flash(lower.root, "ssh://board", tmp_path / "work-e", start=False)
+    removed = api.untrust(None, BOARD, "ssh://board", tmp_path / "work-f", all_keys=True, allow_unsigned=True)
+    assert removed["removed"] == [fp] and removed["accepts_unsigned"]
+    assert list((reach / "trusted_keys").iterdir()) == []
+
+
+def test_a_trusted_key_the_board_garbles_is_one_line(tmp_path, fakes, reach):
+    from toolchain.errors import InputError
+
+    (reach / "trusted_keys").mkdir(parents=True)
+    (reach / "trusted_keys" / "0123456789abcdef.pub").write_bytes(b"\x1b[2J not a key\n")
+    with pytest.raises(InputError, match="0123456789abcdef.pub on ssh://board:host is not a PEM public key") as err:
+        api.flash(fakes.write_bundle(tmp_path / "b").root, "ssh://board", tmp_path / "work", start=False)
+    assert "\n" not in str(err.value)
+
+
+def _hold_board(work):
+    """A process that holds the stand-in board's lock (as `edgelm flash` from ``work`` would) until a
+    line is written to it."""
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom pathlib import Path\n"
+                               "from toolchain import api\n"
+                               f"t = api.target_for('host', 'ssh://board', Path({str(work)!r}))\n"
+                               "with t.lock('flash'):\n    print('held', flush=True)\n    sys.stdin.readline()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_job_from_another_workdir_is_refused_while_the_first_holds_the_board(tmp_path, fakes, reach):
+    bundle = fakes.write_bundle(tmp_path / "b")
+    holder = _hold_board(tmp_path / "work-a")
+    try:
+        incoming = reach / "releases" / ".incoming-r-0123456789abcdef"
+        incoming.mkdir(parents=True)  # the holder's upload, under way
+        (incoming / "runner").write_bytes(b"half")
+        jobs = {"the board's lock": lambda: api.flash(bundle.root, "ssh://board", tmp_path / "work-b", start=False),
+                "the board's lock, for a stop": lambda: api.stop(BOARD, "ssh://board", tmp_path / "work-c"),
+                "this machine's lock": lambda: api.flash(bundle.root, "ssh://board", tmp_path / "work-a",
+                                                         start=False)}
+        for which, job in jobs.items():
+            with pytest.raises(DeviceError) as err:
+                job()
+            line = str(err.value)
+            on = " on " if which.startswith("the board's") else " "  # the board's lock names the holder's host
+            assert line.startswith(f"ssh://board:host is busy: held by pid {holder.pid}{on}"), (which, line)
+            assert "(flash since " in line and "\n" not in line
+        assert (incoming / "runner").read_bytes() == b"half"  # never deleted by a refused flash
+        assert not (reach / "current").exists()
+    finally:
+        holder.communicate("\n", timeout=30)  # it ends its job: the lock is released
+    assert holder.returncode == 0 and not (reach / "lock").exists()
+    target = api.target_for(BOARD, "ssh://board", tmp_path / "work-b")
+    with target.lock("flash"), target.lock("flash"):  # a job may take its own lock again
+        pass
+    assert api.flash(bundle.root, "ssh://board", tmp_path / "work-b", start=False)["release"] == bundle.release_id
+
+
+def test_a_board_lock_whose_holder_died_on_this_machine_is_broken(tmp_path, fakes, reach):
+    holder = _hold_board(tmp_path / "work-a")
+    try:
+        with pytest.raises(DeviceError, match=f"busy: held by pid {holder.pid} on "):
+            api.flash(fakes.write_bundle(tmp_path / "a").root, "ssh://board", tmp_path / "work-b", start=False)
+    finally:
+        holder.kill()  # SIGKILL: nothing of it cleans up; its lock stays on the board
+        holder.wait()
+    assert (reach / "lock").is_dir()
+    result = api.flash(fakes.write_bundle(tmp_path / "b").root, "ssh://board", tmp_path / "work-b", start=False)
+    assert any(f"that pid {holder.pid} on " in n and "its process on this machine is gone" in n
+               for n in result["notes"]), result["notes"]
+    assert not (reach / "lock").exists()
+
+
+def _foreign_lock(data, age_s):
+    lock_dir = data / "lock"
+    lock_dir.mkdir(parents=True)
+    note = {"host": "elsewhere", "machine": "0" * 16, "pid": 4242, "start": "1", "what": "flash",
+            "command": "edgelm flash out/b", "since": time.time() - age_s}
+    (lock_dir / "holder").write_text("feedfacefeedface\n" + json.dumps(note) + "\n")
+    os.utime(lock_dir / "holder", (time.time() - age_s, time.time() - age_s))
+
+
+def test_a_board_lock_from_another_host_is_broken_only_once_its_lease_ran_out(tmp_path, fakes, reach):
+    _foreign_lock(reach, 30)
+    with pytest.raises(DeviceError, match=r"busy: held by pid 4242 on elsewhere \(flash since .*edgelm flash out/b"):
+        api.flash(fakes.write_bundle(tmp_path / "a").root, "ssh://board", tmp_path / "work", start=False)
+    os.utime(reach / "lock" / "holder", (time.time() - ssh.LOCK_LEASE_S - 60,) * 2)  # no refresh for too long
+    result = api.flash(fakes.write_bundle(tmp_path / "b").root, "ssh://board", tmp_path / "work", start=False)
+    assert any("that pid 4242 on elsewhere (flash since" in n and "not heard of" in n
+               for n in result["notes"]), result["notes"]
+    assert not (reach / "lock").exists()

@@ -7,6 +7,12 @@ Before a bundle is declared good, the highest GLIBC symbol version its binaries 
 against the board's glibc. A bundle is read back only if ``bundle.json`` lists exactly the
 required files by plain name and the folder holds nothing else; its release id is computed from
 the file hashes, never taken from text in ``bundle.json``.
+
+A signed bundle carries a ``security_counter`` in ``bundle.json`` (MCUboot's anti-rollback counter:
+a whole number, 0 unless ``--security-counter`` says otherwise), so the signature covers it. A
+board that trusts keys refuses a bundle whose counter is below the highest one it accepted. The
+counter is not part of the release id: the same files re-signed with a higher counter are the same
+release.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ REQUIRED_FILES = (RUNNER, *RUNTIME_LIBS, pte_manifest.PROGRAM_FILE, pte_manifest
 RELEASE_PREFIX = "r-"
 RELEASE_HEX = 16
 BUNDLE_JSON_MAX_BYTES = 1 << 20
+SECURITY_COUNTER = "security_counter"
+MAX_SECURITY_COUNTER = 2**32 - 1  # MCUboot's is a 32-bit TLV
 
 
 @dataclass(frozen=True)
@@ -66,14 +74,29 @@ def release_id(files: dict[str, str]) -> str:
     return RELEASE_PREFIX + hashlib.sha256(canonical).hexdigest()[:RELEASE_HEX]
 
 
+def check_security_counter(value: Any, what: str = "--security-counter") -> int:
+    """``value`` as a security counter (a whole number in 0..2**32-1), or UsageError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SECURITY_COUNTER:
+        from toolchain.errors import UsageError
+
+        raise UsageError(f"{what} {str(value)[:20]}: a security counter is a whole number from 0 to "
+                         f"{MAX_SECURITY_COUNTER}")
+    return value
+
+
+def security_counter(info: dict[str, Any]) -> int:
+    """The bundle's security counter (0 when it has none); parse_info checked it."""
+    return int(info.get(SECURITY_COUNTER, 0))
+
+
 def assemble(board: Board, runner: Path, sdk: Sdk, pte: Path, dest: Path, firmware_version: str,
              manifest: dict[str, Any] | None = None,
-             sign_key: signing.Ed25519PrivateKey | None = None) -> Bundle:
+             sign_key: signing.Ed25519PrivateKey | None = None, counter: int | None = None) -> Bundle:
     """Copy runner + libs + program into ``dest`` (replaced), check glibc, write bundle.json.
 
     ``manifest``: the program's manifest if the caller has already read (and so verified) it; it is
     written into the bundle from that verified value, not copied again from beside the program.
-    ``sign_key``: sign bundle.json (``bundle.sig``).
+    ``sign_key``: sign bundle.json (``bundle.sig``), with ``counter`` (default 0) as its security counter.
     """
     if manifest is None:
         manifest = pte_manifest.read(pte)  # refuses a non-program or a hash mismatch
@@ -113,6 +136,8 @@ def assemble(board: Board, runner: Path, sdk: Sdk, pte: Path, dest: Path, firmwa
         "files": files,
         "size_bytes": sum((dest / name).stat().st_size for name in REQUIRED_FILES),
     }
+    if sign_key is not None:
+        info[SECURITY_COUNTER] = check_security_counter(counter or 0)
     data = (json.dumps(info, indent=2) + "\n").encode()
     (dest / BUNDLE_FILE).write_bytes(data)
     if sign_key is not None:
@@ -121,26 +146,39 @@ def assemble(board: Board, runner: Path, sdk: Sdk, pte: Path, dest: Path, firmwa
     return Bundle(dest, info)
 
 
-def sign_bundle(bundle: Bundle, key: signing.Ed25519PrivateKey) -> str:
-    """Write ``bundle.sig`` over the bundle's bundle.json as it is on disk; returns the key's fingerprint.
+def sign_bundle(bundle: Bundle, key: signing.Ed25519PrivateKey, security_counter: int | None = None) -> str:
+    """Write ``bundle.sig`` over the bundle's bundle.json; returns the key's fingerprint.
 
     The bundle is checked first (read_bundle + verify_bundle): only what verifies gets signed.
+    ``security_counter``: written into bundle.json first (the signature covers it); None: the one
+    bundle.json has, else 0. Read the bundle again afterwards: its bundle.json may have changed.
     """
     data = read_info_bytes(bundle.root)
-    verify_bundle(Bundle(bundle.root, parse_info(data, str(bundle.root / BUNDLE_FILE))))
+    info = parse_info(data, str(bundle.root / BUNDLE_FILE))
+    verify_bundle(Bundle(bundle.root, info))
+    counter = check_security_counter(security_counter if security_counter is not None
+                                     else info.get(SECURITY_COUNTER, 0))
+    if info.get(SECURITY_COUNTER) != counter:
+        info[SECURITY_COUNTER] = counter
+        data = (json.dumps(info, indent=2) + "\n").encode()
+        _write_atomic(bundle.root, BUNDLE_FILE, data)
     _write_signature(bundle.root, data, key)
     return signing.fingerprint(key.public_key())
 
 
 def _write_signature(root: Path, data: bytes, key: signing.Ed25519PrivateKey) -> None:
-    sig = root / SIGNATURE_FILE
-    tmp = root.parent / f".{root.name}.{SIGNATURE_FILE}.tmp"  # not inside: the bundle holds nothing else
+    _write_atomic(root, SIGNATURE_FILE, signing.sign(data, key))
+
+
+def _write_atomic(root: Path, name: str, data: bytes) -> None:
+    path = root / name
+    tmp = root.parent / f".{root.name}.{name}.tmp"  # not inside: the bundle holds nothing else
     try:
-        tmp.write_bytes(signing.sign(data, key))
-        tmp.replace(sig)
+        tmp.write_bytes(data)
+        tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {sig}: {exc.strerror or exc}") from None
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _plain_name(name: str) -> bool:
@@ -193,6 +231,11 @@ def parse_info(data: bytes, name: str) -> dict[str, Any]:
                          f"(exactly: {', '.join(REQUIRED_FILES)})")
     if info.setdefault("model_sha256", files[pte_manifest.PROGRAM_FILE]) != files[pte_manifest.PROGRAM_FILE]:
         raise InputError(f"{name}: model_sha256 is not the sha256 it lists for {pte_manifest.PROGRAM_FILE}")
+    if SECURITY_COUNTER in info:
+        value = info[SECURITY_COUNTER]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SECURITY_COUNTER:
+            raise InputError(f"{name}: {SECURITY_COUNTER} is {repr(value)[:20]}, not a whole number from 0 to "
+                             f"{MAX_SECURITY_COUNTER}")
     return info
 
 
@@ -241,6 +284,5 @@ def verify_signature(root: Path, data: bytes, trusted: list[signing.Ed25519Publi
     """``root/bundle.sig`` is a signature over ``data`` (bundle.json's bytes) by one of ``trusted``."""
     sig = root / SIGNATURE_FILE
     if sig.is_symlink() or not sig.is_file():
-        raise InputError(f"{where} accepts only signed bundles, and {root} has no {SIGNATURE_FILE}",
-                         hint="build it with `edgelm build --sign-key KEY`, KEY being the key the target trusts")
+        raise signing.Refused(f"{where} accepts only signed bundles, and {root} has no {SIGNATURE_FILE}", "unsigned")
     return signing.verify(data, sig.read_bytes(), trusted, str(sig))

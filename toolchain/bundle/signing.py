@@ -2,8 +2,12 @@
 
 A signature covers the exact bytes of a bundle's ``bundle.json``. That file holds the sha256 of
 every other file in the bundle, and a deploy verifies every file against it, so one signature
-seals the whole bundle. ``bundle.sig`` is a small JSON document: the algorithm, the signing
-key's fingerprint (the sha256 of its 32 raw public bytes) and the signature in base64.
+seals the whole bundle (and its ``security_counter``, MCUboot's anti-rollback counter).
+``bundle.sig`` is a small JSON document: the algorithm, the signing key's fingerprint (the sha256
+of its 32 raw public bytes) and the signature in base64.
+
+A board's refusal of a bundle (:class:`Refused`) says what to do in the words of the command that
+met it (:meth:`Refused.advise`): ``edgelm run`` is told about ``run --sign-key``, not ``build``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,37 @@ ALGORITHM = "ed25519"
 PUBLIC_SUFFIX = ".pub"
 PRIVATE_MODE = 0o600
 SIGNATURE_MAX_BYTES = 4096  # a real one is ~250 bytes; anything far larger is not ours
+KEY_FOLDER_MODE = 0o700  # the folders keygen makes for a private key
+
+# How each command that deploys is given a key, for the hint of a refusal.
+_SIGN_USAGE = {
+    "build": "`edgelm build ... --sign-key KEY`, then flash that bundle",
+    "run": "`edgelm run ... --sign-key KEY`",
+    "flash": "`edgelm flash BUNDLE --sign-key KEY`",
+}
+_ANY_USAGE = ("`edgelm flash BUNDLE --sign-key KEY` (or `edgelm run ... --sign-key KEY`, which signs the bundle it "
+              "builds)")
+
+
+class Refused(InputError):
+    """A board that trusts keys refused a bundle or release: ``kind`` is ``unsigned`` (no signature),
+    ``untrusted`` (a key it does not trust), ``bad`` (the signature does not hold) or ``counter``
+    (its security counter is below the one the board accepted; ``minimum``)."""
+
+    def __init__(self, message: str, kind: str, minimum: int = 0):
+        self.kind = kind
+        self.minimum = minimum
+        super().__init__(message, hint=self.advise(None))
+
+    def advise(self, command: str | None) -> str:
+        """What to do, in the words of ``command`` (``run``, ``flash``...; None: any)."""
+        usage = _SIGN_USAGE.get(command or "", _ANY_USAGE)
+        if self.kind == "counter":
+            usage = usage.replace("--sign-key KEY", f"--sign-key KEY --security-counter {self.minimum}")
+            return f"sign it again with a counter of at least {self.minimum}: {usage}"
+        if self.kind == "bad":
+            return f"sign the bundle again: {usage}"
+        return f"sign it with a key the target trusts (`edgelm trusted` lists them): {usage}"
 
 
 def fingerprint(key: Ed25519PublicKey) -> str:
@@ -47,8 +82,7 @@ def generate(out: Path) -> tuple[Path, Path, str]:
     for path in (out, pub):
         if path.exists() or path.is_symlink():
             raise UsageError(f"{path} exists already; a key is never overwritten", hint="choose another --out")
-    if not out.parent.is_dir():
-        raise UsageError(f"--out {out}: the folder {out.parent} does not exist")
+    _make_folder(out.parent, out)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -58,6 +92,19 @@ def generate(out: Path) -> tuple[Path, Path, str]:
         f.write(pem)
     pub.write_bytes(public_pem(key.public_key()))
     return out, pub, fingerprint(key.public_key())
+
+
+def _make_folder(folder: Path, out: Path) -> None:
+    """``folder`` and the folders above it that are missing (mode 0700: they hold a private key)."""
+    for p in (folder, *folder.parents):
+        if p.is_dir():
+            break
+        if p.exists() or p.is_symlink():
+            raise UsageError(f"--out {out}: {p} is not a folder", hint="choose another --out")
+    try:
+        folder.mkdir(mode=KEY_FOLDER_MODE, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot make the folder {folder}: {exc.strerror or exc}") from None
 
 
 def _read_key_file(path: Path, what: str) -> bytes:
@@ -109,31 +156,30 @@ def verify(data: bytes, signature: bytes, trusted: list[Ed25519PublicKey], name:
     Returns the fingerprint of the key that signed; raises InputError naming what does not hold.
     """
     if len(signature) > SIGNATURE_MAX_BYTES:
-        raise InputError(f"{name} is not an edgelm signature ({len(signature)} bytes)")
+        raise Refused(f"{name} is not an edgelm signature ({len(signature)} bytes)", "bad")
     try:
         doc = json.loads(signature)
     except (ValueError, RecursionError):
-        raise InputError(f"{name} is not an edgelm signature (not JSON)") from None
+        raise Refused(f"{name} is not an edgelm signature (not JSON)", "bad") from None
     if not isinstance(doc, dict) or doc.get("format") != SIGNATURE_FORMAT:
-        raise InputError(f"{name} is not an edgelm signature (format {SIGNATURE_FORMAT})")
+        raise Refused(f"{name} is not an edgelm signature (format {SIGNATURE_FORMAT})", "bad")
     if doc.get("algorithm") != ALGORITHM:
-        raise InputError(f"{name} uses algorithm {str(doc.get('algorithm'))[:20]!r}; only {ALGORITHM} is accepted")
+        raise Refused(f"{name} uses algorithm {str(doc.get('algorithm'))[:20]!r}; only {ALGORITHM} is accepted", "bad")
     fp, sig = doc.get("key_fingerprint"), doc.get("signature")
     if not isinstance(fp, str) or not isinstance(sig, str):
-        raise InputError(f"{name} lacks key_fingerprint or signature")
+        raise Refused(f"{name} lacks key_fingerprint or signature", "bad")
     try:
         raw = base64.b64decode(sig, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(f"{name}: the signature is not base64") from None
+        raise Refused(f"{name}: the signature is not base64", "bad") from None
     by_fp = {fingerprint(k): k for k in trusted}
     key = by_fp.get(fp)
     if key is None:
         known = ", ".join(f[:16] for f in sorted(by_fp))
-        raise InputError(f"{name} is signed by key {fp[:16]}, which is not trusted here (trusted: {known})",
-                         hint="sign with a trusted key, or `edgelm trust` its .pub")
+        raise Refused(f"{name} is signed by key {fp[:16]}, which is not trusted here (trusted: {known})",
+                      "untrusted")
     try:
         key.verify(raw, data)
     except InvalidSignature:
-        raise InputError(f"{name} does not match the bytes it signs (changed after signing?)",
-                         hint="rebuild and sign the bundle again") from None
+        raise Refused(f"{name} does not match the bytes it signs (changed after signing?)", "bad") from None
     return fp

@@ -3,7 +3,8 @@
 A target is a board plus the capabilities it has, each a small interface (labgrid's protocols):
 
 - a **release store** keeps verified releases on the board (deploy, current, previous, activate,
-  verify, trust);
+  verify) and the board's trust beside them (trusted keys, the security counter): trust is the
+  board's, so every host and ``--workdir`` that reaches it sees the same;
 - a **runner control** starts, stops and watches the runner of a release;
 - a **link provider** gives the host its end of the framed link (a serial port, a pseudo-terminal
   pair, an SSH channel);
@@ -102,11 +103,32 @@ class ReleaseStore(Protocol):
         ...
 
     def verify(self, release: Release) -> None:
-        """Every file of ``release`` on the board has the sha256 its bundle.json lists, or InputError."""
+        """Every file of ``release`` on the board has the sha256 its bundle.json lists, or InputError;
+        on a board that trusts keys, its signature holds and its security counter is not below the
+        board's (making it current is a rollback the board refuses otherwise)."""
         ...
 
     def trust(self, public_key_pem: bytes) -> str:
-        """Accept only bundles signed by this key (or another trusted one) from now on; its fingerprint."""
+        """Accept only bundles signed by this key (or another trusted one) from now on; its fingerprint.
+        The key is kept on the board (its data folder, the card, the state folder of a local board)."""
+        ...
+
+    def trusted(self) -> list[dict[str, str]]:
+        """The keys the board trusts: ``{"fingerprint", "file"}`` each ([]: it takes unsigned bundles)."""
+        ...
+
+    def untrust(self, fingerprint: str) -> None:
+        """Stop trusting the key with this (full) fingerprint."""
+        ...
+
+    def security_counter(self) -> int:
+        """The highest security counter of a signed release the board confirmed (0: none)."""
+        ...
+
+    def confirm(self, release: Release) -> int:
+        """``release`` serves (its HELLO came; on a card: it was made current): a board that trusts
+        keys records its security counter if it is higher (MCUboot's counter moves up only for a
+        confirmed image). The board's counter now."""
         ...
 
 
@@ -204,6 +226,9 @@ class Target:
     # A board shared through a farm is reserved (a labgrid place acquired) for as long as a job holds
     # the lock, and released when it ends, however it ends; None: nothing to reserve.
     reserve: Callable[[str], AbstractContextManager[Any]] | None = None
+    # A lock on the board itself (ssh://: a lock folder in its data folder), taken inside this
+    # machine's: jobs from other hosts and other --workdirs are refused too; None: none.
+    board_lock: Callable[[str], AbstractContextManager[Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -229,9 +254,11 @@ class Target:
         return frozenset(caps)
 
     def lock(self, what: str) -> AbstractContextManager[None]:
-        """``with target.lock("flash"):`` one job at a time on this target from this machine; another
-        edgelm that holds it makes this raise DeviceError at once, naming the holder. A farm's board
-        is reserved inside the lock (:attr:`reserve`)."""
+        """``with target.lock("flash"):`` one job at a time on this target: another edgelm that holds
+        it makes this raise DeviceError at once, naming the holder. The lock is this machine's (the
+        state folder) and, where the board has one, the board's own (:attr:`board_lock`: another host
+        or --workdir). A farm's board is reserved inside the lock (:attr:`reserve`; its board's own
+        lock is taken inside that)."""
         return _locked(self, what)
 
     def alive(self) -> str | None:
@@ -240,12 +267,12 @@ class Target:
 
 @contextlib.contextmanager
 def _locked(target: Target, what: str) -> Iterator[None]:
-    with lock_mod.hold(target.state, what, target.where):
-        if target.reserve is None:
-            yield
-        else:
-            with target.reserve(what):
-                yield
+    with lock_mod.hold(target.state, what, target.where), contextlib.ExitStack() as stack:
+        if target.board_lock is not None:
+            stack.enter_context(target.board_lock(what))
+        if target.reserve is not None:
+            stack.enter_context(target.reserve(what))
+        yield
 
 
 def need_store(target: Target) -> ReleaseStore:

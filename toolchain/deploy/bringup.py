@@ -6,7 +6,8 @@
     board (a rollback: the previous release, verified) -> only now stop the runner left serving (and
     say so; a board-side service is held for a lease, not for good) -> switch ``current`` (files
     synced first) -> open the link -> start -> HELLO on the link, with the program's hash and the
-    board's name -> serve -> tear down (QUIT, close, stop, power off what was off; or leave it serving)
+    board's name -> confirm (a board that trusts keys records the release's security counter) ->
+    serve -> tear down (QUIT, close, stop, power off what was off; or leave it serving)
 
 Whatever ends a bring-up between the stop and the HELLO (a release that does not serve, an error,
 Ctrl-C, SIGTERM), what was started is stopped, the release that was current is made current
@@ -49,6 +50,7 @@ class BoardUp:
     port: str
     previous: Release | None = None  # what was current before (None: nothing, or the same release)
     booted: bool = False  # the board was powered on for this bring-up (and is powered off after it)
+    security_counter: int = 0  # the board's security counter once this release was confirmed (its HELLO)
 
 
 def _serve(target: Target, release: Release, *, open_transport: OpenTransport | None, timeouts: Timeouts,
@@ -214,6 +216,9 @@ def bring_up(target: Target, bundle: Bundle | None = None, *, rollback: bool = F
             up.previous = restore
             up.booted = powered_here
             try:
+                # It answered HELLO with its program: confirmed, so a board that trusts keys records its
+                # security counter (MCUboot's moves up only for a confirmed image).
+                up.security_counter = store.confirm(release)
                 yield up
             finally:
                 _tear_down(up, keep_running)

@@ -3,8 +3,13 @@
 
 For as long as a job holds the target's lock, edgelm holds the place: it acquires it through the
 coordinator, reads the resources its exporters publish, and releases it when the job ends, on
-failure and on Ctrl-C too (a place someone had acquired before edgelm started is used and left
-acquired). The place must export
+failure and on Ctrl-C too. The job that acquired the place says so in the place's tags (its token,
+pid, process start time and since when: ``edgelm_job``...), so that another job of the same user on
+the same host (another --workdir, another terminal) is refused instead of adopting a place it would
+lose when the first job releases it; a place whose job is gone (its pid names no such process) is
+taken over, and released at the end. A place the user acquired by hand (``labgrid-client acquire``,
+no such tags) is used and left acquired. Inside the place the board's own lock is taken (the ssh://
+target's :class:`toolchain.deploy.ssh.BoardLock`). The place must export
 
     a NetworkService      the board's SSH login: releases are deployed, verified and started over it
                           (:mod:`toolchain.deploy.ssh`, the runner serving on the board's UART)
@@ -28,6 +33,7 @@ import io
 import logging
 import os
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -37,6 +43,7 @@ from typing import Any
 from toolchain import interrupts
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
+from toolchain.deploy import lock as lock_mod
 from toolchain.deploy import ssh as ssh_target
 from toolchain.deploy.base import Progress, Release, Target, TargetOptions, no_progress
 from toolchain.deploy.sshclient import SshSpec
@@ -57,6 +64,12 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # a place, a power mod
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?\Z")
 _MODEL = re.compile(r"[a-z][a-z0-9_]{0,39}\Z")
 _URL_HOST = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~{}/-]*)?\Z")
+# The tags a job sets on the place it acquired (labgrid's tag keys: [a-z][a-z0-9_]+; values digits and hex).
+TAG_JOB, TAG_PID, TAG_START, TAG_SINCE = "edgelm_job", "edgelm_pid", "edgelm_start", "edgelm_since"
+JOB_TAGS = (TAG_JOB, TAG_PID, TAG_START, TAG_SINCE)
+TAG_GRACE_S = 10.0  # a place this user acquired so recently, without a job's tags yet, may be a job's...
+TAG_WAIT_S = 2.0  # ...whose tags are waited for this long before it is taken for one acquired by hand
+_JOB = secrets.token_hex(8)  # this process: the job whose places carry this token
 HINT = "labgrid://PLACE or labgrid://HOST:PORT/PLACE (the coordinator; default $LG_COORDINATOR, else 127.0.0.1:20408)"
 
 
@@ -242,9 +255,58 @@ def _me(session: Any) -> str:
     return f"{session.gethostname()}/{session.getuser()}"
 
 
+def _job_tags() -> dict[str, str]:
+    return {TAG_JOB: _JOB, TAG_PID: str(os.getpid()), TAG_START: lock_mod.process_start(os.getpid()) or "0",
+            TAG_SINCE: str(int(time.time()))}
+
+
+def _set_tags(session: Any, place: str, tags: dict[str, str]) -> None:
+    """Set (value "": remove) tags of a place, as `labgrid-client set-tags` does."""
+    request = _client().labgrid_coordinator_pb2.SetPlaceTagsRequest(placename=place, tags=tags)
+    session.loop.run_until_complete(session.stub.SetPlaceTags(request))
+    session.loop.run_until_complete(session.sync_with_coordinator())
+
+
+def _holder(place: Any, me: str) -> str:
+    """Who holds ``place``: ``free``; ``other`` (another host or user); ``ours`` (this process's job);
+    ``job`` (another edgelm job of this user on this host, alive); ``gone`` (such a job whose process
+    is gone); ``hand`` (this user on this host, acquired without a job: by hand, or by a job a
+    moment ago that has not tagged it yet: see ``recent``)."""
+    if not place.acquired:
+        return "free"
+    if place.acquired != me:
+        return "other"
+    tags = dict(getattr(place, "tags", None) or {})
+    if not tags.get(TAG_JOB):
+        return "hand"
+    if tags[TAG_JOB] == _JOB:
+        return "ours"
+    pid = str(tags.get(TAG_PID, ""))
+    if pid.isdigit() and lock_mod.process_start(int(pid)) != tags.get(TAG_START):
+        return "gone"
+    return "job"
+
+
+def _recent(place: Any) -> bool:
+    try:
+        return time.time() - float(getattr(place, "changed", 0) or 0) < TAG_GRACE_S
+    except (TypeError, ValueError):
+        return False
+
+
+def _job_of(place: Any) -> str:
+    """``edgelm pid N on this host, since HH:MM:SS``: the job named by a place's tags (text from the
+    coordinator: digits only are shown)."""
+    tags = dict(getattr(place, "tags", None) or {})
+    pid = str(tags.get(TAG_PID, "?"))
+    since = str(tags.get(TAG_SINCE, ""))
+    when = time.strftime("%H:%M:%S", time.localtime(int(since))) if since.isdigit() and len(since) < 12 else "?"
+    return f"edgelm pid {pid if pid.isdigit() else '?'} on this host, since {when}"
+
+
 def probe(spec: PlaceSpec) -> list[str]:
     """What keeps us from using the place now, one phrase each ([] when nothing): labgrid, the
-    coordinator, the place (it is not acquired)."""
+    coordinator, the place (it is not acquired, or by no other job)."""
     try:
         _client()
     except UsageError:
@@ -252,47 +314,84 @@ def probe(spec: PlaceSpec) -> list[str]:
     try:
         with _session(spec) as session:
             place = _place(session, spec)
-            if place.acquired and place.acquired != _me(session):
+            who = _holder(place, _me(session))
+            if who == "other":
                 return [f"labgrid place {spec.place} free (it is acquired by {place.acquired})"]
+            if who == "job":
+                return [f"labgrid place {spec.place} free (it is held by {place.acquired}: {_job_of(place)})"]
     except DeviceError as exc:
         return [f"labgrid place {spec.place} at {spec.coordinator} ({exc.message})"]
     return []
 
 
-def acquire(spec: PlaceSpec, wait_s: float = SERIAL_WAIT_S) -> tuple[PlaceResources, bool]:
-    """Acquire the place (unless this host and user hold it already) and read its resources once the
-    exporter serves its serial port; (resources, whether we acquired it now). On failure a place we
-    acquired is released again."""
+def acquire(spec: PlaceSpec, wait_s: float = SERIAL_WAIT_S,
+            notes: list[str] | None = None) -> tuple[PlaceResources, bool]:
+    """Acquire the place for this job and read its resources once the exporter serves its serial port;
+    (resources, whether this job acquired it now: it releases it at the end). A place another host,
+    user or live edgelm job holds is refused, naming who; one a job that is gone left acquired is
+    taken over; one this user acquired by hand (or this process's job holds) is used as it is. On
+    failure a place acquired here is released again."""
     with _session(spec) as session:
+        me = _me(session)
+        waited = time.monotonic() + TAG_WAIT_S
         place = _place(session, spec)
-        ours = place.acquired == _me(session)
-        if place.acquired and not ours:
+        who = _holder(place, me)
+        while who == "hand" and _recent(place) and time.monotonic() < waited:  # a job's, not tagged yet?
+            session.loop.run_until_complete(asyncio.sleep(0.1))
+            place = _place(session, spec)
+            who = _holder(place, me)
+        if who == "other":
             raise DeviceError(f"labgrid place {spec.place} is acquired by {place.acquired}",
                               hint="wait for it, or ask them to release it (labgrid-client who)")
-        if not ours:
+        if who == "job":
+            raise DeviceError(f"labgrid place {spec.place} is held by {place.acquired} ({_job_of(place)})",
+                              hint="wait for that job to end, or end it; a second job never shares a place")
+        ours = who in ("free", "gone")
+        if who == "free":
             session.loop.run_until_complete(session._acquire_place(spec.place))
             log.info("acquired labgrid place %s at %s", spec.place, spec.coordinator)
+        elif who == "gone":
+            note = (f"labgrid place {spec.place} was left acquired by a job that is gone ({_job_of(place)}): "
+                    "taken over, and released at the end")
+            log.warning("%s", note)
+            if notes is not None:
+                notes.append(note)
         try:
+            if ours:
+                _set_tags(session, spec.place, _job_tags())
             deadline = time.monotonic() + wait_s
             while True:
                 try:
-                    return resources_from(session.get_target_resources(_place(session, spec)), spec.place), not ours
+                    return resources_from(session.get_target_resources(_place(session, spec)), spec.place), ours
                 except DeviceError:
                     if time.monotonic() > deadline:
                         raise
                 session.loop.run_until_complete(asyncio.sleep(0.2))  # the update stream runs meanwhile
         except BaseException:
-            if not ours:
+            if ours:
                 with contextlib.suppress(Exception):
-                    session.loop.run_until_complete(session._release_place(spec.place))
+                    _untag_and_release(session, spec)
             raise
 
 
+def _untag_and_release(session: Any, spec: PlaceSpec) -> None:
+    """Our tags off first (while it is still ours), then the place released."""
+    place = _place(session, spec)
+    tags = dict(getattr(place, "tags", None) or {})
+    if any(t in tags for t in JOB_TAGS):
+        _set_tags(session, spec.place, {t: "" for t in JOB_TAGS})
+    session.loop.run_until_complete(session._release_place(spec.place))
+
+
 def release(spec: PlaceSpec) -> None:
+    """Release the place if this process's job holds it (never one another job or the user holds)."""
     with _session(spec) as session:
-        if _place(session, spec).acquired:
-            session.loop.run_until_complete(session._release_place(spec.place))
-            log.info("released labgrid place %s", spec.place)
+        place = _place(session, spec)
+        if _holder(place, _me(session)) != "ours":
+            log.info("labgrid place %s is not this job's to release (%s)", spec.place, place.acquired or "free")
+            return
+        _untag_and_release(session, spec)
+        log.info("released labgrid place %s", spec.place)
 
 
 # The power switch ----------------------------------------------------------------------------------
@@ -399,7 +498,7 @@ class Farm:
         self.depth = 1
         try:
             with interrupts.deferred():  # a Ctrl-C while the place is acquired is raised after it, here
-                resources, self.acquired_here = acquire(self.spec)
+                resources, self.acquired_here = acquire(self.spec, notes=self.notes)
             if not self.acquired_here:
                 self.notes.append(f"labgrid place {self.spec.place} was already acquired by this host and user: "
                                   "used, and left acquired")
@@ -411,7 +510,14 @@ class Farm:
             self.switch = Switch(resources.power) if resources.power is not None else None
             log.info("labgrid place %s: ssh %s, serial %s, power %s", self.spec.place, resources.ssh,
                      resources.serial_where, self.switch.what if self.switch else "none")
-            yield self.inner
+            with contextlib.ExitStack() as stack:
+                if self.inner.board_lock is not None and self.switch is None:
+                    # The board's own lock, over its SSH (a board behind a power switch may be off: the
+                    # place alone is its lock then).
+                    stack.enter_context(self.inner.board_lock(what or "labgrid"))
+                    self.notes.extend(self.inner.notes)
+                    self.inner.notes.clear()
+                yield self.inner
         except BaseException:
             self.depth = 0
             self._release(quiet=True)
@@ -476,6 +582,22 @@ class FarmStore:
     def trust(self, public_key_pem: bytes) -> str:
         with self.farm.held() as t:
             return self._store(t).trust(public_key_pem)
+
+    def trusted(self) -> list[dict[str, str]]:
+        with self.farm.held() as t:
+            return self._store(t).trusted()
+
+    def untrust(self, fingerprint: str) -> None:
+        with self.farm.held() as t:
+            self._store(t).untrust(fingerprint)
+
+    def security_counter(self) -> int:
+        with self.farm.held() as t:
+            return self._store(t).security_counter()
+
+    def confirm(self, release: Release) -> int:
+        with self.farm.held() as t:
+            return self._store(t).confirm(release)
 
 
 class FarmRunner:

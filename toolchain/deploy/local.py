@@ -1,7 +1,8 @@
 """Run a bundle natively on this machine (the ``host`` board): the simulation of a board.
 
 Also the assembly of every target whose runner is a process here (``qemu`` too): a release store
-in the target's state folder, the process runner and its pseudo-terminal link, and a preflight
+in the target's state folder (the board itself: its releases, trusted keys and security counter),
+the process runner and its pseudo-terminal link, and a preflight
 that checks the board profile's RAM against the program's need (an emulated board has the RAM
 its profile says).
 """
@@ -16,12 +17,9 @@ from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
 from toolchain.deploy.base import Target, missing_tools
 from toolchain.deploy.process import ProcessRunner
-from toolchain.deploy.store import LocalStore, TrustStore
+from toolchain.deploy.store import LocalStore
 from toolchain.errors import UsageError
 from toolchain.link.session import Timeouts
-
-TRUST_DIR = "trusted_keys"
-
 
 SOCAT = ("socat", "Debian's socat: it joins the board's and the host's pseudo-terminals")
 
@@ -33,7 +31,7 @@ def process_target(kind: str, board: Board, state_dir: Path, prefix: Callable[[]
     where = f"{kind}:{board.name}"
     runner = ProcessRunner(state, board, prefix)
     return Target(kind=kind, spec=kind, board=board, state=state, emulated=emulated, rss_of_emulator=emulated,
-                  store=LocalStore(state, board, where, TrustStore(state / TRUST_DIR)),
+                  store=LocalStore(state, board, where),
                   runner=runner, link=runner, preflight=lambda bundle: profile_fit(board, bundle),
                   timeouts=timeouts or Timeouts(), missing=missing)
 

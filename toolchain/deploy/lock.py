@@ -39,13 +39,39 @@ def _holder(fd: int) -> dict | None:
 
 
 def _describe(holder: dict | None) -> str:
+    """``pid N [on HOST] (WHAT since HH:MM:SS: COMMAND)``: a holder's note (from a file anyone may
+    have written: every field is cut to one short line)."""
     if not holder:
         return "another process (it has not said which yet)"
     command = " ".join(str(holder.get("command", "?")).split())  # one line, whatever the command held
     if len(command) > COMMAND_CHARS:
         command = command[:COMMAND_CHARS - 3] + "..."
-    since = time.strftime("%H:%M:%S", time.localtime(holder.get("since", 0)))
-    return f"pid {holder.get('pid', '?')} ({holder.get('what', '?')} since {since}: {command})"
+    try:
+        since = time.strftime("%H:%M:%S", time.localtime(float(holder.get("since", 0))))
+    except (TypeError, ValueError, OverflowError, OSError):
+        since = "?"
+    host = " ".join(str(holder["host"]).split())[:64] if holder.get("host") else ""
+    pid = " ".join(str(holder.get("pid", "?")).split())[:20]
+    what = " ".join(str(holder.get("what", "?")).split())[:40]
+    return f"pid {pid}{' on ' + host if host else ''} ({what} since {since}: {command})"
+
+
+describe = _describe
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` on this machine (field 22 of /proc/PID/stat), None if none
+    runs: a pid and its start time name one process, even after the pid is reused."""
+    try:
+        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(") ", 1)[1].split()[19]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def note(what: str) -> dict:
+    """What a holder says of itself: pid, its start time, what it does, its command line, since when."""
+    return {"pid": os.getpid(), "start": process_start(os.getpid()), "what": what,
+            "command": shlex.join(sys.orig_argv)[:COMMAND_CHARS * 4], "since": time.time()}
 
 
 @contextmanager
@@ -79,9 +105,8 @@ def hold(state_dir: Path, what: str, name: str | None = None) -> Iterator[None]:
         except BlockingIOError:
             raise DeviceError(f"{name or state_dir} is busy: held by {_describe(_holder(fd))}",
                               hint="wait for it to finish, or end that process") from None
-        note = {"pid": os.getpid(), "what": what, "command": shlex.join(sys.orig_argv), "since": time.time()}
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(note).encode(), 0)
+        os.pwrite(fd, json.dumps(note(what)).encode(), 0)
         _held[path] = 1
         try:
             yield

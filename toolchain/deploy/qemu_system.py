@@ -41,9 +41,9 @@ from toolchain.deploy import preflight
 from toolchain.deploy.base import Progress, Release, Target, TargetOptions, missing_tools, no_progress
 from toolchain.deploy.process import ProcessRecord
 from toolchain.deploy.process import record as process_record
-from toolchain.deploy.ssh import TRUST_DIR, SshStore
+from toolchain.deploy.ssh import SshStore
 from toolchain.deploy.sshclient import Ssh, SshSpec
-from toolchain.deploy.store import TrustStore
+from toolchain.deploy.store import TRUST_DIR
 from toolchain.errors import DeviceError, UsageError
 from toolchain.image import builder
 from toolchain.link import ports
@@ -497,7 +497,7 @@ def create(spec: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     machine = Machine(board, state, image_dir or state / "image", build_if_missing=image_dir is None)
     ssh = GuestSsh(machine)
     where = f"{NAME}:{board.name}"
-    store = SshStore(ssh, board, where, TrustStore(state / TRUST_DIR), verify_timeout_s=VERIFY_TIMEOUT_S)
+    store = SshStore(ssh, board, where, verify_timeout_s=VERIFY_TIMEOUT_S, legacy_trust=state / TRUST_DIR)
     service = GuestService(machine, ssh, board)
     target = Target(kind=NAME, spec=spec if given else NAME, board=board, state=state, emulated=True, store=store,
                     runner=service, link=service, power=machine, timeouts=TIMEOUTS,

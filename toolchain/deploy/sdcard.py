@@ -3,6 +3,8 @@ with a loop device), written for the board's next boot.
 
     PATH/opt/edgelm/<board>/releases/<id>/   the same verified release layout as on a running board
     PATH/opt/edgelm/<board>/current          -> releases/<id>  (relative: valid when the card boots)
+    PATH/opt/edgelm/<board>/trusted_keys/    the keys it accepts signatures from, and its security_counter:
+                                             the card's own, whatever path it is mounted at and whoever flashes it
     PATH/etc/systemd/system/edgelm-runner.service  + its multi-user.target.wants link (enabled)
     BOOT/config.txt, BOOT/cmdline.txt        enable_uart=1, no serial console (Raspberry Pi OS)
 
@@ -20,12 +22,11 @@ from pathlib import Path, PurePosixPath
 from toolchain.boards import Board
 from toolchain.deploy import bootfs, service
 from toolchain.deploy.base import Release, Target, TargetOptions
-from toolchain.deploy.store import INCOMING_PREFIX, RELEASES, LocalStore, TrustStore, fsync_path, write_hint
+from toolchain.deploy.store import INCOMING_PREFIX, RELEASES, TRUST_DIR, LocalStore, fsync_path, write_hint
 from toolchain.errors import DeviceError, UsageError
 
 PREFIX = "dir:"
 RELEASE_ROOT = PurePosixPath("/opt/edgelm")  # on the board; DynamicUser can read it, unlike a 0700 /home
-TRUST_DIR = "trusted_keys"
 SERIAL_GROUP = "dialout"  # owns a Raspberry Pi's UART once no console holds it
 
 
@@ -81,13 +82,14 @@ def _write_atomic(path: Path, text: str | None, link: str | None, mode: int) -> 
 class CardStore(LocalStore):
     """A LocalStore on the card that also writes the unit and the boot settings before a switch."""
 
-    def __init__(self, card: Path, board: Board, where: str, trust: TrustStore, boot: Path | None, device: str):
+    def __init__(self, card: Path, board: Board, where: str, boot: Path | None, device: str,
+                 legacy_trust: Path | None = None):
         self.card = card
         self.boot = boot
         self.device = device
         rel = PurePosixPath(*RELEASE_ROOT.parts[1:]) / board.name
         _no_links_inside(card, rel / RELEASES / INCOMING_PREFIX)  # the store and its releases/ are real folders
-        super().__init__(card.joinpath(*rel.parts), board, where, trust)
+        super().__init__(card.joinpath(*rel.parts), board, where, legacy_trust)
         self.notes: list[str] = []
 
     def on_board(self, path: Path) -> PurePosixPath:
@@ -131,8 +133,8 @@ def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     spec = f"{PREFIX}{card}"
     where = f"{spec}:{board.name}"
     state = state_dir / ("dir-" + str(card).strip("/").replace("/", "_") + f"-{board.name}")
-    store = CardStore(card, board, where, TrustStore(state / TRUST_DIR), boot,
-                      options.board_port or board.serial_device)
+    store = CardStore(card, board, where, boot, options.board_port or board.serial_device,
+                      legacy_trust=state / TRUST_DIR)  # where an older edgelm kept the card's keys
     from toolchain.deploy.local import profile_fit
 
     target = Target(kind="dir", spec=spec, board=board, state=state, store=store,

@@ -7,6 +7,14 @@ On the board, under the login user's data folder (``${XDG_DATA_HOME:-~/.local/sh
     current -> releases/<id>  switched in one rename, after every file's sha256 was checked there
     previous -> releases/<id> the one before (``edgelm flash --rollback``)
     runner.pid, runner.log    a runner left serving in the background (pid, start time, release)
+    trusted_keys/<fp>.pub     the keys the board accepts bundle signatures from (``edgelm trust``)
+    security_counter          the highest security counter of a signed release it confirmed
+    lock/holder               the job that holds the board (:class:`BoardLock`): whoever flashes it,
+                              from whichever host or --workdir, waits for no one and is refused at once
+
+Trust is the board's: every host and --workdir reads the same keys and counter from the board, and a
+board that trusts keys refuses (before anything is sent) an unsigned bundle, one signed by another
+key, and a signed one whose security counter is below the board's.
 
 The link is either the SSH channel itself (the runner serves the framed protocol on its stdin and
 stdout: nothing but a network cable is needed) or, with ``--port``, a serial port on this machine
@@ -17,20 +25,50 @@ arguments: no text from a user, a bundle or the board reaches a remote shell unq
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
 import re
+import socket
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from toolchain.boards import Board
 from toolchain.bundle import signing
-from toolchain.bundle.package import BUNDLE_FILE, RUNNER, SIGNATURE_FILE, Bundle, parse_info, release_id
+from toolchain.bundle.package import (
+    BUNDLE_FILE,
+    RUNNER,
+    SIGNATURE_FILE,
+    Bundle,
+    parse_info,
+    release_id,
+    security_counter,
+)
+from toolchain.deploy import lock as lock_mod
 from toolchain.deploy import preflight, service
 from toolchain.deploy.base import Progress, Release, Target, TargetOptions, missing_tools, no_progress
 from toolchain.deploy.sshclient import Ssh, SshSpec
-from toolchain.deploy.store import CURRENT, INCOMING_PREFIX, PREVIOUS, RELEASES, TrustStore, source_bundle
+from toolchain.deploy.store import (
+    CURRENT,
+    INCOMING_PREFIX,
+    KEY_FILE_MAX,
+    PREVIOUS,
+    RELEASES,
+    TRUST_DIR,
+    TrustedKey,
+    TrustState,
+    check_counter,
+    key_file_name,
+    migrate_legacy,
+    parse_counter,
+    parse_key,
+    source_bundle,
+)
 from toolchain.errors import DeviceError, EdgelmError, InputError, UsageError
 from toolchain.export.manifest import PROGRAM_FILE, sha256_file
 from toolchain.link import ports
@@ -39,7 +77,6 @@ from toolchain.link.transport import Deadline, PipeTransport, Transport
 
 log = logging.getLogger(__name__)
 
-TRUST_DIR = "trusted_keys"
 RUNNER_PID = "runner.pid"
 RUNNER_LOG = "runner.log"
 VERIFY_TIMEOUT_S = 120.0  # sha256sum of a 350M program on a Pi Zero's SD card
@@ -47,6 +84,11 @@ STOP_TIMEOUT_S = 5.0
 BUNDLE_JSON_MAX = 1 << 20
 _RELEASE_ID = re.compile(r"r-[0-9a-f]{16}\Z")
 _SAFE_PATH = re.compile(r"/[A-Za-z0-9._/+-]*\Z")  # what a data folder on the board may be
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}\.pub\Z")  # a trusted key's file on the board
+LOCK_DIR = "lock"
+LOCK_LEASE_S = 120  # a board lock its holder has not refreshed for this long is stale (the holder is gone or cut off)
+LOCK_REFRESH_S = 20.0  # how often a holder refreshes it
+LOCK_BREAK_STALE_S = 60  # a lock.break a breaker left (the board lost power mid-script) is removed after this
 
 # Remote scripts: constants, run as `sh -c SCRIPT sh ARGS...` with every argument quoted.
 DATA_SCRIPT = 'printf "%s\\n" "${XDG_DATA_HOME:-$HOME/.local/share}/edgelm/$1"'
@@ -129,21 +171,69 @@ STOP_SCRIPT = ('f="$1/runner.pid"; pid=none; st=; if [ -r "$f" ]; then read pid 
 # The runner on the SSH channel: $1 release folder, then its argv.
 EXEC_SCRIPT = 'cd -- "$1" && shift && exec "$@"'
 
+# Trust ($1 data folder). TRUST_SCRIPT prints the security counter, then each trusted key file as a
+# "@@key NAME" line and its text (at most KEY_FILE_MAX + 1 bytes of it).
+TRUST_SCRIPT = ('printf "@@counter %s\\n" "$(head -c 64 -- "$1/security_counter" 2>/dev/null | tr -d "\\n")"; '
+                'cd -- "$1/trusted_keys" 2>/dev/null || exit 0; '
+                'for f in *.pub; do [ -f "$f" ] || continue; printf "@@key %s\\n" "$f"; '
+                f'head -c {KEY_FILE_MAX + 1} -- "$f"; echo; done')
+# $2 the key's file name (a fingerprint's first 16 hex + .pub): stdin written into it in one rename, synced
+ADD_KEY_SCRIPT = ('set -e; k="$1/trusted_keys"; mkdir -p -- "$k"; cat >"$k/.$2.tmp"; '
+                  'sync -- "$k/.$2.tmp" 2>/dev/null || sync; mv -f -- "$k/.$2.tmp" "$k/$2"; '
+                  'sync -- "$k" 2>/dev/null || sync')
+REMOVE_KEY_SCRIPT = 'set -e; rm -f -- "$1/trusted_keys/$2"; sync -- "$1/trusted_keys" 2>/dev/null || sync'
+# $2 the counter (digits): written in one rename, synced
+COUNTER_SCRIPT = ('set -e; mkdir -p -- "$1"; printf "%s\\n" "$2" >"$1/.security_counter.tmp"; '
+                  'sync -- "$1/.security_counter.tmp" 2>/dev/null || sync; '
+                  'mv -f -- "$1/.security_counter.tmp" "$1/security_counter"; sync -- "$1" 2>/dev/null || sync')
+
+# The board lock ($1 data folder, $2 our token, $3 our note: one line of JSON, $4 the lease in seconds,
+# $5 the token of a holder known to be gone: "" for none). `mkdir lock` is atomic: the one that makes
+# it holds the board, writing its token and note into lock/holder. A holder refreshes the file's
+# time; one whose file is older than the lease (on the board's own clock), or the holder named by $5,
+# is broken, under lock.break so that two breakers never both take it. Prints "taken", "broke" and
+# the broken holder's file, or "busy AGE" and the holder's file.
+LOCK_SCRIPT = ('d=$1; tok=$2; note=$3; lease=$4; gone=$5; mkdir -p -- "$d" || exit 2; '
+               'take() { mkdir -- "$d/lock" 2>/dev/null || return 1; '
+               'printf "%s\\n%s\\n" "$tok" "$note" >"$d/lock/holder"; }; '
+               'holder() { head -n 1 -- "$d/lock/holder" 2>/dev/null; }; '
+               'age() { m=$(stat -c %Y -- "$d/lock/holder" 2>/dev/null || stat -c %Y -- "$d/lock" 2>/dev/null) '
+               '|| m=$(date +%s); echo $(( $(date +%s) - m )); }; '
+               'stale() { { [ -n "$gone" ] && [ "$1" = "$gone" ]; } || [ "$(age)" -gt "$lease" ]; }; '
+               'if take; then echo taken; exit 0; fi; '
+               'old=$(holder); '
+               'if stale "$old"; then '
+               'if mkdir -- "$d/lock.break" 2>/dev/null; then '
+               'was=$(head -c 4096 -- "$d/lock/holder" 2>/dev/null); now=$(holder); '
+               'if [ "$now" = "$old" ] && stale "$now"; then rm -rf -- "$d/lock"; fi; '
+               'if take; then rmdir -- "$d/lock.break"; echo broke; printf "%s\\n" "$was"; exit 0; fi; '
+               'rmdir -- "$d/lock.break"; '
+               'else b=$(stat -c %Y -- "$d/lock.break" 2>/dev/null) && '
+               f'[ $(( $(date +%s) - b )) -gt {LOCK_BREAK_STALE_S} ] && rmdir -- "$d/lock.break" 2>/dev/null; fi; '
+               'fi; '
+               'echo "busy $(age)"; head -c 4096 -- "$d/lock/holder" 2>/dev/null; exit 0')
+# $1 data folder, $2 our token: the holder file's time refreshed while it is ours ("ok"), else "lost"
+REFRESH_SCRIPT = ('[ "$(head -n 1 -- "$1/lock/holder" 2>/dev/null)" = "$2" ] || { echo lost; exit 0; }; '
+                  'touch -- "$1/lock/holder"; echo ok')
+UNLOCK_SCRIPT = '[ "$(head -n 1 -- "$1/lock/holder" 2>/dev/null)" = "$2" ] || exit 0; rm -rf -- "$1/lock"'
+
 
 def _remote_release_path(data: str, rid: str) -> str:
     return f"{data}/{RELEASES}/{rid}"
 
 
 class SshStore:
-    """Releases on the board, under the login user's data folder (see the module's docstring)."""
+    """Releases on the board, under the login user's data folder (see the module's docstring), and
+    the board's trust beside them. ``legacy_trust``: where an older edgelm kept this board's trusted
+    keys on this machine; they move onto the board the first time its trust is read."""
 
-    def __init__(self, ssh: Ssh, board: Board, where: str, trust: TrustStore,
-                 verify_timeout_s: float = VERIFY_TIMEOUT_S):
+    def __init__(self, ssh: Ssh, board: Board, where: str, verify_timeout_s: float = VERIFY_TIMEOUT_S,
+                 legacy_trust: Path | None = None):
         self.ssh = ssh
         self.verify_timeout_s = verify_timeout_s
         self.board = board
         self.where = where
-        self.trust_store = trust
+        self.legacy_trust = legacy_trust
         self._data: str | None = None
 
     @property
@@ -201,13 +291,82 @@ class SshStore:
         rid = self._links().get(PREVIOUS)
         return self._release(rid) if rid else None
 
+    # trust --------------------------------------------------------------------------------------
+
+    def trust_state(self) -> TrustState:
+        """The keys and the security counter the board holds, read in one command."""
+        if self.legacy_trust is not None:
+            legacy, self.legacy_trust = self.legacy_trust, None
+            migrate_legacy(legacy, self._add, self.where)
+        out = self.ssh.script(TRUST_SCRIPT, [self.data], what="reading the board's trusted keys").stdout
+        counter = 0
+        keys: list[TrustedKey] = []
+        name: str | None = None
+        body: list[str] = []
+
+        def done() -> None:
+            if name is not None:
+                keys.append(parse_key("\n".join(body).encode(), name, self.where))
+
+        for line in out.decode(errors="replace").split("\n"):
+            if line.startswith("@@counter ") and name is None:
+                counter = parse_counter(line[len("@@counter "):], self.where)
+            elif line.startswith("@@key "):
+                done()
+                name, body = line[len("@@key "):], []
+                if not _KEY_NAME.match(name):
+                    raise InputError(f"a trusted key file on {self.where} is named {name[:40]!r}, not KEY.pub",
+                                     hint=f"remove it from {self.data}/{TRUST_DIR} on the board")
+            elif name is not None:
+                body.append(line)
+        done()
+        return TrustState(tuple(keys), counter)
+
+    def _add(self, public_key_pem: bytes) -> str:
+        key = signing.parse_public_key(public_key_pem, "the public key")
+        fp = signing.fingerprint(key)
+        self.ssh.script(ADD_KEY_SCRIPT, [self.data, key_file_name(fp)], input=signing.public_pem(key),
+                        what="writing the trusted key")
+        return fp
+
+    def trust(self, public_key_pem: bytes) -> str:
+        signing.parse_public_key(public_key_pem, "the public key")  # refused before the board is asked
+        self.trust_state()  # older keys moved onto the board first
+        return self._add(public_key_pem)
+
+    def trusted(self) -> list[dict[str, str]]:
+        return self.trust_state().listing()
+
+    def untrust(self, fingerprint: str) -> None:
+        for key in self.trust_state().keys:
+            if key.fingerprint == fingerprint:
+                self.ssh.script(REMOVE_KEY_SCRIPT, [self.data, key.name], what=f"removing key {fingerprint[:16]}")
+
+    def security_counter(self) -> int:
+        return self.trust_state().counter
+
+    def confirm(self, release: Release) -> int:
+        """See LocalStore.confirm."""
+        trust = self.trust_state()
+        if not trust.keys:
+            return trust.counter
+        info = self._info(release.id)
+        counter = security_counter(info) if info is not None else 0
+        if counter > trust.counter:
+            self.ssh.script(COUNTER_SCRIPT, [self.data, str(counter)], what="recording the security counter")
+            log.info("%s: security counter is now %d (release %s)", self.where, counter, release.id)
+            return counter
+        return trust.counter
+
     # checking and switching ---------------------------------------------------------------------
 
     def _hashes(self, folder: str, names: list[str]) -> dict[str, str]:
         got = self.ssh.sha256([f"{folder}/{n}" for n in names], timeout_s=self.verify_timeout_s)
         return {n: got[f"{folder}/{n}"] for n in names}
 
-    def verify(self, release: Release) -> None:
+    def verify(self, release: Release, *, counter: bool = True) -> None:
+        """See ReleaseStore.verify; ``counter``: also refuse a release below the board's security
+        counter (not when putting back the release that was current: ``restore``)."""
         if not _RELEASE_ID.match(release.id) or release.path != _remote_release_path(self.data, release.id):
             raise UsageError(f"release {release.id[:40]} is not one of {self.where}'s")
         info = self._info(release.id)
@@ -224,13 +383,16 @@ class SshStore:
             raise InputError(f"release {release.id} on {self.where} does not verify: {bad[0]} does not match its "
                              f"sha256" + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""),
                              hint="flash the bundle again")
-        trusted = self.trust_store.keys()
-        if trusted:  # a rollback to a release signed by no trusted key is refused, as a deploy of it would be
+        trust = self.trust_state()
+        if trust.keys:  # a rollback to a release signed by no trusted key is refused, as a deploy of it would be
             data, sig = self._read(release.id, BUNDLE_FILE), self._read(release.id, SIGNATURE_FILE)
             if data is None or sig is None:
-                raise InputError(f"{self.where} accepts only signed releases, and {release.id} has no {SIGNATURE_FILE}",
-                                 hint="flash a bundle signed by a key it trusts (`edgelm build --sign-key`)")
-            signing.verify(data, sig, trusted, f"{self.where} {release.id}/{SIGNATURE_FILE}")
+                raise signing.Refused(f"{self.where} accepts only signed releases, and {release.id} has no "
+                                      f"{SIGNATURE_FILE}", "unsigned")
+            signing.verify(data, sig, trust.public_keys, f"{self.where} {release.id}/{SIGNATURE_FILE}")
+            if counter:
+                check_counter(parse_info(data, f"{self.where} {release.id}/{BUNDLE_FILE}"), trust,
+                              f"release {release.id}", self.where, current=True)
 
     def activate(self, release: Release, *, verify: bool = True) -> None:
         if verify:
@@ -240,7 +402,7 @@ class SshStore:
 
     def restore(self, current: Release | None, previous: Release | None) -> None:
         if current is not None:
-            self.verify(current)
+            self.verify(current, counter=False)
         for r in (current, previous):
             if r is not None and not _RELEASE_ID.match(r.id):
                 raise UsageError(f"release {r.id[:40]} is not one of {self.where}'s")
@@ -251,13 +413,10 @@ class SshStore:
     def clean(self) -> None:
         self.ssh.script(LEFTOVERS_SCRIPT, [self.data], what="removing what an unfinished upload left")
 
-    def trust(self, public_key_pem: bytes) -> str:
-        return self.trust_store.add(public_key_pem)
-
     # deploying ----------------------------------------------------------------------------------
 
     def deploy(self, bundle: Bundle, *, activate: bool = True, progress: Progress = no_progress) -> Release:
-        source, _, names = source_bundle(bundle, self.board, self.trust_store, self.where)
+        source, _, names = source_bundle(bundle, self.board, self.trust_state(), self.where)
         rid = source.release_id
         final = _remote_release_path(self.data, rid)
         local = {name: source.root / name for name in names}
@@ -293,6 +452,123 @@ class SshStore:
         if activate:
             self.activate(release)
         return release
+
+
+def machine_id() -> str:
+    """This machine, for a lock's note: a hash of its machine-id (and host name), so that a holder on
+    this machine can be told gone by its pid; another machine's pid means nothing here."""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return hashlib.sha256(f"{text}/{socket.gethostname()}".encode()).hexdigest()[:16]
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:16]
+
+
+def _holder_note(text: str) -> tuple[str, dict[str, Any] | None]:
+    """(token, note) of a lock's holder file as the board printed it (anything: checked, never trusted)."""
+    token, _, rest = text.partition("\n")
+    try:
+        note = json.loads(rest.strip().splitlines()[0]) if rest.strip() else None
+    except (ValueError, RecursionError, IndexError):
+        note = None
+    return token.strip()[:64], note if isinstance(note, dict) else None
+
+
+class BoardLock:
+    """One edgelm job at a time per board, on the board itself (``DATA/lock``): two flashes from two
+    hosts or two --workdirs exclude each other, and an upload folder is never cleaned away under
+    the job that writes it. The holder's token and note (host, pid, what, command, since) are in
+    ``lock/holder``; a job that finds the board held is refused at once, naming the holder.
+
+    The holder refreshes the file's time every LOCK_REFRESH_S; a lock not refreshed for LOCK_LEASE_S
+    (on the board's clock) is stale and broken, and so is one whose holder ran on this machine and
+    is gone (its pid no longer names the process that wrote it). Within one process the lock nests,
+    as the host's lock does (:mod:`toolchain.deploy.lock`)."""
+
+    _held: dict[tuple[str, str], list[Any]] = {}  # (ssh spec, board) -> [depth, token, stop event]
+
+    def __init__(self, ssh: Ssh, store: SshStore, notes: list[str]):
+        self.ssh = ssh
+        self.store = store
+        self.notes = notes
+        self.key = (str(ssh.spec), store.board.name)
+
+    def _take(self, token: str, note: str, gone: str) -> tuple[str, str]:
+        out = self.ssh.script(LOCK_SCRIPT, [self.store.data, token, note, str(int(LOCK_LEASE_S)), gone],
+                              what="taking the board's lock").stdout.decode(errors="replace")
+        word, _, rest = out.partition("\n")
+        return word.strip(), rest
+
+    @staticmethod
+    def _gone_here(note: dict[str, Any] | None) -> bool:
+        """The holder ran on this machine and its process is gone."""
+        if not note or note.get("machine") != machine_id():
+            return False
+        pid = note.get("pid")
+        if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+            return False
+        return lock_mod.process_start(pid) != note.get("start")
+
+    @contextlib.contextmanager
+    def hold(self, what: str) -> Iterator[None]:
+        held = self._held.get(self.key)
+        if held is not None:  # this process holds it already: a nested job
+            held[0] += 1
+            try:
+                yield
+            finally:
+                held[0] -= 1
+            return
+        token = hashlib.sha256(f"{machine_id()}-{time.time_ns()}-{id(self)}".encode()).hexdigest()[:16]
+        note = json.dumps({"host": socket.gethostname(), "machine": machine_id(), **lock_mod.note(what)})
+        word, rest = self._take(token, note, "")
+        why = f"it was not heard of for more than {LOCK_LEASE_S} s"
+        if word.startswith("busy"):
+            holder_token, holder = _holder_note(rest)
+            if holder_token and self._gone_here(holder):
+                why = "its process on this machine is gone"
+                word, rest = self._take(token, note, holder_token)
+        if word.startswith("busy"):
+            _, holder = _holder_note(rest)
+            raise DeviceError(f"{self.store.where} is busy: held by {lock_mod.describe(holder)}",
+                              hint="wait for it to finish, or end that process (a holder that is gone is "
+                                   f"broken once it has not been heard of for {LOCK_LEASE_S} s)")
+        if word == "broke":
+            _, holder = _holder_note(rest)
+            self.notes.append(f"broke the lock on {self.store.where} that {lock_mod.describe(holder)} left: {why}")
+            log.warning("%s", self.notes[-1])
+        elif word != "taken":
+            raise DeviceError(f"taking the lock on {self.store.where} failed: it answered {word[:40]!r}")
+        stop = threading.Event()
+        self._held[self.key] = [1, token, stop]
+        refresher = threading.Thread(target=self._refresh, args=(token, stop), daemon=True,
+                                     name=f"edgelm-board-lock-{self.store.board.name}")
+        refresher.start()
+        try:
+            yield
+        finally:
+            del self._held[self.key]
+            stop.set()
+            refresher.join(timeout=5)
+            try:
+                self.ssh.script(UNLOCK_SCRIPT, [self.store.data, token], what="releasing the board's lock")
+            except EdgelmError as exc:  # it goes stale by itself; the error that ended the job is the one to report
+                log.warning("releasing the lock on %s: %s (it expires in %d s)", self.store.where, exc, LOCK_LEASE_S)
+
+    def _refresh(self, token: str, stop: threading.Event) -> None:
+        while not stop.wait(LOCK_REFRESH_S):
+            try:
+                out = self.ssh.script(REFRESH_SCRIPT, [self.store.data, token], what="refreshing the board's lock")
+            except EdgelmError as exc:
+                log.warning("refreshing the lock on %s failed: %s", self.store.where, exc)
+                continue
+            if out.stdout.strip() != b"ok":
+                log.error("the lock on %s was broken by another job (this one was not heard of for %d s)",
+                          self.store.where, LOCK_LEASE_S)
+                return
 
 
 def runner_argv(release: Release, device: str, threads: int | None) -> list[str]:
@@ -583,7 +859,7 @@ def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     ssh = Ssh(spec, config=options.ssh_config, accept_new_host_key=options.accept_new_host_key)
     state = state_dir / _state_name(spec, board)
     where = f"{spec}:{board.name}"
-    store = SshStore(ssh, board, where, TrustStore(state / TRUST_DIR))
+    store = SshStore(ssh, board, where, legacy_trust=state / TRUST_DIR)  # an older edgelm's keys move onto the board
     runner: SshChannel | SshDaemon
     notes: list[str] = []
     if options.port is not None:
@@ -601,7 +877,7 @@ def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> 
                              hint="without --port the link is the SSH channel")
         runner = SshChannel(ssh, state, where, left=SshDaemon(ssh, store, board, "", board.serial_device))
     target = Target(kind="ssh", spec=str(spec), board=board, state=state, store=store, runner=runner, link=runner,
-                    timeouts=Timeouts(), notes=notes)
+                    timeouts=Timeouts(), notes=notes, board_lock=BoardLock(ssh, store, notes).hold)
     target.preflight = lambda bundle: probe_checks(ssh, store, runner, bundle, board)
     target.missing = lambda: _unreachable(ssh)
     return target

@@ -34,3 +34,16 @@ def test_without_qemu_there_is_no_twin_and_the_reference_judges_saying_why(monke
 def test_a_bare_metal_board_has_no_twin_here():
     prefix, why = command(boards.get("corstone-300"))
     assert prefix is None and "armv8.1-m" in why
+
+
+def test_a_thread_count_from_the_board_is_confined_before_a_twin_starts(tmp_path):
+    from toolchain.errors import DeviceError
+    from toolchain.link import protocol as P
+    from toolchain.link.session import Collected
+
+    judge = Judge(board=boards.get("rpi5"), bundle_root=tmp_path, reference=object())
+    assert judge.rule == compare.TWIN
+    c = Collected([5], [None], P.Stats(3, 1, P.STOP_LIMIT, 1.0, 1.0, 1.0, 0.0, 1), times_us=[10],
+                  request=P.Request((1, 2, 3), 1))
+    with pytest.raises(DeviceError, match="says it runs 1000000 threads"):
+        judge.judge(c, P.Hello(1, "fw", "rpi5", "ab" * 32, 64, 10, 1_000_000, 1.0))

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from toolchain.errors import EdgelmError
+from toolchain.errors import DeviceError, EdgelmError
 from toolchain.link import protocol
 from toolchain.link.session import Collected
 from toolchain.validate import compare, stats
@@ -49,7 +49,12 @@ def teacher_forced(reference: Any, prompt: Sequence[int], tokens: Sequence[int])
     return out
 
 
+MAX_TWIN_THREADS = 256  # the runner's own bound on --threads
+
+
 class Judge:
+    """Judges the requests of one board session, in order (see the module)."""
+
     def __init__(self, *, board: Any = None, bundle_root: Path | None = None, reference: Any = None,
                  tolerance: float = 0.75, near_tie: float = compare.DEFAULT_NEAR_TIE,
                  near_tie_fraction: float = compare.DEFAULT_NEAR_TIE_BUDGET, use_twin: bool = True):
@@ -79,6 +84,9 @@ class Judge:
     def _twin_for(self, hello: protocol.Hello) -> Twin:
         if self._twin is None:
             assert self.board is not None and self.bundle_root is not None
+            if not 1 <= hello.threads <= MAX_TWIN_THREADS:  # the board's word: confined before it runs anything
+                raise DeviceError(f"the board says it runs {hello.threads} threads; its twin runs 1 to "
+                                  f"{MAX_TWIN_THREADS}")
             self._twin = Twin(self.board, self.bundle_root, hello.threads, model_sha256=hello.model_sha256)
         return self._twin
 

@@ -58,6 +58,7 @@ class Twin:
         prefix, self.how = command(board)
         if prefix is None:
             raise DeviceError(f"no twin for {board.name}: {self.how}")
+        root = root.resolve()  # it runs in its own folder: a relative path would name another
         cmd = [*prefix, str(root / "runner"), "--model", str(root / "model.pte"), "--serial", "-",
                "--threads", str(threads)]
         log.info("twin: %s", " ".join(cmd))

@@ -65,13 +65,14 @@ BOOT_POLL_S = 0.1
 INIT_UP = b"edgelm-init: up in"  # the init's last line before the SSH server and the service run
 POWER_OFF_TIMEOUT_S = 10.0
 SERVICE_TIMEOUT_S = 30.0
+STARTING_S = 10.0  # "starting" this long at boot: the service has nothing to serve
 VERIFY_TIMEOUT_S = 900.0  # sha256sum in the guest runs at about 15 MB/s under TCG: a 1.7 GB program takes 2 min
 CMDLINE = "console=ttyS0 quiet panic=1"
 # Full-system emulation of every instruction: slower still than qemu-user.
 TIMEOUTS = Timeouts(hello_s=300.0, first_token_s=180.0, token_s=45.0)
 _EXITED = re.compile(r"edgelm-service: runner of (r-[0-9a-f]{16}) exited with status ([0-9]{1,3})")
 _OOM = re.compile(r"(Out of memory: Killed process [0-9]+ \([^)]{0,32}\)[^\n]{0,160}|oom-kill:[^\n]{0,160})")
-_SERVICE_STATUS = re.compile(r"(running ([0-9]+) (r-[0-9a-f]{16})|held|starting)\Z")
+_SERVICE_STATUS = re.compile(r"(running ([0-9]+) (r-[0-9a-f]{16})|held|verifying r-[0-9a-f]{16}|starting)\Z")
 
 
 def runner_exit(console: str, board: Board, release: str | None = None) -> str | None:
@@ -263,8 +264,25 @@ class Machine:
             return ""
 
     def _serving(self) -> bool:
-        proc = self._ssh(5).run(["edgelm-service", "status"], timeout_s=SERVICE_TIMEOUT_S)
-        return proc.returncode == 0 and proc.stdout.decode(errors="replace").startswith("running ")
+        """Whether the service serves a release at boot: once it has verified it (the once-per-boot hash
+        of every file, minutes for a large program under emulation) and started its runner."""
+        deadline = time.monotonic() + VERIFY_TIMEOUT_S
+        starting_since: float | None = None
+        while time.monotonic() < deadline:
+            proc = self._ssh(5).run(["edgelm-service", "status"], timeout_s=SERVICE_TIMEOUT_S)
+            status = proc.stdout.decode(errors="replace").strip() if proc.returncode == 0 else ""
+            if status.startswith("running "):
+                return True
+            if status == "starting":  # between two steps of the service, or nothing to serve
+                starting_since = starting_since or time.monotonic()
+                if time.monotonic() - starting_since > STARTING_S:
+                    return False
+            elif not status.startswith("verifying "):
+                return False  # held, or no answer
+            else:
+                starting_since = None
+            time.sleep(0.5)
+        return False
 
     def _wait_ssh(self, proc: subprocess.Popen[bytes], started: float) -> None:
         """Until the guest's SSH server answers. QEMU accepts on the forwarded port long before the guest

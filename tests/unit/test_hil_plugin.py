@@ -143,3 +143,13 @@ def test_which_ssh_failures_are_a_misconfiguration(stderr, misconfigured):
     spec = SshSpec.parse("ssh://pi@rpi5")
     why = f"an SSH server that lets us in at {spec} ({ssh_failure(spec, stderr, 10).message})"
     assert plugin.misconfigured(why) is misconfigured
+
+
+def test_the_plugin_works_without_pytests_cache(pytester):
+    """-p no:cacheprovider (read-only trees, some CI set-ups): the workdir is a session folder instead."""
+    pytester.makepyfile("""
+def test_workdir(edgelm_workdir):
+    assert edgelm_workdir.is_dir()
+""")
+    r = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    r.assert_outcomes(passed=1)

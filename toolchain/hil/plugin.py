@@ -152,7 +152,7 @@ def edgelm_workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     given = option(request.config, "workdir")
     if given:
         return Path(given).expanduser().resolve()
-    cache = request.config.cache
+    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider (read-only trees)
     return cache.mkdir("edgelm") if cache is not None else tmp_path_factory.mktemp("edgelm-hil")
 
 

@@ -919,7 +919,7 @@ def console_cmd(board: str, model: str, quant: str | None, target: str | None, m
                 no_validate: bool, ignore_eos: bool, attach: bool, pte: Path | None, workdir: Path, as_json: bool,
                 **kw: Any) -> None:
     """Chat with a board over its link: tokens as they arrive, a status line per reply, Ctrl-C stops
-    a reply (CANCEL), /reset, /stats, /quit. Exit status 0, or 6 if a reply did not validate."""
+    a reply (CANCEL), /reset, /stats, /quit. Exit status 0, or 7 if a reply did not validate."""
     from dataclasses import replace
 
     from toolchain import console as console_mod

@@ -199,3 +199,13 @@ def test_target_options_a_target_uses_are_passed_on(tmp_path, no_work, args):
     args = [a.replace("BUNDLE", str(tmp_path / "b")) for a in args]
     result = CliRunner().invoke(main, [*args, "--workdir", str(tmp_path / "work")], input="")
     assert result.exit_code == 70 and "the command went on to the work" in result.output, result.output
+
+
+def test_console_help_names_the_exit_status_of_a_reply_that_does_not_validate():
+    from click.testing import CliRunner
+
+    from toolchain.cli import main
+    from toolchain.errors import ValidationFailed
+
+    out = CliRunner().invoke(main, ["console", "--help"], terminal_width=200).output
+    assert f"or {ValidationFailed.exit_code} if a reply did not validate" in " ".join(out.split())

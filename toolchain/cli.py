@@ -648,8 +648,7 @@ def flash(bundle: Path | None, board: str | None, target: str | None, rollback: 
         else:
             console.print("runner answered HELLO with the program's hash, then stopped: its link is the SSH "
                           "channel (`edgelm run` starts it on demand; --port or --service keep it serving)")
-    for note in result.get("notes", []):
-        console.print(f"[yellow]note:[/] {escape(printable(note))}", soft_wrap=True)
+    _notes(result)
 
 
 @main.command()

@@ -275,15 +275,44 @@ def _check_put(files: Mapping[str, Path]) -> dict[str, os.stat_result]:
 # The client
 
 
-def _end_master(argv: list[str], state: str) -> None:
-    """Ends the master connection (if one runs) and removes its socket folder. Also a finalizer."""
+_MASTER_PID = re.compile(rb"Master running \(pid=(\d+)\)")
+
+
+def _end_master(base: list[str], state: str) -> None:
+    """Ends the master connection (if one runs), waits until its process is gone, and removes its socket
+    folder. Also a finalizer. ``base``: the ssh command line with ``--`` and the host last."""
     if os.path.exists(state) and any(True for _ in os.scandir(state)):
+        def control(op: str) -> bytes:
+            argv = [*base[:-2], "-O", op, *base[-2:]]
+            return subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, timeout=CLOSE_TIMEOUT_S, check=False).stderr
         try:
-            subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=CLOSE_TIMEOUT_S, check=False)
+            found = _MASTER_PID.search(control("check"))
+            control("exit")
         except (OSError, subprocess.TimeoutExpired):
-            pass  # it ends by itself CONTROL_PERSIST_S after its last channel
+            found = None  # it ends by itself CONTROL_PERSIST_S after its last channel
+        # `-O exit` only asks: the master (a daemon, not our child) ends a moment later.
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        while found is not None and _alive(int(found.group(1))) and time.monotonic() < deadline:
+            time.sleep(0.01)
     shutil.rmtree(state, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie has ended). Reads /proc where there is one."""
+    try:
+        stat_line = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 class Ssh:
@@ -305,7 +334,7 @@ class Ssh:
             # A fresh 0700 folder. Socket paths are short (108 bytes), %C is 40 hex: /tmp, not a long $TMPDIR.
             short = "/tmp" if os.path.isdir("/tmp") else None  # noqa: S108 - mkdtemp makes a private folder
             self._state = tempfile.mkdtemp(prefix="edgelm-ssh-", dir=short)
-            self._finalizer = weakref.finalize(self, _end_master, self._base(["-O", "exit"]), self._state)
+            self._finalizer = weakref.finalize(self, _end_master, self._base([]), self._state)
 
     def __repr__(self) -> str:
         return f"Ssh({self.spec})"

@@ -42,6 +42,41 @@ class MemoryRegion:
         return self.origin + self.length
 
 
+# config.txt lines a profile may ask for: the firmware settings and device-tree switches that bring a
+# UART up. Nothing else is written to a card's boot partition.
+_BOOT_LINE_RE = re.compile(r"^(enable_uart=[01]|dtparam=[a-z0-9_]{1,32}=(on|off)|dtoverlay=[a-z0-9-]{1,40})$")
+_CONSOLE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,15}$")
+
+
+@dataclass(frozen=True)
+class Uart:
+    """One serial port a Linux board's runner may serve on, and what makes it appear on the board's OS
+    (``[[uarts]]`` in a profile): the ``config.txt`` lines (under ``[all]``) and the ``console=`` names
+    that alias it on the kernel command line, which must come off it."""
+
+    device: str  # /dev/ttyAMA0
+    where: str  # for people: the pins or header it is on
+    config: tuple[str, ...] = ()  # config.txt lines, e.g. ("dtparam=uart0=on",)
+    consoles: tuple[str, ...] = ()  # console= names that are this port, e.g. ("serial0", "ttyAMA0")
+    note: str | None = None  # one more step a person takes on the board, if any
+
+    def check(self, src: str) -> None:
+        if not re.match(r"^/dev/[A-Za-z0-9_./-]{1,64}$", self.device) or ".." in self.device:
+            raise InputError(f"{src}: uart device={self.device!r} must be a /dev path")
+        if not self.where or "\n" in self.where:
+            raise InputError(f"{src}: uart {self.device}: where= must say, in one line, where the port is")
+        for line in self.config:
+            if not _BOOT_LINE_RE.match(line):
+                raise InputError(f"{src}: uart {self.device}: config line {line!r} is not one edgelm writes "
+                                 "(enable_uart=0|1, dtparam=NAME=on|off, dtoverlay=NAME)")
+        for name in self.consoles:
+            if not _CONSOLE_NAME_RE.match(name):
+                raise InputError(f"{src}: uart {self.device}: console {name!r} must be a device name such as "
+                                 "'serial0' or 'ttyAMA0'")
+        if self.note is not None and (not self.note or "\n" in self.note):
+            raise InputError(f"{src}: uart {self.device}: note= must be one line")
+
+
 @dataclass(frozen=True)
 class Board:
     name: str
@@ -77,6 +112,8 @@ class Board:
     code_region: str | None = None
     data_region: str | None = None
     stack_region: str | None = None
+    # A Linux board's serial ports ([[uarts]]): serial_device is one of them when any is given.
+    uarts: tuple[Uart, ...] = ()
 
     def __post_init__(self) -> None:
         src = f"board {self.name!r}"
@@ -103,6 +140,14 @@ class Board:
                 raise InputError(f"{src}: glibc={self.glibc!r} must look like '2.36'")
             if not self.serial_device.startswith("/dev/"):
                 raise InputError(f"{src}: serial_device={self.serial_device!r} must be a /dev path")
+            for uart in self.uarts:
+                uart.check(src)
+            devices = [u.device for u in self.uarts]
+            if len(set(devices)) != len(devices):
+                raise InputError(f"{src}: a uart device is listed twice")
+            if self.uarts and self.serial_device not in devices:
+                raise InputError(f"{src}: serial_device={self.serial_device!r} is none of its uarts "
+                                 f"({', '.join(devices)})")
         if self.npu is not None:
             self._check_npu(src)
         if self.default_target is not None and not _TARGET_RE.match(self.default_target):
@@ -169,6 +214,11 @@ class Board:
         """A microcontroller board without an OS: firmware is flashed, not deployed to a filesystem."""
         return self.arch in BARE_METAL_ARCHES
 
+    def uart_for(self, device: str) -> Uart | None:
+        """The profile's knowledge of serial port ``device`` (None: not a UART of this board's, e.g. a USB
+        adapter, which needs nothing on the card)."""
+        return next((u for u in self.uarts if u.device == device), None)
+
     def region(self, name: str) -> MemoryRegion | None:
         return next((r for r in self.memory if r.name == name), None)
 
@@ -204,6 +254,8 @@ class Board:
         out = {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in fields(self)}
         out["memory"] = [{"name": r.name, "origin": r.origin, "bytes": r.length, "access": r.attrs}
                          for r in self.memory]
+        out["uarts"] = [{"device": u.device, "where": u.where, "config": list(u.config), "consoles": list(u.consoles),
+                         "note": u.note} for u in self.uarts]
         return out
 
 
@@ -234,6 +286,8 @@ def _from_toml(path: Path) -> Board:
     raw["cpu_flags"] = tuple(raw["cpu_flags"])
     if "memory" in raw:
         raw["memory"] = _memory_from_toml(path, raw["memory"])
+    if "uarts" in raw:
+        raw["uarts"] = _uarts_from_toml(path, raw["uarts"])
     try:
         return Board(**raw)
     except InputError as exc:  # named by the file it is in
@@ -255,6 +309,30 @@ def _memory_from_toml(path: Path, table: Any) -> tuple[MemoryRegion, ...]:
             raise InputError(f"{path}: memory region {name!r} = {value!r} must be [origin, size in KiB, \"access\"]")
         regions.append(MemoryRegion(str(name), value[0], value[1] * 1024, value[2]))
     return tuple(regions)
+
+
+def _uarts_from_toml(path: Path, value: Any) -> tuple[Uart, ...]:
+    """``[[uarts]]``: device, where, and optionally config, consoles, note."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise InputError(f"{path}: uarts must be a list of tables ([[uarts]] with device, where, config, consoles)")
+    known = {f.name for f in fields(Uart)}
+    out = []
+    for table in value:
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise InputError(f"{path}: [[uarts]]: unknown field {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        for name in ("device", "where"):
+            if not isinstance(table.get(name), str):
+                raise InputError(f"{path}: [[uarts]]: {name} must be a string")
+        for name in ("config", "consoles"):
+            items = table.get(name, [])
+            if not (isinstance(items, list) and all(isinstance(x, str) for x in items)):
+                raise InputError(f"{path}: [[uarts]] {table['device']}: {name} must be a list of strings")
+        if table.get("note") is not None and not isinstance(table["note"], str):
+            raise InputError(f"{path}: [[uarts]] {table['device']}: note must be a string")
+        out.append(Uart(table["device"], table["where"], tuple(table.get("config", [])),
+                        tuple(table.get("consoles", [])), table.get("note")))
+    return tuple(out)
 
 
 class BoardRegistry:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from toolchain import api
+from toolchain import api, boards
 from toolchain.errors import DeviceError
 from toolchain.image import builder
 
@@ -68,7 +68,8 @@ def test_the_image_is_the_same_bytes_twice_and_boots_to_a_pass(image, hil_workdi
     assert again["sha256"] == first["sha256"] and again["files"] == first["files"]
     assert {"boot/kernel8.img", "boot/initramfs8", "boot/config.txt", "boot/cmdline.txt", "data.img"} \
         <= set(first["files"])
-    assert "enable_uart=1" in (out / "boot" / "config.txt").read_text()
+    assert (out / "boot" / "config.txt").read_text() == builder.boot_config(boards.get(BOARD))
+    assert (out / "boot" / "config.txt").read_text().splitlines()[-1] == "dtparam=uart0=on"  # a Pi 5's GPIO UART0
 
     report = api.run_job(_request(spec, hil_workdir))
     assert report.passed, report.validation

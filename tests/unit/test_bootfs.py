@@ -7,8 +7,11 @@ import os
 
 import pytest
 
+from toolchain import boards
 from toolchain.deploy import bootfs
 from toolchain.errors import DeviceError, InputError, UsageError
+
+MINI_UART = boards.get("rpi4").uart_for("/dev/ttyS0")  # enable_uart=1; consoles serial0, ttyS0
 
 # Raspberry Pi OS bookworm (2024) as written by Raspberry Pi Imager.
 BOOKWORM_CONFIG = """\
@@ -209,29 +212,54 @@ def test_is_pi_os_root_wants_both_files_inside(tmp_path, card):
     assert not bootfs.is_pi_os_root(tmp_path / "nothing")
 
 
+def test_a_dtparam_is_set_for_every_model_and_an_off_is_overridden():
+    assert bootfs.set_line("dtparam=audio=on\n", "dtparam=uart0=on") == "dtparam=audio=on\ndtparam=uart0=on\n"
+    text = "dtparam=uart0=off\n[pi4]\nfoo=1\n"
+    assert bootfs.set_line(text, "dtparam=uart0=on") == "dtparam=uart0=on\n[pi4]\nfoo=1\n"
+    text = "dtparam=uart0=on\n[pi5]\ndtparam=uart0=off\n"
+    out = bootfs.set_line(text, "dtparam=uart0=on")
+    assert out == text + "[all]\ndtparam=uart0=on\n" and bootfs.set_line(out, "dtparam=uart0=on") == out
+    assert bootfs.set_line("dtparam=uart0_console=on\n", "dtparam=uart0=on").endswith("\ndtparam=uart0=on\n")
+
+
+def test_an_overlay_is_added_and_other_overlays_are_left_alone():
+    out = bootfs.set_line(BOOKWORM_CONFIG, "dtoverlay=disable-bt")
+    assert out == BOOKWORM_CONFIG + "dtoverlay=disable-bt\n"  # vc4-kms-v3d and dwc2 untouched
+    assert bootfs.set_line(out, "dtoverlay=disable-bt") == out
+    assert bootfs.set_line("[pi4]\ndtoverlay=disable-bt\n", "dtoverlay=disable-bt") == \
+        "[pi4]\ndtoverlay=disable-bt\n[all]\ndtoverlay=disable-bt\n"
+
+
+def test_only_the_consoles_named_are_stripped():
+    line = "console=serial0,115200 console=ttyAMA0,9600 console=tty1 quiet\n"
+    assert bootfs.strip_serial_console(line, ("ttyAMA0",)) == "console=serial0,115200 console=tty1 quiet\n"
+    assert bootfs.strip_serial_console(line, ()) == line
+    assert bootfs.serial_consoles(line, ("serial0", "ttyAMA10")) == ["console=serial0,115200"]
+
+
 def test_apply_writes_both_and_says_what_changed(card):
     _rootfs, boot = card
-    changes = bootfs.apply(boot)
+    changes = bootfs.apply(boot, MINI_UART)
     assert changes == [f"{boot / 'config.txt'}: enable_uart=1",
                        f"{boot / 'cmdline.txt'}: removed console=serial0,115200"]
     assert (boot / "config.txt").read_text() == BOOKWORM_CONFIG + "enable_uart=1\n"
     assert (boot / "cmdline.txt").read_text() == STRIPPED_CMDLINE
     assert sorted(p.name for p in boot.iterdir()) == ["cmdline.txt", "config.txt"]  # no temporaries left
-    assert bootfs.apply(boot) == []
+    assert bootfs.apply(boot, MINI_UART) == []
 
 
 def test_apply_keeps_bytes_that_are_not_utf8(card):
     _rootfs, boot = card
     raw = b"# caf\xe9 (latin-1)\r\nenable_uart=0\r\n"
     (boot / "config.txt").write_bytes(raw)
-    bootfs.apply(boot)
+    bootfs.apply(boot, MINI_UART)
     assert (boot / "config.txt").read_bytes() == b"# caf\xe9 (latin-1)\r\nenable_uart=1\r\n"
 
 
 def test_apply_changes_only_what_needs_it(card):
     _rootfs, boot = card
     (boot / "cmdline.txt").write_text(STRIPPED_CMDLINE)
-    assert bootfs.apply(boot) == [f"{boot / 'config.txt'}: enable_uart=1"]
+    assert bootfs.apply(boot, MINI_UART) == [f"{boot / 'config.txt'}: enable_uart=1"]
 
 
 def snapshot(folder):
@@ -252,7 +280,7 @@ def test_no_partial_state_when_the_second_replace_fails(card, monkeypatch):
 
     monkeypatch.setattr(bootfs.os, "replace", replace)
     with pytest.raises(DeviceError, match="Input/output error; nothing was changed"):
-        bootfs.apply(boot)
+        bootfs.apply(boot, MINI_UART)
     assert calls[:2] == [boot / "config.txt", boot / "cmdline.txt"]  # config.txt was replaced, then put back
     assert snapshot(boot) == before
 
@@ -271,7 +299,7 @@ def test_no_partial_state_when_a_temporary_cannot_be_written(card, monkeypatch):
 
     monkeypatch.setattr(bootfs.tempfile, "mkstemp", mkstemp)
     with pytest.raises(DeviceError, match="No space left on device; nothing was changed"):
-        bootfs.apply(boot)
+        bootfs.apply(boot, MINI_UART)
     assert snapshot(boot) == before
 
 
@@ -282,7 +310,7 @@ def test_apply_refuses_links_and_a_folder_that_is_not_a_boot_partition(tmp_path,
     (boot / "cmdline.txt").unlink()
     (boot / "cmdline.txt").symlink_to(outside)
     with pytest.raises(InputError, match="is a symbolic link"):
-        bootfs.apply(boot)
+        bootfs.apply(boot, MINI_UART)
     assert outside.read_text() == BOOKWORM_CMDLINE and (boot / "config.txt").read_text() == BOOKWORM_CONFIG
     with pytest.raises(UsageError, match="not a Raspberry Pi OS boot partition"):
-        bootfs.apply(tmp_path / "rootfs")
+        bootfs.apply(tmp_path / "rootfs", MINI_UART)

@@ -148,3 +148,18 @@ def test_the_command_refuses_such_a_folder_in_one_line_before_any_work(fake_debi
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert lines[0].startswith("error:") and "not an image `edgelm image` made" in lines[0]
     assert tree(out) == before
+
+
+@pytest.mark.parametrize(("board", "lines"), [("rpi5", ["dtparam=uart0=on"]),
+                                              ("rpi4", ["enable_uart=1", "dtoverlay=disable-bt"])])
+def test_an_images_config_txt_brings_up_the_profiles_uart0(fake_debian, tmp_path, board, lines):
+    builder.build(boards.get(board), tmp_path / "img")
+    config = (tmp_path / "img" / "boot" / "config.txt").read_text().splitlines()
+    assert [x for x in config if not x.startswith("#")] == ["arm_64bit=1", "kernel=kernel8.img",
+                                                            "initramfs initramfs8 followkernel", *lines]
+
+
+def test_a_board_whose_profile_lacks_the_images_uart_is_refused_before_anything_is_written(fake_debian, tmp_path):
+    with pytest.raises(UsageError, match=r"lists no UART /dev/ttyAMA0"):
+        builder.build(boards.get("jetson-orin-nano"), tmp_path / "img")
+    assert not (tmp_path / "img").exists()

@@ -12,6 +12,7 @@ from dataclasses import replace
 
 import pytest
 
+from toolchain import boards
 from toolchain.boards import Board
 from toolchain.deploy import preflight
 from toolchain.deploy.preflight import Check, Facts, Needs, Process, SerialFacts
@@ -460,3 +461,15 @@ def test_the_probe_sanitizes_what_it_prints(tmp_path):
     assert f.disk_path == str(tmp_path)
     assert f.serial is not None and f.serial.device == "/dev/x_end_ok" and not f.serial.exists
     assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+
+
+def test_a_missing_uart_gets_the_profiles_boot_lines_not_pi_4_knowledge():
+    rpi5 = boards.get("rpi5")
+    gpio = serial(device="/dev/ttyAMA0", resolved=None, exists=False, char_device=False)
+    hint = preflight.judge(facts(serial=gpio), needs(), rpi5)[-1].hint
+    assert "dtparam=uart0=on" in hint and "GPIO 14" in hint and "enable_uart" not in hint
+    debug = serial(device="/dev/ttyAMA10", resolved=None, exists=False, char_device=False)
+    assert "debug header" in preflight.judge(facts(serial=debug), needs(), rpi5)[-1].hint
+    rpi4 = serial(device="/dev/ttyAMA0", resolved=None, exists=False, char_device=False)
+    assert "enable_uart=1 and dtoverlay=disable-bt" in preflight.judge(facts(serial=rpi4), needs(),
+                                                                         boards.get("rpi4"))[-1].hint

@@ -56,10 +56,37 @@ def test_a_card_gets_the_release_the_enabled_unit_and_the_uart(tmp_path, fakes):
     assert "DynamicUser=yes" in unit and "SupplementaryGroups=dialout" in unit
     assert os.readlink(root / "etc/systemd/system/multi-user.target.wants" / service.UNIT_NAME) == \
         f"/etc/systemd/system/{service.UNIT_NAME}"
+    boot = root / "boot/firmware"  # a Pi 5's GPIO UART0; serial0 stays on the debug header (ttyAMA10)
+    assert (boot / "config.txt").read_text() == CONFIG + "dtparam=uart0=on\n"
+    assert (boot / "cmdline.txt").read_text() == CMDLINE
+    assert any("dtparam=uart0=on" in n for n in result["notes"])
+
+
+STRIPPED = CMDLINE.replace("console=serial0,115200 ", "")
+
+
+@pytest.mark.parametrize(("board", "port", "config_added", "cmdline", "note"), [
+    ("rpi5", None, ["dtparam=uart0=on"], CMDLINE, "UART0"),
+    ("rpi5", "/dev/ttyAMA10", [], STRIPPED, "debug header"),
+    ("rpi4", None, ["enable_uart=1", "dtoverlay=disable-bt"], STRIPPED, "hciuart"),
+    ("rpi4", "/dev/ttyS0", ["enable_uart=1"], STRIPPED, "mini UART"),
+    ("pizero2w", None, ["enable_uart=1", "dtoverlay=disable-bt"], STRIPPED, "PL011"),
+    ("rpi4", "/dev/ttyUSB0", [], CMDLINE, "left as it is"),
+])
+def test_a_bookworm_card_gets_the_boot_lines_of_its_profiles_uart(tmp_path, fakes, board, port, config_added,
+                                                                   cmdline, note):
+    root = make_card(tmp_path)
+    bundle = fakes.write_bundle(tmp_path / "b", board=board, info={"arch": "aarch64"})
+    result = api.flash(bundle.root, spec(root), tmp_path / "work", options=registry.TargetOptions(board_port=port))
     boot = root / "boot/firmware"
-    assert "enable_uart=1" in (boot / "config.txt").read_text().split("[all]")[-1]
-    assert (boot / "cmdline.txt").read_text() == CMDLINE.replace("console=serial0,115200 ", "")
-    assert any("enable_uart=1" in n for n in result["notes"])
+    assert (boot / "config.txt").read_text().splitlines() == CONFIG.splitlines() + config_added
+    assert (boot / "cmdline.txt").read_text().splitlines() == cmdline.splitlines()
+    unit = (root / "etc/systemd/system" / service.UNIT_NAME).read_text()
+    assert f"--serial {port or '/dev/ttyAMA0'} " in unit
+    assert any(note in n for n in result["notes"]), result["notes"]
+    again = api.flash(bundle.root, spec(root), tmp_path / "work", options=registry.TargetOptions(board_port=port))
+    assert (boot / "config.txt").read_text().splitlines() == CONFIG.splitlines() + config_added  # idempotent
+    assert not any(n.startswith(str(boot / "config.txt")) for n in again["notes"])
 
 
 def test_a_second_release_then_rollback(tmp_path, fakes):
@@ -226,7 +253,7 @@ def test_a_boot_partition_mounted_apart(tmp_path, fakes):
         api.flash(bundle.root, spec(root), tmp_path / "work")
     assert not (root / "opt/edgelm/rpi5/current").exists()
     api.flash(bundle.root, spec(root), tmp_path / "work", options=registry.TargetOptions(boot=bootfs))
-    assert "enable_uart=1" in (bootfs / "config.txt").read_text()
+    assert (bootfs / "config.txt").read_text() == CONFIG + "dtparam=uart0=on\n"
 
 
 @pytest.mark.parametrize("bad", ["dir:", "dir:/", "dir:/nonexistent-card", "dir:~no-such-user-here/rootfs"])

@@ -1,9 +1,11 @@
-"""A Raspberry Pi OS card's boot partition: the settings that give the runner the UART.
+"""A Raspberry Pi OS card's boot partition: the settings that give the runner its UART.
 
-Two edits, both pure and idempotent: :func:`enable_uart` sets ``enable_uart=1`` for every model in
-``config.txt``; :func:`strip_serial_console` takes the serial consoles off the kernel command line
-in ``cmdline.txt``, so neither the kernel nor a getty talks on the runner's device. Everything else
-is kept byte for byte.
+What a port needs is board knowledge, in the profile (:class:`toolchain.boards.Uart`, ``[[uarts]]`` in
+``boards/*.toml``): a Pi 5's GPIO header wants ``dtparam=uart0=on`` for ``/dev/ttyAMA0``; a Pi 3/4/Zero 2 W
+wants ``enable_uart=1`` and ``dtoverlay=disable-bt`` for the PL011. Two edits, both pure and idempotent:
+:func:`set_line` makes one ``config.txt`` line hold for every model; :func:`strip_serial_console` takes the
+port's ``console=`` words off the kernel command line in ``cmdline.txt``, so neither the kernel nor a
+getty talks on the runner's device. Everything else is kept byte for byte.
 
 On a host the card's two partitions are mounted apart (``/media/$USER/bootfs`` and ``.../rootfs``);
 on the board bookworm mounts the boot partition at ``/boot/firmware``, bullseye at ``/boot``.
@@ -20,6 +22,7 @@ import stat
 import tempfile
 from pathlib import Path
 
+from toolchain.boards import Uart
 from toolchain.errors import DeviceError, InputError, UsageError
 
 CONFIG_TXT = "config.txt"
@@ -30,9 +33,8 @@ BOOT_DIRS = ("boot/firmware", "boot")
 MAX_BOOT_FILE_BYTES = 1 << 20
 # Serial consoles on a Raspberry Pi: the firmware's aliases, the PL011 and mini UARTs, the Pi 5's
 # debug UART (ttyAMA10). console=tty1 (the screen) and every other word stay.
-SERIAL_CONSOLE = re.compile(r"console=(?:serial[01]|ttyAMA\d+|ttyS\d+)(?:,\S*)?")
+PI_SERIAL_CONSOLES = ("serial0", "serial1", "ttyAMA0", "ttyAMA1", "ttyAMA10", "ttyS0")
 _SECTION = re.compile(r"\s*\[([^\]]*)\]")
-_UART_LINE = re.compile(r"\s*enable_uart\s*=\s*(\S*)\s*")
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"  # bytes that are not UTF-8 come back as they were
 
@@ -41,31 +43,39 @@ _ERRORS = "surrogateescape"  # bytes that are not UTF-8 come back as they were
 # The edits (pure)
 # --------------------------------------------------------------------------------------------------
 
-def enable_uart(config_txt: str) -> str:
-    """``config_txt`` with the UART enabled on every model.
+def set_line(config_txt: str, wanted: str) -> str:
+    """``config_txt`` with ``wanted`` (``name=value``, e.g. ``enable_uart=1``, ``dtparam=uart0=on``, or
+    ``dtoverlay=disable-bt``) in force on every model.
 
-    ``enable_uart=`` lines that apply to every model (before any section, or under ``[all]``) are
-    set to 1. If the last setting the firmware reads for some model is still not 1 (none at all, or
-    a later one under a filter such as ``[pi4]``), ``enable_uart=1`` is appended under ``[all]``:
-    later lines win. Comments, other sections and line endings stay as they were.
+    A setting (``enable_uart``, ``dtparam=uart0``): its lines that apply to every model (before any
+    section, or under ``[all]``) are set to the value. If the last one the firmware reads for some model
+    is still another (none at all, or a later one under a filter such as ``[pi4]``), ``wanted`` is
+    appended under ``[all]``: later lines win. An overlay (``dtoverlay=NAME``) is loaded, never replaced:
+    present for every model or appended under ``[all]``; other overlays are left alone. Comments, other
+    sections and line endings stay as they were.
     """
+    key, value = wanted.rsplit("=", 1)
+    overlay = key == "dtoverlay"
+    pattern = re.compile(r"\s*" + r"\s*=\s*".join(re.escape(part) for part in key.split("=")) + r"\s*=\s*(\S*)\s*")
     lines = config_txt.splitlines(keepends=True)
     out: list[str] = []
     in_all = True
-    last_all = None  # index of the last enable_uart= line that applies to every model
-    later_filtered = False  # an enable_uart= other than 1 under a filter, after last_all
+    last_all = None  # index of the last line of this setting that applies to every model
+    later_filtered = False  # another value under a filter, after last_all
     for line in lines:
         body = line.rstrip("\r\n")
         ending = line[len(body):]
         section = _SECTION.match(body)
-        uart = _UART_LINE.fullmatch(body)
+        match = pattern.fullmatch(body)
+        if match and overlay and match.group(1) != value:
+            match = None  # another overlay: not this one's business
         if section:
             in_all = section.group(1).strip().lower() == "all"
-        elif uart and in_all:
-            if uart.group(1) != "1":
-                line = UART_SETTING + ending
+        elif match and in_all:
+            if match.group(1) != value:
+                line = wanted + ending
             last_all, later_filtered = len(out), False
-        elif uart and uart.group(1) != "1":
+        elif match and match.group(1) != value:
             later_filtered = True
         out.append(line)
     text = "".join(out)
@@ -74,21 +84,33 @@ def enable_uart(config_txt: str) -> str:
     newline = "\r\n" if lines and lines[0].endswith("\r\n") else "\n"
     if text and not text.endswith("\n"):
         text += newline
-    return text + ("" if in_all else f"[all]{newline}") + UART_SETTING + newline
+    return text + ("" if in_all else f"[all]{newline}") + wanted + newline
 
 
-def strip_serial_console(cmdline: str) -> str:
-    """``cmdline`` without its serial ``console=`` words, each with the space after it (or before, at
-    the end); one line, its ending kept."""
+def enable_uart(config_txt: str) -> str:
+    """``config_txt`` with ``enable_uart=1`` on every model (:func:`set_line`)."""
+    return set_line(config_txt, UART_SETTING)
+
+
+def _console_word(names: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"console=(?:" + "|".join(re.escape(n) for n in names) + r")(?:,\S*)?")
+
+
+def strip_serial_console(cmdline: str, names: tuple[str, ...] = PI_SERIAL_CONSOLES) -> str:
+    """``cmdline`` without its ``console=`` words on the ports ``names`` (default: every Pi serial
+    port), each with the space after it (or before, at the end); one line, its ending kept."""
     body = cmdline.rstrip("\r\n")
     ending = cmdline[len(body):]
     if "\n" in body or "\r" in body:
         raise InputError(f"{CMDLINE_TXT} has more than one line; the firmware reads one",
                          hint="join it into one line (words separated by spaces) and try again")
+    if not names:
+        return cmdline
+    console = _console_word(names)
     words = re.findall(r"\S+|\s+", body)
     kept: list[str] = []
     for i, word in enumerate(words):
-        if SERIAL_CONSOLE.fullmatch(word):
+        if console.fullmatch(word):
             if i + 1 < len(words):
                 words[i + 1] = ""  # the space after it
             elif kept and kept[-1].isspace():
@@ -99,9 +121,27 @@ def strip_serial_console(cmdline: str) -> str:
     return "".join(kept) + ending
 
 
-def serial_consoles(cmdline: str) -> list[str]:
-    """The serial ``console=`` words of a command line."""
-    return [w for w in cmdline.split() if SERIAL_CONSOLE.fullmatch(w)]
+def serial_consoles(cmdline: str, names: tuple[str, ...] = PI_SERIAL_CONSOLES) -> list[str]:
+    """The ``console=`` words of a command line on the ports ``names``."""
+    if not names:
+        return []
+    console = _console_word(names)
+    return [w for w in cmdline.split() if console.fullmatch(w)]
+
+
+def edit(config_txt: str, cmdline: str, uart: Uart) -> tuple[str, str, list[str]]:
+    """Both files as ``uart`` needs them, and what changed (one phrase each: the line set, the consoles
+    removed)."""
+    changes = []
+    for wanted in uart.config:
+        before, config_txt = config_txt, set_line(config_txt, wanted)
+        if config_txt != before:
+            changes.append(f"{CONFIG_TXT}: {wanted}")
+    removed = serial_consoles(cmdline, uart.consoles)
+    cmdline = strip_serial_console(cmdline, uart.consoles)
+    if removed:
+        changes.append(f"{CMDLINE_TXT}: removed {' '.join(removed)}")
+    return config_txt, cmdline, changes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,22 +180,18 @@ def is_pi_os_root(root: Path) -> bool:
                for name in ("os-release", "rpi-issue"))
 
 
-def apply(boot: Path) -> list[str]:
-    """Give the runner the UART: write ``config.txt`` and ``cmdline.txt`` in ``boot``; what changed, one
+def apply(boot: Path, uart: Uart) -> list[str]:
+    """Give the runner ``uart``: write ``config.txt`` and ``cmdline.txt`` in ``boot``; what changed, one
     line each (nothing when both were already so). Both files or neither: on an error nothing stays
     changed."""
     if not is_boot_dir(boot):
         raise UsageError(f"{boot} is not a Raspberry Pi OS boot partition (no {CONFIG_TXT} and {CMDLINE_TXT})")
     config, cmdline = boot / CONFIG_TXT, boot / CMDLINE_TXT
     old_config, old_cmdline = _read(config), _read(cmdline)
-    new_config, new_cmdline = enable_uart(old_config), strip_serial_console(old_cmdline)
+    new_config, new_cmdline, edits = edit(old_config, old_cmdline, uart)
     plan = [(path, old, new) for path, old, new in ((config, old_config, new_config),
                                                      (cmdline, old_cmdline, new_cmdline)) if new != old]
-    changes = []
-    if new_config != old_config:
-        changes.append(f"{config}: {UART_SETTING}")
-    if new_cmdline != old_cmdline:
-        changes.append(f"{cmdline}: removed {' '.join(serial_consoles(old_cmdline))}")
+    changes = [f"{boot / phrase}" for phrase in edits]
     if not plan:
         return []
     temps: list[Path] = []

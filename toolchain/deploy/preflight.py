@@ -465,7 +465,7 @@ def judge(facts: Facts, needs: Needs, board: Board) -> list[Check]:
     """One check per concern, in order: arch, glibc, RAM, disk, then the serial device (when asked)."""
     checks = [_arch(facts, needs, board), _glibc(facts, needs, board), _ram(facts, needs), _disk(facts, needs)]
     if facts.serial is not None:
-        checks += _serial(facts, facts.serial)
+        checks += _serial(facts, facts.serial, board)
     return checks
 
 
@@ -546,13 +546,26 @@ def _disk(facts: Facts, needs: Needs) -> Check:
     return Check("disk", True, line, kind=KIND_CAPACITY)
 
 
-def _serial(facts: Facts, s: SerialFacts) -> list[Check]:
+def _missing_uart_hint(board: Board, s: SerialFacts, pi_uart: bool) -> str:
+    """How to make the device appear: the profile's knowledge of the port first ([[uarts]])."""
+    uart = board.uart_for(s.device)
+    if uart is not None and uart.config:
+        return (f"{s.device} is {uart.where}: add {' and '.join(uart.config)} under [all] in "
+                "/boot/firmware/config.txt (a dir: flash of the card writes them), then reboot")
+    if uart is not None:
+        return (f"{s.device} is {uart.where}, there on every boot of a {board.name}: check that the profile is "
+                "this board's, or choose another port with --board-port")
+    if pi_uart:
+        return ("enable the UART: `sudo raspi-config nonint do_serial_hw 0` (enable_uart=1 in "
+                "/boot/firmware/config.txt), then reboot")
+    return "plug the adapter in, or set serial_device in the board profile"
+
+
+def _serial(facts: Facts, s: SerialFacts, board: Board) -> list[Check]:
     pi_uart = bool(s.names & PI_UARTS) or (facts.serial0_target is not None and facts.serial0_target == s.resolved)
     if not s.exists or not s.char_device:
         what = "does not exist on the board" if not s.exists else "is not a character device"
-        hint = ("enable the UART: `sudo raspi-config nonint do_serial_hw 0` (enable_uart=1 in "
-                "/boot/firmware/config.txt), then reboot" if pi_uart else
-                "plug the adapter in, or set serial_device in the board profile")
+        hint = _missing_uart_hint(board, s, pi_uart)
         return [Check("serial", False, f"serial: {s.shown} {what}", hint=hint)]
     checks = [Check("serial", True, f"serial: {s.shown} is a character device")]
 

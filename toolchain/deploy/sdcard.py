@@ -6,7 +6,8 @@ with a loop device), written for the board's next boot.
     PATH/opt/edgelm/<board>/trusted_keys/    the keys it accepts signatures from, and its security_counter:
                                              the card's own, whatever path it is mounted at and whoever flashes it
     PATH/etc/systemd/system/edgelm-runner.service  + its multi-user.target.wants link (enabled)
-    BOOT/config.txt, BOOT/cmdline.txt        enable_uart=1, no serial console (Raspberry Pi OS)
+    BOOT/config.txt, BOOT/cmdline.txt        the runner's UART on, no console on it: the profile's [[uarts]]
+                                             (Raspberry Pi OS; a Pi 5's GPIO header: dtparam=uart0=on)
 
 The card stores releases but runs nothing (no runner control, no link): the board starts the runner
 at boot. Nothing is made current until the release verifies on the card and the unit and the boot
@@ -103,8 +104,7 @@ class CardStore(LocalStore):
         unit = service.render_unit(board=self.board, release_dir=data / "current", data_dir=data, device=self.device,
                                    user=None, group=SERIAL_GROUP)  # a refusal here, before anything is written
         if self.boot is not None:
-            changed = bootfs.apply(self.boot)
-            self.notes += changed or [f"{self.boot}: the UART was already free (enable_uart=1, no serial console)"]
+            self.notes += _free_uart(self.boot, self.board, self.device)
         for entry in service.rootfs_files(unit, data):
             _write_atomic(_no_links_inside(self.card, entry.path), entry.text, entry.link, entry.mode)
         self.notes.append(f"enabled {service.UNIT_NAME} on the card: the board serves on {self.device} from boot")
@@ -118,6 +118,21 @@ class CardStore(LocalStore):
             raise DeviceError(f"writing the service unit to {self.where} failed: {exc.strerror or exc} "
                               f"({exc.filename}); {release.id} was not made current", hint=write_hint(exc)) from None
         super().activate(release, verify=False)
+
+
+def _free_uart(boot: Path, board: Board, device: str) -> list[str]:
+    """Give the runner its port on a Raspberry Pi OS card, as the board's profile says; the notes."""
+    uart = board.uart_for(device)
+    if uart is None:
+        return [f"{boot}: left as it is: {device} is not one of the {board.name} profile's UARTs "
+                f"({', '.join(u.device for u in board.uarts) or 'it lists none'}), so the card needs nothing for it"]
+    changed = bootfs.apply(boot, uart)
+    wants = ", ".join(uart.config) or "no config.txt line"
+    notes = changed or [f"{boot}: {device} was already the runner's ({wants}; no console on it)"]
+    notes.append(f"the runner serves on {device}: {uart.where}")
+    if uart.note:
+        notes.append(uart.note)
+    return notes
 
 
 def create(text: str, board: Board, state_dir: Path, options: TargetOptions) -> Target:

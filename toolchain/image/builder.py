@@ -359,17 +359,23 @@ def _earlier_files(out: Path) -> list[str]:
     return [name for name in files if isinstance(name, str)] if isinstance(files, dict) else []
 
 
+def boot_config(board: Board) -> str:
+    """The image's config.txt: the kernel and initramfs, and the lines the profile's UART needs."""
+    uart = board.uart_for(UART)
+    if uart is None:
+        raise UsageError(f"board {board.name!r}: its profile lists no UART {UART} ([[uarts]]); an image serves "
+                         "on it", hint="add it to the profile (boards/*.toml), or use a Raspberry Pi board")
+    return (f"# Raspberry Pi firmware settings, written by `edgelm image --board {board.name}`.\n"
+            "arm_64bit=1\n"
+            "kernel=kernel8.img\n"
+            "initramfs initramfs8 followkernel\n"
+            f"# The runner serves on {UART}, {uart.where}; the kernel console stays off it.\n"
+            + "".join(line + "\n" for line in uart.config))
+
+
 def _boot_files(boot: Path, board: Board, unpacked: Path) -> list[str]:
     """The Raspberry Pi boot-folder layout around kernel8.img and initramfs8: the names written."""
-    _write(boot / "config.txt",
-           f"# Raspberry Pi firmware settings, written by `edgelm image --board {board.name}`.\n"
-           "arm_64bit=1\n"
-           "kernel=kernel8.img\n"
-           "initramfs initramfs8 followkernel\n"
-           f"# The runner serves on {UART} (the PL011 on GPIO 14/15); the kernel console stays off it.\n"
-           "enable_uart=1\n"
-           + ("" if board.name == "rpi5" else "# The PL011 serves Bluetooth unless it is moved off it.\n"
-                                               "dtoverlay=disable-bt\n"))
+    _write(boot / "config.txt", boot_config(board))
     _write(boot / "cmdline.txt", "console=tty1 quiet panic=5 edgelm_data=/dev/mmcblk0p2\n")
     written = ["config.txt", "cmdline.txt"]
     for dtb in sorted(unpacked.glob("usr/lib/linux-image-*/broadcom/bcm27*-rpi-*.dtb")):
@@ -392,6 +398,7 @@ def build(board: Board, out: Path, *, bundle: Bundle | None = None, ssh_key: Pat
     or removed there."""
     if board.arch != "aarch64":
         raise UsageError(f"board images are for Arm boards; {board.name} is {board.arch}")
+    boot_config(board)  # a profile without the image's UART is refused before anything is written
     check_out(out)
     if bundle is not None:
         if bundle.board != board.name:

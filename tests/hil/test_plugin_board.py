@@ -5,6 +5,7 @@ the assertion helpers failing when the board does not meet them; and a lying boa
 
 import json
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 from runner_io import TIMEOUTS, lying_bundle
@@ -64,6 +65,10 @@ def test_another_projects_tests_get_a_board(pytester, hil_workdir):
     r.assert_outcomes(passed=3, failed=2)
     r.stdout.fnmatch_lines(["*AssertionError: host on local: decode * tok/s, below the floor 1e+09*",
                             "*AssertionError: host on local: generation stopped on max tokens, not at EOS, after 4*"])
+    # the bring-up's steps printed as they happened, though pytest captures output
+    r.stdout.fnmatch_lines(["edgelm host:local: export: *", "edgelm host:local: serving release * (HELLO said)"])
+    # each test's report carries its streams (text and verdict) and what the runner logged meanwhile
+    r.stdout.fnmatch_lines(["*- edgelm board -*", "PASS host local: 12 tokens: *", "PASS host local: 12 tokens: *"])
     # JUnit XML: each test's generations as properties
     props = {tc.get("name"): [json.loads(p.get("value")) for p in tc.iter("property") if p.get("name") == "edgelm"]
              for tc in ET.parse(junit).getroot().iter("testcase")}
@@ -75,6 +80,30 @@ def test_another_projects_tests_get_a_board(pytester, hil_workdir):
     assert {run["report"]["release"] for run in runs} == {runs[0]["report"]["release"]}
     assert {run["report"]["board_stats"]["load_ms"] for run in runs} == {runs[0]["report"]["board_stats"]["load_ms"]}
     assert runs[0]["test"].endswith("test_text_and_ids[host:local]")
+    outcomes = {k.split("::")[-1]: v for k, v in json.loads(report.read_text())["outcomes"].items()}
+    assert {k: v[0] for k, v in outcomes.items()} == {
+        "test_text_and_ids[host:local]": "passed", "test_sampling_options[host:local]": "passed",
+        "test_raw_frames_then_a_request[host:local]": "passed", "test_a_floor_the_board_cannot_meet[host:local]":
+        "failed", "test_ignore_eos_never_stops_at_eos[host:local]": "failed"}
+    assert "below the floor" in outcomes["test_a_floor_the_board_cannot_meet[host:local]"][1]
+
+
+def test_a_board_that_trusts_a_key_gets_bundles_the_plugin_signs(pytester, hil_workdir, tmp_path):
+    """`edgelm trust` on the board, then the plugin: unsigned is refused (an error, not a skip); with
+    --edgelm-sign-key the same tests pass."""
+    pytester.makepyfile(OUTSIDE_TESTS.split("def test_sampling_options")[0])
+    key = api.keygen(tmp_path / "keys" / "release")
+    api.trust(Path(key["public_key"]), "host", "local", hil_workdir)
+    try:
+        args = ["-rA", "--edgelm-board", "host:local", "--edgelm-model", "tiny", "--edgelm-workdir", str(hil_workdir)]
+        r = pytester.runpytest_subprocess(*args)
+        r.assert_outcomes(errors=1)
+        r.stdout.fnmatch_lines(["*accepts only signed bundles*hint: sign it with a key the target trusts*"
+                                "--edgelm-sign-key KEY*"])
+        r = pytester.runpytest_subprocess(*args, "--edgelm-sign-key", key["private_key"])
+        r.assert_outcomes(passed=1)
+    finally:
+        api.untrust(None, "host", "local", hil_workdir, all_keys=True, allow_unsigned=True)
 
 
 def test_a_lying_board_fails_assert_validates(hil_workdir, tmp_path):

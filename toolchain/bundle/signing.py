@@ -37,6 +37,8 @@ _SIGN_USAGE = {
     "build": "`edgelm build ... --sign-key KEY`, then flash that bundle",
     "run": "`edgelm run ... --sign-key KEY`",
     "flash": "`edgelm flash BUNDLE --sign-key KEY`",
+    "console": "`edgelm console ... --sign-key KEY`",
+    "pytest": "`pytest ... --edgelm-sign-key KEY` (or edgelm_sign_key in pytest.ini)",
 }
 _ANY_USAGE = ("`edgelm flash BUNDLE --sign-key KEY` (or `edgelm run ... --sign-key KEY`, which signs the bundle it "
               "builds)")

@@ -21,8 +21,11 @@ unless ``--edgelm-workdir``). A test that needs a board nobody configured, or on
 cannot reach (qemu, socat, an SSH server that answers), is skipped with the reason; with
 ``--edgelm-require`` it fails instead. A board whose SSH host key changed (or is not known yet), or
 that refuses our login, is an error, never a skip: a misconfiguration, or someone in between.
-Each generation is recorded in the JUnit XML (``record_property``) and in ``--edgelm-report
-FILE.html`` (or ``.json``).
+Each generation is recorded in the JUnit XML (``record_property``), in the test's report (a section
+"edgelm board": each stream's text and verdict, and the runner's log where the target keeps one on
+this machine) and in ``--edgelm-report FILE.html`` (or ``.json``), which leads with every test's
+outcome. The first bring-up's steps (export, build, deploy, HELLO) print as they happen. A board that
+trusts keys (`edgelm trust`) gets bundles signed with ``--edgelm-sign-key``.
 
 Lower-level fixtures for edgelm's own tests: ``hil_board`` (the selected BOARD:TARGET),
 ``hil_workdir``, ``hil_options`` and ``hil_up(bundle)``.
@@ -58,6 +61,10 @@ OPTIONS: dict[str, tuple[str, str, str | None, Any]] = {
                 False),
     "report": ("write every generation of the session to FILE: .html (self-contained, with plots) or .json",
                "string", "FILE", None),
+    "sign-key": ("sign the bundle with this ed25519 private key (edgelm keygen): a board that trusts keys "
+                 "accepts only signed bundles", "string", "FILE", None),
+    "security-counter": ("with --edgelm-sign-key: the bundle's security counter (anti-rollback)", "string", "N",
+                         None),
 }
 
 
@@ -87,6 +94,22 @@ def option(config: pytest.Config, name: str) -> Any:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "hil: board-in-the-loop test; runs once per --edgelm-board")
     config.stash[_RUNS] = []
+    config.stash[_OUTCOMES] = {}
+    config.pluginmanager.register(_Outcomes(config.stash[_OUTCOMES]), "edgelm-outcomes")
+
+
+def say(config: pytest.Config, line: str) -> None:
+    """One line on pytest's terminal now, even while output is captured (a bring-up takes minutes)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
+        reporter.write_line(line)
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 @dataclass(frozen=True)
@@ -181,6 +204,10 @@ def hil_up(hil_board: HilBoard, hil_workdir: Path, hil_options: Any) -> Callable
 
 
 _RUNS = pytest.StashKey[list]()
+_OUTCOMES = pytest.StashKey[dict]()  # nodeid -> (outcome, reason): the report's summary table
+_SECTION = pytest.StashKey[list]()  # the lines of a test's "edgelm board" section
+_LOG_TAIL_BYTES = 16 * 1024
+_LOG = pytest.StashKey[tuple]()  # (the runner's log on this machine, its size when the test began)
 
 
 @pytest.fixture(scope="session")
@@ -200,6 +227,12 @@ def _edgelm_session_board(hil_board: HilBoard, edgelm_workdir: Path, hil_options
     if not seq.isdigit():
         pytest.fail(f"edgelm: --edgelm-max-seq-len {seq!r} is not a whole number", pytrace=False)
     base.max_seq_len = int(seq)
+    key = option(config, "sign-key")
+    counter = option(config, "security-counter")
+    if counter is not None and not str(counter).isdigit():
+        pytest.fail(f"edgelm: --edgelm-security-counter {counter!r} is not a whole number", pytrace=False)
+    base.sign_key = Path(key).expanduser() if key else None
+    base.security_counter = int(counter) if counter is not None else None
     try:
         target = api.target_for(base.board, base.target, edgelm_workdir, hil_options)
     except EdgelmError as exc:
@@ -218,12 +251,19 @@ def _edgelm_session_board(hil_board: HilBoard, edgelm_workdir: Path, hil_options
         pytest.skip(why)
     stack = ExitStack()
     request.addfinalizer(stack.close)
+
+    def progress(step: str, detail: str) -> None:
+        say(config, f"edgelm {hil_board}: {step}: {detail}")
+
     try:
-        prep = api.prepare_run(base)
+        prep = api.prepare_run(base, progress=progress)
         stack.callback(prep.close)  # the twin, after the board
-        up = stack.enter_context(bring_up(prep.target, prep.bundle, threads=base.threads))
+        up = stack.enter_context(bring_up(prep.target, prep.bundle, threads=base.threads, progress=progress))
     except EdgelmError as exc:
-        pytest.fail(f"edgelm: {hil_board}: {exc}", pytrace=False)
+        advise = getattr(exc, "advise", None)  # a board's refusal of the bundle: what to do, in pytest's words
+        hint = advise("pytest") if callable(advise) else exc.hint
+        pytest.fail(f"edgelm: {hil_board}: {exc}" + (f" (hint: {hint})" if hint else ""), pytrace=False)
+    say(config, f"edgelm {hil_board}: serving release {up.release.id} (HELLO said)")
     return BoardUnderTest(prep, up, base)
 
 
@@ -233,8 +273,17 @@ def edgelm_board(_edgelm_session_board: Any, request: pytest.FixtureRequest) -> 
     recorded for this test."""
     runs = request.config.stash[_RUNS]
     node = request.node
+    section = node.stash.setdefault(_SECTION, [])
+    log = Path(_edgelm_session_board._prep.target.state) / "runner.log"  # where a target keeps one here
+    try:
+        log_from = log.stat().st_size
+    except OSError:
+        log_from = None
+    node.stash[_LOG] = (log, log_from)
 
     def record(report: Any) -> None:
+        section.append(f"{report.validation['verdict']} {report.board} {report.target}: "
+                       f"{len(report.generated_token_ids)} tokens: {report.text!r}")
         s = report.board_stats
         node.user_properties.append(("edgelm", json.dumps({
             "board": report.board, "target": report.target, "verdict": report.validation["verdict"],
@@ -243,6 +292,52 @@ def edgelm_board(_edgelm_session_board: Any, request: pytest.FixtureRequest) -> 
         runs.append({"test": node.nodeid, "report": report.to_dict()})
 
     return _edgelm_session_board.bound(record)
+
+
+def _log_since(log: Path, start: int | None) -> str:
+    """What the runner wrote to ``log`` since ``start`` (its last 16 KiB); '' when there is none."""
+    try:
+        with log.open("rb") as f:
+            size = f.seek(0, 2)
+            begin = 0 if start is None or start > size else start  # restarted: the new log whole
+            f.seek(max(begin, size - _LOG_TAIL_BYTES))
+            return f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    lines = item.stash.get(_SECTION, None)
+    if lines is None or report.when != "call" and not (report.when == "setup" and report.failed):
+        return
+    text = "\n".join(lines) or "no stream was generated"
+    log, start = item.stash.get(_LOG, (None, None))
+    tail = _log_since(log, start) if log is not None else ""
+    report.sections.append(("edgelm board", text + (f"\n--- runner log ---\n{tail}" if tail else "")))
+
+
+class _Outcomes:
+    """Each test's outcome for the report's summary table: the call's, or a set-up's skip or error, or a
+    teardown's error."""
+
+    def __init__(self, outcomes: dict[str, tuple[str, str]]):
+        self.outcomes = outcomes
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "call" or (report.when == "setup" and not report.passed) or \
+                (report.when == "teardown" and report.failed):
+            reason = ""
+            if report.skipped and isinstance(report.longrepr, tuple):
+                reason = str(report.longrepr[2]).removeprefix("Skipped: ")
+            elif report.failed:
+                crash = getattr(report.longrepr, "reprcrash", None)  # the exception's own line
+                last = (report.longreprtext or "").strip().splitlines()
+                reason = str(crash.message) if crash is not None else (last[-1] if last else "")
+            outcome = "error" if report.failed and report.when != "call" else report.outcome
+            self.outcomes[report.nodeid] = (outcome, reason[:300])
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -260,4 +355,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         html.write(out, [(run["test"], run["report"]) for run in runs], title="edgelm hardware-in-the-loop tests",
                    versions=api.versions())
     else:
-        out.write_text(json.dumps({"edgelm": api.versions(), "runs": runs}, indent=1))
+        out.write_text(json.dumps({"edgelm": api.versions(), "outcomes": session.config.stash.get(_OUTCOMES, {}),
+                                   "runs": runs}, indent=1))

@@ -721,6 +721,9 @@ class RunRequest:
     force: bool = False  # go on past the preflight's refusal (a note says what it refused)
     pte: Path | None = None  # serve this program from `edgelm export` instead of exporting ``model``
     prompt_ids: tuple[int, ...] | None = None  # send these token ids as the prompt, as they are (no BOS added)
+    chat: bool = False  # send the prompt as a user message through the model's chat template
+    system: str | None = None  # with chat: the system message
+    show_special: bool = False  # the printed text shows special tokens (as tokenizers decodes with them)
 
     def check(self) -> None:
         """Every option in range, before any work (one line naming the option)."""
@@ -758,6 +761,8 @@ class RunRequest:
                 raise UsageError(f"--tolerance {self.tolerance} must be positive")
         if not 0 <= self.retries <= 100:
             raise UsageError(f"--retries {self.retries} must be in [0, 100]")
+        if self.system is not None and not self.chat:
+            raise UsageError("--system needs --chat: a system message goes through the chat template")
         if self.near_tie_budget is not None:
             finite("--near-tie-budget", self.near_tie_budget)
             if not 0 <= self.near_tie_budget <= 1:
@@ -887,6 +892,10 @@ class RunReport:
     boot: dict[str, Any] | None = None  # a board powered on for this run: seconds to SSH and to HELLO
     fidelity: dict[str, Any] | None = None  # validate/fidelity.py: the board's tokens vs the eager fp32 model
     token_times_us: list[int] = field(default_factory=list)  # each token's arrival on the board's clock
+    # what each generated token printed (TextAssembler.pieces): "" for one that ends inside a character
+    # or is hidden; the report colours the text token by token with them
+    token_texts: list[str] = field(default_factory=list)
+    chat_template: str | None = None  # --chat: the template the prompt went through (ChatFormat.line)
 
     @property
     def passed(self) -> bool:
@@ -946,7 +955,8 @@ def _request_for(req: RunRequest, man: dict[str, Any], tok: Any) -> Any:
         if bad is not None:
             raise UsageError(f"prompt token id {bad!r} is outside the vocabulary [0, {vocab})")
     else:
-        prompt_ids = [man["tokens"]["bos_token_id"], *tok.encode(req.prompt)]
+        prompt_ids = chat_prompt(req, man, tok) if req.chat else [man["tokens"]["bos_token_id"],
+                                                                    *tok.encode(req.prompt)]
     max_seq = man["program"]["max_seq_len"]
     if len(prompt_ids) + req.tokens > max_seq:
         raise CapacityError(f"{len(prompt_ids)} prompt tokens + {req.tokens} new tokens exceed the program's max "
@@ -956,6 +966,33 @@ def _request_for(req: RunRequest, man: dict[str, Any], tok: Any) -> Any:
                             top_k=req.top_k, top_p=req.top_p, seed=req.seed,
                             stop=tuple(man["tokens"]["eos_token_ids"]), ignore_eos=req.ignore_eos,
                             report_logits=True, draft=req.draft)
+
+
+def chat_format(model: str) -> Any:
+    """The chat template of ``model`` (``chat.ChatFormat``; plain text for a preset or a folder without one)."""
+    from toolchain.chat import ChatFormat
+    from toolchain.model import checkpoint
+
+    return ChatFormat.for_checkpoint(None if checkpoint.is_preset(model) else checkpoint.folder_of(model))
+
+
+def _chat_template(req: RunRequest) -> Any:
+    """``--chat``'s template; refused for a model without one."""
+    fmt = chat_format(req.model)
+    if not fmt.template:
+        raise UsageError(f"--chat: {req.model} has no chat template: {fmt.why_plain}",
+                         hint="--chat is for instruct models; drop it to send the prompt as plain text")
+    return fmt
+
+
+def chat_prompt(req: RunRequest, man: dict[str, Any], tok: Any) -> list[int]:
+    """``--chat``: the prompt as one user message (after ``--system``) through the model's chat
+    template, as transformers' apply_chat_template gives it."""
+    from toolchain.chat import Conversation
+
+    conv = Conversation.from_manifest(_chat_template(req), tok, man)
+    conv.system = req.system
+    return conv.prompt_for([{"role": "user", "content": req.prompt}])
 
 
 @dataclass
@@ -997,6 +1034,8 @@ def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
         signing.load_private_key(req.sign_key)  # a bad key fails before the slow steps
     board = boards.get(req.board)
     tok_path = tokenizer_path(req)
+    if req.chat:  # a model without a template is refused before any work
+        progress("chat", _chat_template(req).line)
     tgt = target_for(req.board, req.target, req.workdir, req.target_options)  # an unknown target fails early
     if req.pte is not None:
         exported, reused_export = _given_program(req, progress), True
@@ -1028,14 +1067,14 @@ def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _no
 
     man, tok, tgt = prep.exported.manifest, prep.tok, prep.target
     request = _request_for(req, man, tok)
-    assembler = tokenizer.TextAssembler(tok)
+    assembler = tokenizer.TextAssembler(tok, req.show_special)
 
     def on_token(token: int) -> None:
         on_text(assembler.push(token))
 
     def retried(n: int, why: str) -> None:
         nonlocal assembler
-        assembler = tokenizer.TextAssembler(tok)
+        assembler = tokenizer.TextAssembler(tok, req.show_special)
         on_retry(n, why)
 
     progress("stream", f"{len(request.prompt)} prompt tokens, up to {req.tokens} new")
@@ -1082,7 +1121,8 @@ def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _no
         sampling={"temperature": req.temperature, "top_k": req.top_k, "top_p": req.top_p, "seed": req.seed},
         board_stats=board_stats, validation=served.verdict.to_dict(), attempts=served.attempts,
         reused=dict(prep.reused), bundle=str(prep.bundle.root), pte=str(prep.exported.pte), boot=boot, fidelity=fid,
-        token_times_us=list(served.collected.times_us[:len(served.collected.tokens)]))
+        token_times_us=list(served.collected.times_us[:len(served.collected.tokens)]),
+        token_texts=list(assembler.pieces), chat_template=chat_format(req.model).line if req.chat else None)
 
 
 def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str], None] = lambda s: None,
@@ -1104,14 +1144,22 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
 
 
 def monitor(*, port: str | None, board: str | None, target: str | None, baud: int, seconds: float,
-            prompt_ids: str | None = None, tokens: int = 16, workdir: Path = DEFAULT_WORKDIR):
-    """Yield one dict per frame the board sends (and per garbled frame) for ``seconds``."""
+            prompt_ids: str | None = None, tokens: int = 16, workdir: Path = DEFAULT_WORKDIR,
+            pte: Path | None = None, note: Callable[[str], None] = lambda s: None):
+    """Yield one dict per frame the board sends (and per garbled frame) for ``seconds``; a TOKEN's
+    ``text`` and a STATS's ``stream_text`` are decoded with the tokenizer of the program the board serves
+    (``pte``, else found by its sha256 under ``workdir``: see ``toolchain.frames``). ``note``: which
+    tokenizer decodes, or why none does."""
+    from toolchain.frames import FrameText
     from toolchain.link import framing, protocol
     from toolchain.link import ports as ports_mod
     from toolchain.link.session import BoardSession
     from toolchain.link.transport import Deadline
 
     ids = _monitor_request(prompt_ids, tokens, seconds, baud)  # every option checked before the port is opened
+    text = FrameText(workdir, note)
+    if pte is not None:
+        text.use_program(pte)
     if port is None:
         if board is None:
             raise UsageError("give --port, or --board of a runner that `edgelm flash` started")
@@ -1120,6 +1168,13 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
         if not info:
             raise DeviceError(f"no runner is running on {tgt.where}", hint="start one with `edgelm flash`")
         port = str(info["port"])
+        if pte is None and tgt.store is not None:
+            try:
+                release = tgt.store.current()  # the release `flash` made current: its program's sha256
+            except EdgelmError:
+                release = None
+            if release is not None:
+                text.program(release.model_sha256)
     open_link = ports_mod.opener(port, baud)  # a usb: port is resolved on each open
     transport = open_link()
     try:
@@ -1130,8 +1185,10 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
             if isinstance(frame, framing.FrameError):
                 yield {"type": "GARBLED", "seq": None, "message": f"{frame} (code {frame.code})"}
             else:
-                yield {"type": protocol.NAMES.get(frame.type, hex(frame.type)), "seq": frame.seq,
-                       "message": msg if not hasattr(msg, "__dict__") else {k: v for k, v in vars(msg).items()}}
+                event = {"type": protocol.NAMES.get(frame.type, hex(frame.type)), "seq": frame.seq,
+                         "message": msg if not hasattr(msg, "__dict__") else {k: v for k, v in vars(msg).items()}}
+                text.add(event, frame.type, msg)
+                yield event
     finally:
         transport.close()
 

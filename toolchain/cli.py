@@ -397,9 +397,10 @@ def backends(as_json: bool) -> None:
 
 
 @main.command("boards")
+@click.option("--wide", is_flag=True, help="Every column (the default fits 80 columns).")
 @click.option("--json", "as_json", is_flag=True)
 @command
-def boards_cmd(as_json: bool) -> None:
+def boards_cmd(wide: bool, as_json: bool) -> None:
     """List the board profiles (boards/*.toml)."""
     from toolchain import boards
     from toolchain.deploy import registry
@@ -413,27 +414,9 @@ def boards_cmd(as_json: bool) -> None:
     if as_json:
         emit_json(items)
         return
+    from toolchain import tables
 
-    def text(value: Any) -> str:  # a profile's strings are shown as they are, never as markup
-        return escape(printable(str(value)))
-
-    table = Table("board", "cpu", "cores", "memory", "NPU", "glibc", "serial", "target", "description")
-    for b in items:
-        npu = f"{b['npu']} @ {b['npu_clock_mhz']} MHz" if b["npu"] else "-"
-        memory = (", ".join(f"{r['name']} {_size(r['bytes'])}" for r in b["memory"] if r["name"] in (
-            "SRAM", "FLASH", "DDR")) + f"; program in {b['program_memory']}" if b["memory"] else f"{b['ram_mb']} MB")
-        table.add_row(*(text(x) for x in (
-            b["name"], " ".join(f for f in b["cpu_flags"] if f.startswith(("-mcpu", "-march"))), b["cores"], memory,
-            npu, b["glibc"] or "-", f"{b['serial_device']} @ {b['baud']}", b["default_target"] or "- (edgelm build)",
-            b["description"])))
-    console.print(table)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= scale:
-            return f"{n / scale:g} {unit}"
-    return f"{n} B"
+    tables.boards(console, items, wide=wide)  # a profile's strings are shown as they are, never as markup
 
 
 @main.command()
@@ -519,18 +502,29 @@ def keygen(out: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("public_key", type=click.Path(path_type=Path))
+@click.argument("public_key", type=click.Path(path_type=Path), required=False)
 @click.option("--board", "-b", required=True)
+@click.option("--list", "list_keys", is_flag=True, help="List the keys the board trusts (as `edgelm trusted`).")
 @target_options
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @command
-def trust(public_key: Path, board: str, target: str | None, workdir: Path, as_json: bool, **kw: Any) -> None:
-    """Make a target accept only bundles signed by this public key (or another it trusts).
+@click.pass_context
+def trust(ctx: click.Context, public_key: Path | None, board: str, list_keys: bool, target: str | None,
+          workdir: Path, as_json: bool, **kw: Any) -> None:
+    """Make a target accept only bundles signed by this public key (or another it trusts); --list shows
+    the keys it trusts, `edgelm untrust` removes one.
 
     The key is kept on the board (its data folder, the card): every host and workdir sees it."""
     from toolchain import api
 
+    if list_keys:
+        if public_key is not None:
+            raise UsageError("give a PUBLIC_KEY to trust, or --list, not both")
+        ctx.invoke(trusted, board=board, target=target, workdir=workdir, as_json=as_json, **kw)
+        return
+    if public_key is None:
+        raise UsageError("missing PUBLIC_KEY: the .pub file `edgelm keygen` wrote (or --list to see the trusted keys)")
     with StepProgress(enabled=not as_json) as progress:
         result = api.trust(public_key, board, target, workdir, options_from(kw, board, target), progress=progress)
     if as_json:
@@ -757,20 +751,43 @@ def targets(as_json: bool) -> None:
 @click.option("--prompt-ids", default=None, help="Send a greedy request for these comma-separated token ids.")
 @click.option("--tokens", type=int, default=16, show_default=True, help="New tokens for --prompt-ids.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--pte", type=click.Path(path_type=Path), default=None,
+              help="The program the board serves: its manifest's tokenizer decodes the tokens [default: the "
+                   "program of the release `flash` made current, or of the runner's HELLO, found in --workdir].")
+@click.option("--log", "log_file", type=click.Path(path_type=Path), default=None,
+              help="Also append every frame to this file, one JSON object a line (with its decoded text).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per frame.")
 @command
 def monitor(port: str | None, board: str | None, target: str | None, baud: int, seconds: float,
-            prompt_ids: str | None, tokens: int, workdir: Path, as_json: bool) -> None:
-    """Attach to a board's serial link and print the frames it sends."""
-    from toolchain import api
+            prompt_ids: str | None, tokens: int, workdir: Path, pte: Path | None, log_file: Path | None,
+            as_json: bool) -> None:
+    """Attach to a board's serial link and print the frames it sends, token ids with their text."""
+    import contextlib
+    import datetime
 
-    for event in api.monitor(port=port, board=board, target=target, baud=baud, seconds=seconds,
-                             prompt_ids=prompt_ids, tokens=tokens, workdir=workdir):
-        if as_json:
-            click.echo(json.dumps(event, default=str))
-        else:
-            console.print(f"[dim]{event['seq'] if event.get('seq') is not None else '-':>6}[/] "
-                          f"[bold]{event['type']:<7}[/] {escape(printable(str(event.get('message', ''))))}")
+    from toolchain import api, frames
+
+    with contextlib.ExitStack() as stack:
+        try:
+            log = stack.enter_context(log_file.open("a", encoding="utf-8")) if log_file is not None else None
+        except OSError as exc:
+            raise UsageError(f"--log {log_file}: {exc.strerror or exc}") from None
+
+        def note(text: str) -> None:
+            err.print(f"[dim]{escape(printable(text))}[/]", soft_wrap=True)
+
+        for event in api.monitor(port=port, board=board, target=target, baud=baud, seconds=seconds,
+                                 prompt_ids=prompt_ids, tokens=tokens, workdir=workdir, pte=pte, note=note):
+            if log is not None:
+                at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
+                log.write(json.dumps({"at": at, **event}, default=str, ensure_ascii=False) + "\n")
+                log.flush()
+            if as_json:
+                click.echo(json.dumps(event, default=str))
+            else:
+                console.print(f"[dim]{event['seq'] if event.get('seq') is not None else '-':>6}[/] "
+                              f"[bold]{event['type']:<7}[/] {escape(printable(frames.describe(event)))}",
+                              soft_wrap=True)
 
 
 @main.command()
@@ -779,6 +796,12 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
 @click.option("--quant", "-q", type=click.Choice(["fp32", "8da8w", "8da4w"]), default=None,
               help="[default: the board's default_quant]")
 @click.option("--prompt", default="Once upon a time", show_default=True)
+@click.option("--chat", is_flag=True,
+              help="Send --prompt as a user message through the model's chat template (chat_template.jinja, else "
+                   "tokenizer_config.json), as transformers' apply_chat_template does: for instruct models.")
+@click.option("--system", default=None, help="With --chat: the system message.")
+@click.option("--show-special", is_flag=True,
+              help="Print special tokens (<|im_end|>, ...) in the text, as tokenizers decodes them when not skipped.")
 @click.option("--tokens", "-n", type=int, default=64, show_default=True, help="New tokens to generate.")
 @target_options
 @click.option("--max-seq-len", type=int, default=512, show_default=True)
@@ -828,7 +851,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
         threads: int | None, tolerance: float | None, near_tie_budget: float | None, retries: int,
         byte_tokenizer: bool, workdir: Path,
         sign_key: Path | None, security_counter: int | None, force: bool, pte: Path | None,
-        report_path: Path | None, as_json: bool, **kw: Any) -> None:
+        report_path: Path | None, as_json: bool, chat: bool = False, system: str | None = None,
+        show_special: bool = False, **kw: Any) -> None:
     """Export, build, flash, stream and validate, in one go. Exit status 0 only on PASS."""
     from toolchain import api
     from toolchain.errors import UsageError, ValidationFailed
@@ -836,6 +860,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
     from toolchain.validate import report as report_mod
 
     check_text("--prompt", prompt)
+    if system is not None:
+        check_text("--system", system)
     if report_path is not None and not report_path.resolve().parent.is_dir():
         raise UsageError(f"--report {report_path}: the folder {report_path.resolve().parent} does not exist")
 
@@ -847,7 +873,8 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
                          workdir=workdir,
                          retries=retries, near_tie_budget=near_tie_budget, byte_tokenizer=byte_tokenizer,
                          sign_key=sign_key, security_counter=security_counter,
-                         target_options=options_from(kw, board, target), force=force, pte=pte)
+                         target_options=options_from(kw, board, target), force=force, pte=pte,
+                         chat=chat, system=system, show_special=show_special)
 
     def on_text(piece: str) -> None:
         if not as_json and piece:
@@ -860,6 +887,10 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
 
     with StepProgress(enabled=not as_json) as progress:
         def step(name: str, detail: str) -> None:
+            if name == "chat":  # --chat: which template the prompt goes through, one line
+                if not as_json:
+                    err.print(f"[dim]{escape(printable(detail))}[/]", soft_wrap=True)
+                return
             progress(name, detail)
             if name == "stream" and not as_json:
                 progress.pause()  # the text streams below the steps
@@ -911,14 +942,32 @@ def run(board: str, model: str, quant: str | None, prompt: str, tokens: int, tar
 @click.option("--pte", type=click.Path(path_type=Path), default=None,
               help="The program (`edgelm export`): served as it is, or, with --attach, the one the board serves.")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True)
+@click.option("--show-special", is_flag=True,
+              help="Print special tokens (<|im_end|>, ...) in the text, as tokenizers decodes them when not skipped.")
+@click.option("--system", default=None, help="The system message (the chat template renders it first; /system "
+                                             "changes it).")
+@click.option("--history", type=click.Path(path_type=Path), default=None,
+              help="Keep the lines typed here across sessions [default: $XDG_STATE_HOME/edgelm/console_history].")
+@click.option("--no-history", is_flag=True, help="Keep no history file (the up arrow recalls this session only).")
+@click.option("--sign-key", type=click.Path(path_type=Path), default=None,
+              help="Sign the bundle with this ed25519 private key (edgelm keygen), for a board that trusts keys.")
+@click.option("--security-counter", type=click.IntRange(0, 2**32 - 1), default=None,
+              help="With --sign-key: the bundle's security counter (anti-rollback).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per reply instead of the streamed text.")
 @command
 def console_cmd(board: str, model: str, quant: str | None, target: str | None, max_seq_len: int, tokens: int,
                 temperature: float, top_k: int, top_p: float, seed: int, threads: int | None, no_keep_state: bool,
                 no_validate: bool, ignore_eos: bool, attach: bool, pte: Path | None, workdir: Path, as_json: bool,
+                show_special: bool = False, system: str | None = None, history: Path | None = None,
+                no_history: bool = False, sign_key: Path | None = None, security_counter: int | None = None,
                 **kw: Any) -> None:
     """Chat with a board over its link: tokens as they arrive, a status line per reply, Ctrl-C stops
-    a reply (CANCEL), /reset, /stats, /quit. Exit status 0, or 7 if a reply did not validate."""
+    a reply (CANCEL). On a terminal, the line is edited with readline and the up arrow recalls earlier
+    lines (--history); three double quotes open a message of several lines, up to a line ending with
+    them; /system TEXT,
+    /set temperature|top_k|top_p|tokens|seed VALUE, /reset, /stats, /help, /quit. Exit status 0, or 7 if
+    a reply did not validate; 6 if the board or its link fails; 2 to 5 as `edgelm run` when it cannot
+    begin."""
     from dataclasses import replace
 
     from toolchain import console as console_mod
@@ -931,7 +980,14 @@ def console_cmd(board: str, model: str, quant: str | None, target: str | None, m
                                tokens=tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                                threads=threads, keep_state=not no_keep_state, validate=not no_validate,
                                ignore_eos=ignore_eos,
-                               workdir=workdir, target_options=options, attach=attach, pte=pte)
+                               workdir=workdir, target_options=options, attach=attach, pte=pte,
+                               show_special=show_special, system=system, sign_key=sign_key,
+                               security_counter=security_counter)
+    if attach and sign_key is not None:
+        raise UsageError("--sign-key signs the bundle a bring-up flashes; --attach flashes nothing")
+    from toolchain import api
+
+    api.check_counter_option(security_counter, sign_key)
 
     def write(text: str) -> None:
         console.print(printable(text), end="", markup=False, highlight=False, soft_wrap=True)
@@ -945,8 +1001,11 @@ def console_cmd(board: str, model: str, quant: str | None, target: str | None, m
             if name == "chat":
                 progress.pause()  # the conversation goes on below the steps
 
-        failed = console_mod.run(opts, read=lambda p: console.input(p) if not as_json else input(),
-                                 write=write, status=status, progress=step, as_json=as_json)
+        kept = None if no_history else (history or console_mod.default_history())
+        terminal = sys.stdin.isatty() and sys.stdout.isatty() and not as_json
+        with console_mod.LineReader(kept, terminal=terminal, warn=status) as reader:
+            failed = console_mod.run(opts, read=lambda p: reader("" if as_json else p), write=write, status=status,
+                                     progress=step, as_json=as_json)
     if failed:
         raise ValidationFailed(f"{failed} repl{'y' if failed == 1 else 'ies'} did not validate")
 
@@ -954,9 +1013,10 @@ def console_cmd(board: str, model: str, quant: str | None, target: str | None, m
 @main.command("ports")
 @click.option("--workdir", type=click.Path(path_type=Path), default=Path("out"), show_default=True,
               help="Also list the serial links of runners `edgelm flash` left running here.")
+@click.option("--wide", is_flag=True, help="Every column (the default fits 80 columns).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per port.")
 @command
-def ports_cmd(workdir: Path, as_json: bool) -> None:
+def ports_cmd(workdir: Path, wide: bool, as_json: bool) -> None:
     """List serial ports: USB VID:PID, serial number, description, and what to pass as --port."""
     from toolchain import api
 
@@ -967,13 +1027,9 @@ def ports_cmd(workdir: Path, as_json: bool) -> None:
     if not items:
         console.print("no serial ports")
         return
-    table = Table("device", "vid:pid", "serial", "description", "--port that follows it across a reset")
-    for p in items:
-        follow = p["spec"] if p["kind"] == "usb" else ""
-        table.add_row(*(escape(printable(str(x))) for x in (p["device"], p["usb_id"] or p["kind"],
-                                                            p["serial_number"] or "-", p["description"] or "-",
-                                                            follow)))
-    console.print(table)
+    from toolchain import tables
+
+    tables.ports(console, items, wide=wide)
 
 
 if __name__ == "__main__":

@@ -7,21 +7,42 @@ decode tokens/s, time to first token, the prompt tokens the board kept, and the 
 reply against the host reference. Ctrl-C during a reply sends CANCEL (the board stops at the next
 token and ends with STATS); at the prompt it only says how to leave. ``/reset``, ``/stats``,
 ``/quit`` (or end of input) do what they say.
+
+As llama.cpp's conversation mode and ollama do: on a terminal the line is edited with GNU readline
+(arrows, Ctrl-A/E, Ctrl-R) and the lines typed are kept in a history file across sessions
+(``LineReader``); a message between ``\"\"\"`` and ``\"\"\"`` spans lines; ``--system`` and ``/system``
+give the system message (a new conversation: the template renders it first); ``/set temperature|
+top_k|top_p|tokens|seed VALUE`` changes the sampling from the next reply, checked as `edgelm run`
+checks its options (a value out of range is refused in one line and nothing changes).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from toolchain.errors import EdgelmError, UsageError
 
-HELP = "/reset starts a new conversation, /stats shows the figures so far, /quit (or Ctrl-D) leaves"
+HELP = "/help lists the commands, /quit (or Ctrl-D) leaves"
+COMMANDS = (
+    ("/help", "this list"),
+    ("/reset", "start a new conversation (the system message stays)"),
+    ("/system TEXT", "set the system message and start a new conversation; /system alone shows it, "
+                     "/system - drops it"),
+    ("/set NAME VALUE", "change temperature, top_k, top_p, tokens or seed from the next reply; /set alone "
+                        "shows them"),
+    ("/stats", "the figures so far"),
+    ("/quit", "leave (or Ctrl-D)"),
+    ('"""', 'a message over several lines, up to a line that ends with """'),
+)
+SETTINGS = {"temperature": float, "top_k": int, "top_p": float, "tokens": int, "seed": int}  # what /set changes
+MULTILINE = '"""'
 
 
 @dataclass
@@ -44,6 +65,10 @@ class Options:
     target_options: Any = None
     attach: bool = False  # talk to the release `edgelm flash` left serving (no bring-up)
     pte: Path | None = None  # the program it serves (attach: for the tokenizer's sizes and validation)
+    show_special: bool = False  # the replies' text shows special tokens (tokenizers' decode with them)
+    system: str | None = None  # the system message (--system, /system)
+    sign_key: Path | None = None  # sign the bundle with this ed25519 private key (a board that trusts keys)
+    security_counter: int | None = None  # with sign_key: the bundle's security counter
 
     def check(self) -> None:
         """The options in range, checked as `edgelm run` checks them (one line naming the option)."""
@@ -129,7 +154,7 @@ class Chat:
                                    top_k=o.top_k, top_p=o.top_p, seed=o.seed, stop=self.conv.eos_ids,
                                    report_logits=self.judge is not None, keep_state=o.keep_state,
                                    ignore_eos=o.ignore_eos)
-        assembler = TextAssembler(self.conv.tok)
+        assembler = TextAssembler(self.conv.tok, o.show_special)  # prints what tokenizers decodes
         with ctrl_c_cancels() as pressed:
             served = api.serve_and_validate(_SessionOnly(self.session), request, self.judge,
                                             on_token=lambda t: on_text(assembler.push(t)), cancel=pressed)
@@ -171,7 +196,8 @@ def open_chat(opts: Options, progress: Callable[[str, str], None]) -> Iterator[C
         return
     req = api.RunRequest(board=opts.board, model=opts.model, prompt="", tokens=1, quant=opts.quant,
                          target=opts.target, max_seq_len=opts.max_seq_len, threads=opts.threads, workdir=opts.workdir,
-                         target_options=opts.target_options, fidelity=False, pte=opts.pte)
+                         target_options=opts.target_options, fidelity=False, pte=opts.pte, sign_key=opts.sign_key,
+                         security_counter=opts.security_counter)
     prep = api.prepare_run(req, progress)
     man = prep.exported.manifest
     conv = Conversation.from_manifest(fmt, prep.tok, man)
@@ -223,6 +249,133 @@ def _attached(opts: Options, fmt: Any, progress: Callable[[str, str], None]) -> 
         transport.close()
 
 
+def default_history() -> Path:
+    """Where the lines typed are kept: ``$XDG_STATE_HOME/edgelm/console_history`` (``~/.local/state``
+    when XDG_STATE_HOME is not set), as the XDG base directories say for history."""
+    state = os.environ.get("XDG_STATE_HOME") or ""
+    return (Path(state) if os.path.isabs(state) else Path.home() / ".local" / "state") / "edgelm" / "console_history"
+
+
+class LineReader:
+    """``reader(prompt)``: the next line typed. On a terminal (``terminal``), GNU readline edits it
+    (arrows, Home/End, Ctrl-A/E/K/W, Ctrl-R searches) and the up arrow recalls the lines of this and
+    earlier sessions: ``history`` is read on entry and written back on exit (None: this session only),
+    the last ``HISTORY_LINES`` of it, private to its owner (0600). Tab completes the commands. Off a
+    terminal (a pipe, a file): lines as they come, no history."""
+
+    HISTORY_LINES = 1000
+
+    def __init__(self, history: Path | None, *, terminal: bool, warn: Callable[[str], None] = lambda s: None):
+        self.history, self.terminal, self.warn = history, terminal, warn
+        self._readline: Any = None
+
+    def __enter__(self) -> LineReader:
+        if not self.terminal:
+            return self
+        try:
+            import readline
+        except ImportError:  # a Python built without it: lines as they come
+            return self
+        self._readline = readline
+        readline.clear_history()
+        readline.set_history_length(self.HISTORY_LINES)
+        if self.history is not None and self.history.is_file():
+            try:
+                readline.read_history_file(str(self.history))
+            except OSError as exc:
+                self.warn(f"the console history {self.history} is not readable ({exc.strerror or exc}): "
+                          "this session's lines only")
+        words = sorted({c.split()[0] for c, _ in COMMANDS if c.startswith("/")} | {f"/set {k}" for k in SETTINGS})
+
+        def complete(text: str, state: int) -> str | None:
+            line = readline.get_line_buffer()
+            found = [w[len(line) - len(text):] + " " for w in words if w.startswith(line) and line.startswith("/")]
+            return found[state] if state < len(found) else None
+
+        readline.set_completer_delims(" \t")
+        readline.set_completer(complete)
+        readline.parse_and_bind("tab: complete")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        readline, self._readline = self._readline, None
+        if readline is None:
+            return
+        readline.set_completer(None)
+        if self.history is None:
+            return
+        try:
+            self.history.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(self.history, os.O_WRONLY | os.O_CREAT, 0o600))  # private: it holds the chats
+            readline.write_history_file(str(self.history))
+        except OSError as exc:
+            self.warn(f"the console history was not kept: {self.history}: {exc.strerror or exc}")
+
+    def __call__(self, prompt: str) -> str:
+        return input(prompt)
+
+
+def _message(first: str, read: Callable[[str], str]) -> str:
+    """The message that starts with the line ``first``: itself, or, opened by \"\"\", the lines up to the
+    one that ends with \"\"\" (the quotes left out, the lines kept as typed). End of input ends it."""
+    body = first.lstrip()[len(MULTILINE):]
+    if body.rstrip().endswith(MULTILINE):
+        return body.rstrip()[:-len(MULTILINE)]
+    lines = [body]
+    while True:
+        try:
+            line = read("... ")
+        except EOFError:
+            break
+        if line.rstrip().endswith(MULTILINE):
+            lines.append(line.rstrip()[:-len(MULTILINE)])
+            break
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _set(opts: Options, words: list[str], status: Callable[[str], None]) -> None:
+    """``/set NAME VALUE``: the option changed if `edgelm run` would take it (RunRequest.check), else one
+    line saying why and nothing changed; ``/set`` alone: the values now."""
+    now = ", ".join(f"{name} {getattr(opts, name)}" for name in SETTINGS)
+    if not words:
+        status(f"sampling: {now}")
+        return
+    if len(words) != 2 or words[0] not in SETTINGS:
+        status(f"usage: /set NAME VALUE, NAME one of {', '.join(SETTINGS)} (now: {now})")
+        return
+    name, text = words
+    kind = SETTINGS[name]
+    try:
+        value = kind(text)
+    except ValueError:
+        status(f"error: /set {name} {text}: not {'a whole number' if kind is int else 'a number'}; {name} stays "
+               f"{getattr(opts, name)}")
+        return
+    try:
+        replace(opts, **{name: value}).check()  # the one check `edgelm run` makes of its options
+    except UsageError as exc:
+        why = str(exc).replace(f"--{name.replace('_', '-')} ", f"{name} ", 1)
+        status(f"error: /set refused: {why}; {name} stays {getattr(opts, name)}")
+        return
+    setattr(opts, name, value)
+    status(f"({name} {value} from the next reply)")
+
+
+def _system(chat: Chat, text: str, status: Callable[[str], None]) -> None:
+    """``/system TEXT``: the system message, and a new conversation that starts with it; ``/system``
+    alone shows it; ``/system -`` drops it."""
+    conv = chat.conv
+    if not text:
+        status(f"system message: {conv.system!r}" if conv.system is not None else "(no system message)")
+        return
+    conv.system = None if text == "-" else text
+    chat.opts.system = conv.system
+    conv.reset()
+    status("(no system message; a new conversation)" if conv.system is None else
+           "(system message set; a new conversation)")
+
+
 def run(opts: Options, *, read: Callable[[str], str], write: Callable[[str], None],
         status: Callable[[str], None], progress: Callable[[str, str], None], as_json: bool = False) -> int:
     """The interactive loop. ``read(prompt)`` returns a line (EOFError ends; KeyboardInterrupt at the
@@ -232,12 +385,18 @@ def run(opts: Options, *, read: Callable[[str], str], write: Callable[[str], Non
     opts.check()  # before any bring-up
     failed = 0
     with open_chat(opts, progress) as chat:
-        progress("chat", f"{chat.conv.fmt.source}, {chat.conv.max_seq_len} tokens of room")
+        chat.conv.system = opts.system
+        progress("chat", f"{chat.conv.fmt.line}, {chat.conv.max_seq_len} tokens of room")
         if not as_json:
+            status(chat.conv.fmt.line)  # the first line: the template the turns go through, or plain text
             status(f"connected: {opts.model} on {opts.board}; {HELP}; Ctrl-C stops a reply")
         while True:
             try:
                 line = read("you> ")
+                if line.lstrip().startswith(MULTILINE) or line.lstrip().startswith(f"/system {MULTILINE}"):
+                    system = line.lstrip().startswith("/system")
+                    body = _message(line.lstrip().removeprefix("/system").lstrip(), read)
+                    line = f"/system {body.strip()}" if system else body
             except EOFError:
                 break
             except KeyboardInterrupt:
@@ -247,16 +406,24 @@ def run(opts: Options, *, read: Callable[[str], str], write: Callable[[str], Non
             if not text:
                 continue
             if text.startswith("/"):
-                if text == "/quit":
+                command, _, rest = text.partition(" ")
+                if command == "/quit":
                     break
-                if text == "/reset":
+                if command == "/reset":
                     chat.conv.reset()
                     status("(a new conversation)")
-                elif text == "/stats":
+                elif command == "/stats":
                     for s in chat.totals.lines(chat.conv):
                         status(s)
+                elif command == "/help":
+                    for name, what in COMMANDS:
+                        status(f"{name:<16} {what}")
+                elif command == "/system":
+                    _system(chat, rest.strip(), status)
+                elif command == "/set":
+                    _set(opts, rest.split(), status)
                 else:
-                    status(f"unknown command {text.split()[0]!r}: {HELP}")
+                    status(f"unknown command {command!r}: {HELP}")
                 continue
             try:
                 turn = chat.say(text, (lambda s: None) if as_json else write)

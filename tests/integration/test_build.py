@@ -1,5 +1,6 @@
 """Firmware builds: rendered project, cross-compiled runner, bundle with hashes, glibc check."""
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -39,7 +40,7 @@ def test_bundle_for_board(board, machine, tiny_pte, hil_workdir):
 
 def test_a_board_with_an_older_glibc_is_refused(tiny_pte, hil_workdir, tmp_path):
     bundle, _ = api.cached_build("rpi5", tiny_pte, hil_workdir)
-    old = boards.Board(**{**boards.get("rpi5").to_dict(), "glibc": "2.17", "cpu_flags": ("-mcpu=cortex-a76",)})
+    old = dataclasses.replace(boards.get("rpi5"), glibc="2.17")
     with pytest.raises(CapacityError, match=r"needs GLIBC_2\.\d+ but rpi5 has glibc 2.17"):
         package.assemble(old, bundle.root / "runner", sdk.sdk_for("aarch64"), tiny_pte, tmp_path / "b",
                             render.firmware_version())
@@ -75,7 +76,7 @@ def test_a_runner_linked_for_the_compilers_glibc_is_refused_for_rpi4(tiny_pte, h
 
 
 def test_runtime_libraries_newer_than_the_board_are_refused_before_compiling():
-    old = boards.Board(**{**boards.get("rpi4").to_dict(), "glibc": "2.26", "cpu_flags": ("-mcpu=cortex-a72",)})
+    old = dataclasses.replace(boards.get("rpi4"), glibc="2.26")
     with pytest.raises(CapacityError, match=r"libexecutorch\.so needs GLIBC_2\.27 but rpi4 has glibc 2\.26"):
         cross.link_glibc(old, sdk.sdk_for("aarch64"))
 

@@ -358,3 +358,43 @@ def test_a_local_runner_stopped_for_a_switch_is_started_again_by_its_guard(workd
         assert target.runner.running() is None
     finally:
         target.runner.stop()
+
+
+def test_a_local_start_cut_short_by_a_sigkill_leaves_the_lease_to_its_guard(workdir, standin_bundle, monkeypatch):
+    """Killed (SIGKILL) inside the start, after the link was up and before the runner ran: the lease
+    of the stop must still be there, so that its guard starts the current release (and ends the
+    link the dead edgelm left). It was taken back first, and nothing ever served again (found by
+    benchmarks/interrupted_flash.py --kind local: 1 of 12 trials)."""
+    import json
+
+    from standin import STATE, run_edgelm
+
+    from toolchain import api
+    from toolchain.deploy import process
+
+    flashed = run_edgelm("flash", str(standin_bundle("good")), "--target", "local", "--json", "--workdir", str(workdir))
+    assert flashed.returncode == 0, flashed.stderr
+    release = json.loads(flashed.stdout)["release"]
+    target = api.target_for("host", "local", workdir)
+    try:
+        target.runner.stop(lease_s=1)  # the stop for the switch
+        dying = api.target_for("host", "local", workdir).runner  # the flash, after the switch
+        dying.connect()
+        socat = json.loads((workdir / STATE / "running.json").read_text())["processes"]["socat"]
+
+        def killed(*args, **kwargs):
+            raise SystemExit("SIGKILL: the process ends here, nothing unwinds")
+
+        monkeypatch.setattr(process.subprocess, "Popen", killed)
+        with pytest.raises(SystemExit):
+            dying.start(target.store.current(), device=dying.board_device)
+        monkeypatch.undo()
+        assert (workdir / STATE / "lease.json").exists()
+        deadline = time.monotonic() + 20
+        while target.runner.running() is None:
+            assert time.monotonic() < deadline, "the guard never started the runner again"
+            time.sleep(0.1)
+        assert target.runner.running()["release"] == release
+        assert process.ProcessRecord.from_dict(socat).changed() is not None, "the dead flash's link still runs"
+    finally:
+        target.runner.stop()

@@ -1,3 +1,6 @@
+import json
+import os
+
 import pytest
 
 from toolchain import boards
@@ -16,7 +19,40 @@ def test_the_pi_zero_2_w_is_a_512_mb_cortex_a53():
     zero = boards.get("pizero2w")
     assert (zero.arch, zero.qemu_cpu, zero.cpu_flags) == ("aarch64", "cortex-a53", ("-mcpu=cortex-a53",))
     assert (zero.cores, zero.threads, zero.ram_mb, zero.glibc) == (4, 4, 512, "2.36")
-    assert zero.serial_device == "/dev/ttyS0"  # the mini UART: the PL011 serves Bluetooth
+    assert zero.serial_device == "/dev/ttyAMA0"  # the PL011, Bluetooth moved off it
+    assert zero.uart_for("/dev/ttyAMA0").config == ("enable_uart=1", "dtoverlay=disable-bt")
+
+
+def test_a_pi_5_serves_on_uart0_of_the_gpio_header_and_knows_its_debug_uart():
+    rpi5 = boards.get("rpi5")
+    assert rpi5.serial_device == "/dev/ttyAMA0"
+    gpio, debug = rpi5.uart_for("/dev/ttyAMA0"), rpi5.uart_for("/dev/ttyAMA10")
+    assert gpio.config == ("dtparam=uart0=on",) and gpio.consoles == ("ttyAMA0",)
+    assert debug.config == () and debug.consoles == ("serial0", "ttyAMA10")
+    assert rpi5.uart_for("/dev/ttyUSB0") is None
+
+
+@pytest.mark.parametrize("table, message", [
+    ('device = "/dev/ttyAMA0"\nwhere = "x"\nconfig = ["dtoverlay=x\\nstart_file=evil.elf"]', "is not one edgelm"),
+    ('device = "/dev/ttyAMA0"\nwhere = "x"\nconfig = ["start_file=evil.elf"]', "is not one edgelm writes"),
+    ('device = "/dev/ttyAMA0"\nwhere = "x"\nconsoles = ["tty1 init=/bin/sh"]', "must be a device name"),
+    ('device = "/dev/../etc/passwd"\nwhere = "x"', "must be a /dev path"),
+    ('device = "/dev/ttyAMA9"\nwhere = "x"', "is none of its uarts"),
+    ('device = "/dev/ttyAMA0"\nwhere = "x"\nbaud = 1', "unknown field 'baud'"),
+    ('device = "/dev/ttyAMA0"', "where must be a string"),
+])
+def test_bad_uarts_are_refused(tmp_path, table, message):
+    text = (boards.BOARDS_DIR / "rpi5.toml").read_text()
+    head = text.split("\n[[uarts]]")[0]
+    (tmp_path / "rpi5.toml").write_text(head + "\n[[uarts]]\n" + table + "\n")
+    with pytest.raises(InputError, match=message):
+        boards.load_registry(tmp_path).get("rpi5")
+
+
+def top_level(lines: list[str], line: str) -> str:
+    """A profile's lines with ``line`` among its top-level keys (before its first table)."""
+    first_table = next((i for i, x in enumerate(lines) if x.startswith("[")), len(lines))
+    return "\n".join(lines[:first_table] + [line] + lines[first_table:]) + "\n"
 
 
 def test_unknown_board_lists_the_known_ones():
@@ -36,7 +72,7 @@ def test_bad_profiles_name_field_and_value(tmp_path, line, message):
     text = (boards.BOARDS_DIR / "rpi5.toml").read_text()
     key = line.split(" = ")[0]
     lines = [x for x in text.splitlines() if not x.startswith(key + " ")]
-    (tmp_path / "rpi5.toml").write_text("\n".join(lines + [line]) + "\n")
+    (tmp_path / "rpi5.toml").write_text(top_level(lines, line))
     with pytest.raises(InputError, match=message):
         boards.load_registry(tmp_path).get("rpi5")
 
@@ -172,7 +208,45 @@ def test_boards_lists_the_good_profiles_and_warns_of_a_bad_one(boards_dir):
 def test_a_profile_s_text_is_shown_as_it_is_not_as_markup(boards_dir, value):
     text = (boards_dir / "rpi5.toml").read_text()
     lines = [x for x in text.splitlines() if not x.startswith("description ")]
-    (boards_dir / "rpi5.toml").write_text("\n".join([*lines, f"description = {value}"]) + "\n")
+    (boards_dir / "rpi5.toml").write_text(top_level(lines, f"description = {value}"))
     result, shown = cli("boards")
     assert result.exit_code == 0, result.output
     assert value.strip('"') in shown, shown
+
+
+def _edgelm_at(columns, *args):
+    """`edgelm ARGS` as a terminal of ``columns`` columns runs it (rich reads COLUMNS)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": str(columns), "NO_COLOR": "1", "TERM": "dumb"}
+    proc = subprocess.run([sys.executable, "-m", "toolchain.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_boards_fit_80_columns_and_cut_no_name_or_serial_device():
+    items = json.loads(_edgelm_at(80, "boards", "--json"))
+    shown = _edgelm_at(80, "boards")
+    print(shown)
+    lines = shown.splitlines()
+    assert all(len(line) <= 80 for line in lines), [line for line in lines if len(line) > 80]
+    assert "…" not in shown
+    words = {w for line in lines for w in line.split()}
+    for b in items:
+        assert b["name"] in words and b["serial_device"] in words, (b["name"], b["serial_device"])
+
+
+def test_boards_wide_shows_every_column_uncut_however_narrow_the_terminal():
+    items = json.loads(_edgelm_at(80, "boards", "--json"))
+    shown = _edgelm_at(80, "boards", "--wide")
+    assert "…" not in shown
+    header = shown.splitlines()[1]
+    assert [c.strip() for c in header.split("│")[1:-1]] == ["board", "cpu", "cores", "memory", "NPU", "glibc",
+                                                            "serial", "target", "description"]
+    rows = {cells[0]: cells for cells in ([c.strip() for c in line.split("│")[1:-1]]
+                                          for line in shown.splitlines()[3:-1])}
+    for b in items:  # one line per board, each value whole
+        assert rows[b["name"]][6] == f"{b['serial_device']} @ {b['baud']}"
+        assert rows[b["name"]][8] == b["description"]

@@ -26,6 +26,8 @@ from toolchain.model.tokenizer import ByteTokenizer, TextAssembler
     (["--min-agreement", "1.2"], "--min-agreement 1.2 must be a fraction in [0, 1]"),
     (["--min-agreement", "nan"], "--min-agreement nan must be a finite number"),
     (["--min-agreement", "0.9", "--no-fidelity"], "--min-agreement needs the fidelity measurement"),
+    (["--system", "Be brief."], "--system needs --chat"),
+    (["--chat"], "--chat: tiny has no chat template: a preset has none"),  # the default model, a preset
 ])
 def test_bad_run_options_fail_before_any_work(tmp_path, args, needle):
     work = tmp_path / "work"
@@ -184,6 +186,9 @@ def test_bad_monitor_options_are_refused_before_the_port_is_opened(monkeypatch, 
      "--accept-new-host-key does not apply to the qemu target"),
     (["power", "on", "--board", "rpi5", "--target", "qemu-system", "--accept-new-host-key"],
      "--accept-new-host-key does not apply to the qemu-system target"),
+    (["console", "--board", "host", "--target", "local", "--security-counter", "3"],
+     "--security-counter needs --sign-key"),
+    (["console", "--board", "host", "--target", "local", "--attach", "--sign-key", "k"], "--attach flashes nothing"),
 ])
 def test_target_options_a_target_would_ignore_are_refused(tmp_path, no_work, args, needle):
     args = [a.replace("BUNDLE", str(tmp_path / "b")) for a in args]

@@ -2,6 +2,8 @@
 the runtime libraries' floor, linked by zig cc. A stand-in compiler and objdump on PATH play the
 toolchain: the compiler reports its glibc, objdump prints a fake library's text as its symbols."""
 
+import dataclasses
+
 import pytest
 
 from toolchain import boards
@@ -35,8 +37,7 @@ def toolchain(tmp_path, monkeypatch):
 
 
 def _board(name, glibc):
-    return boards.Board(**{**boards.get(name).to_dict(), "glibc": glibc,
-                           "cpu_flags": tuple(boards.get(name).cpu_flags)})
+    return dataclasses.replace(boards.get(name), glibc=glibc)
 
 
 def test_the_compilers_glibc_is_read_from_its_headers(toolchain):

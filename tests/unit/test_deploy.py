@@ -397,6 +397,12 @@ def test_trusted_lists_the_keys_and_untrust_removes_one(tmp_path, keys):
     assert json.loads(out)["removed"] == [fps[0]] and json.loads(out)["remaining"] == 1
     code, out, _ = _cli("trusted", "--board", "host", "--target", "local", "--workdir", work, "--json")
     assert [k["fingerprint"] for k in json.loads(out)["keys"]] == [fps[1]]
+    code, out, err = _cli("trust", "--list", "--board", "host", "--target", "local", "--workdir", work, "--json")
+    assert code == 0 and [k["fingerprint"] for k in json.loads(out)["keys"]] == [fps[1]], err
+    code, _, err = _cli("trust", keys["other"][1], "--list", "--board", "host", "--target", "local", "--workdir", work)
+    assert code == 2 and "not both" in _error_line(err)
+    code, _, err = _cli("trust", "--board", "host", "--target", "local", "--workdir", work)
+    assert code == 2 and "missing PUBLIC_KEY" in _error_line(err)
     code, _, err = _cli("untrust", "0123456789abcdef", "--board", "host", "--target", "local", "--workdir", work)
     assert code == 2 and "trusts no key 0123456789abcdef" in _error_line(err)
 

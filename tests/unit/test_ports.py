@@ -3,7 +3,12 @@ after a reset renames the adapter, the permission message, and `edgelm ports` li
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -380,10 +385,32 @@ def test_ports_json_lists_a_runners_pseudo_terminal(workdir, sleeper, pty, monke
         "product": None, "description": "edgelm link to local:host runner", "hwid": f"pty {host_end}",
         "location": None, "usb_id": None, "spec": link}
     monkeypatch.setattr(cli.console, "width", 240)  # a row on one line
-    table = CliRunner().invoke(main, ["ports", "--workdir", str(workdir)])
+    table = CliRunner().invoke(main, ["ports", "--wide", "--workdir", str(workdir)])
     assert table.exit_code == 0
     row = next(line for line in table.output.splitlines() if link in line)
     assert [cell.strip() for cell in row.split("│")[1:6]] == [link, "pty", "-", "edgelm link to local:host runner", ""]
+
+
+@pytest.mark.parametrize("deep", [False, True])
+def test_ports_fit_80_columns_and_never_cut_the_path(request, sleeper, pty, deep):
+    """At 80 columns every line fits, and the one thing to copy, the link's path, is there whole: in a
+    table when it fits beside its description, else on a line of its own (the terminal wraps it)."""
+    short = tempfile.mkdtemp(prefix="edgelm-")  # a pytest folder's path is long already
+    request.addfinalizer(lambda: shutil.rmtree(short, ignore_errors=True))
+    work = Path(short) / ("a-workdir-whose-path-is-longer-than-a-terminal-is-wide" * deep) / "work"
+    _, host_end = pty()
+    link = _runner_left_running(work, identity(sleeper.pid), host_end)
+    assert (len(link) > 80) == deep
+    env = {**os.environ, "COLUMNS": "80", "NO_COLOR": "1", "TERM": "dumb"}
+    shown = subprocess.run([sys.executable, "-m", "toolchain.cli", "ports", "--workdir", str(work)],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    print(shown.stdout)
+    lines = shown.stdout.splitlines()
+    assert "…" not in shown.stdout
+    assert [line for line in lines if len(line) > 80] == ([link] if deep else [])
+    row = next(line for line in lines if link in line)
+    assert row.split()[0] == link and "edgelm link to local:host runner" in " ".join(shown.stdout.split())
 
 
 def test_a_link_whose_runner_has_gone_is_not_listed(workdir, sleeper, pty):

@@ -243,7 +243,6 @@ class ProcessRunner:
         """Start ``release``'s runner on ``device``, the board's end of the link (``connect`` first)."""
         if self._socat is None or self._socat.poll() is not None:
             raise DeviceError("the serial link is not up: connect it before starting the runner")
-        self._lease_path.unlink(missing_ok=True)  # started here: a guard a stop left has nothing to do
         path = Path(release.path)
         cmd = [*self.prefix(), str(path / RUNNER), "--model", str(path / PROGRAM_FILE), "--serial", device]
         if threads:
@@ -257,6 +256,9 @@ class ProcessRunner:
             self._write_running({
                 "runner_pid": self._runner.pid, "socat_pid": self._socat.pid,
                 "port": self._host_end, "release": release.id, "started": time.time(), "processes": processes})
+        # Started and recorded: a guard a stop left has nothing to do. Not before: an edgelm killed
+        # (SIGKILL) between taking the lease back and starting the runner would leave nothing serving.
+        self._lease_path.unlink(missing_ok=True)
 
     def log_tail(self, lines: int = 3) -> str:
         try:
@@ -372,6 +374,7 @@ def guard(state: Path, lease_s: float, token: str) -> str:
                 return "nothing is current"
             folder = link.resolve()
             release = Release(folder.name, str(folder), str(lease["board"]), "")
+            runner.stop()  # what a killed edgelm started of its link (socat) and recorded, before a new one
             try:
                 runner.connect()
                 runner.start(release, device=runner.board_device)

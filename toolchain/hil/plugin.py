@@ -353,7 +353,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         from toolchain.validate import html
 
         html.write(out, [(run["test"], run["report"]) for run in runs], title="edgelm hardware-in-the-loop tests",
-                   versions=api.versions())
+                   versions=api.versions(), outcomes=session.config.stash.get(_OUTCOMES, {}))
     else:
         out.write_text(json.dumps({"edgelm": api.versions(), "outcomes": session.config.stash.get(_OUTCOMES, {}),
                                    "runs": runs}, indent=1))

@@ -8,15 +8,25 @@ from rich.console import Console
 from rich.table import Table
 
 
+def divergence(v: dict[str, Any]) -> str:
+    """Where the board's tokens first differ from what judged them, worded so that a PASS never reads
+    as a failure: a passing stream differs at near-ties only (allowed), or nowhere."""
+    first = v.get("first_divergence")
+    if first is None:
+        return "no token differs"
+    if v["verdict"] == "PASS":
+        return f"differs at near-ties only (allowed; the first at token {first})"
+    return f"first divergence at token {first}"
+
+
 def _check(v: dict[str, Any]) -> str:
     """How the stream was judged, and what came of it."""
-    first = "none" if v["first_divergence"] is None else v["first_divergence"]
     if v.get("rule") == "twin":
         return (f"{v['exact_matches']}/{v['generated']} bit for bit as its twin ({v.get('judge', '')}), "
-                f"{'sampled, ' if v.get('sampled') else ''}first divergence {first}")
+                f"{'sampled, ' if v.get('sampled') else ''}{divergence(v)}")
     return (f"{v['exact_matches']}/{v['generated']} exact vs host reference ({v.get('judge') or 'reference'}), "
             f"{len(v['near_ties'])} near-ties (budget {v.get('near_tie_budget', '-')}), "
-            f"{'sampler replayed, ' if v.get('sampled') else ''}first divergence {first}")
+            f"{'sampler replayed, ' if v.get('sampled') else ''}{divergence(v)}")
 
 
 def _drafts(s: dict[str, Any]) -> str:

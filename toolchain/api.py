@@ -1145,7 +1145,7 @@ def run_job(req: RunRequest, progress: Progress = _noop, on_text: Callable[[str]
 
 def monitor(*, port: str | None, board: str | None, target: str | None, baud: int, seconds: float,
             prompt_ids: str | None = None, tokens: int = 16, workdir: Path = DEFAULT_WORKDIR,
-            pte: Path | None = None, note: Callable[[str], None] = lambda s: None):
+            pte: Path | None = None, note: Callable[[str], None] = lambda s: None, show_special: bool = False):
     """Yield one dict per frame the board sends (and per garbled frame) for ``seconds``; a TOKEN's
     ``text`` and a STATS's ``stream_text`` are decoded with the tokenizer of the program the board serves
     (``pte``, else found by its sha256 under ``workdir``: see ``toolchain.frames``). ``note``: which
@@ -1157,7 +1157,7 @@ def monitor(*, port: str | None, board: str | None, target: str | None, baud: in
     from toolchain.link.transport import Deadline
 
     ids = _monitor_request(prompt_ids, tokens, seconds, baud)  # every option checked before the port is opened
-    text = FrameText(workdir, note)
+    text = FrameText(workdir, note, show_special=show_special)
     if pte is not None:
         text.use_program(pte)
     if port is None:

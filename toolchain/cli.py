@@ -756,11 +756,13 @@ def targets(as_json: bool) -> None:
                    "program of the release `flash` made current, or of the runner's HELLO, found in --workdir].")
 @click.option("--log", "log_file", type=click.Path(path_type=Path), default=None,
               help="Also append every frame to this file, one JSON object a line (with its decoded text).")
+@click.option("--show-special", is_flag=True,
+              help="Print special tokens (<|im_end|>, ...) in the text, as tokenizers decodes them when not skipped.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per frame.")
 @command
 def monitor(port: str | None, board: str | None, target: str | None, baud: int, seconds: float,
             prompt_ids: str | None, tokens: int, workdir: Path, pte: Path | None, log_file: Path | None,
-            as_json: bool) -> None:
+            show_special: bool, as_json: bool) -> None:
     """Attach to a board's serial link and print the frames it sends, token ids with their text."""
     import contextlib
     import datetime
@@ -777,7 +779,8 @@ def monitor(port: str | None, board: str | None, target: str | None, baud: int, 
             err.print(f"[dim]{escape(printable(text))}[/]", soft_wrap=True)
 
         for event in api.monitor(port=port, board=board, target=target, baud=baud, seconds=seconds,
-                                 prompt_ids=prompt_ids, tokens=tokens, workdir=workdir, pte=pte, note=note):
+                                 prompt_ids=prompt_ids, tokens=tokens, workdir=workdir, pte=pte, note=note,
+                                 show_special=show_special):
             if log is not None:
                 at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
                 log.write(json.dumps({"at": at, **event}, default=str, ensure_ascii=False) + "\n")

@@ -22,8 +22,8 @@ class FrameText:
     completes) and ``stream_text`` to a STATS (the whole reply). ``note`` is told which tokenizer
     decodes, or why none does."""
 
-    def __init__(self, workdir: Path, note: Callable[[str], None]):
-        self.workdir, self.note = workdir, note
+    def __init__(self, workdir: Path, note: Callable[[str], None], *, show_special: bool = False):
+        self.workdir, self.note, self.show_special = workdir, note, show_special
         self.tok: Any = None
         self._assembler: Any = None
         self._looked: set[str] = set()
@@ -100,7 +100,7 @@ class FrameText:
         # `edgelm run` and `edgelm console` print their replies.
         from toolchain.model.tokenizer import TextAssembler
 
-        return TextAssembler(self.tok)
+        return TextAssembler(self.tok, show_special=self.show_special)
 
 
 def describe(event: dict[str, Any]) -> str:

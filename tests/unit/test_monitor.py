@@ -114,3 +114,16 @@ def test_an_unwritable_log_is_one_line_before_the_port_opens(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.splitlines() == [
         f"error: --log {tmp_path / 'no' / 'such' / 'folder.jsonl'}: No such file or directory"]
+
+
+def test_special_tokens_print_only_with_show_special(tmp_path, board_link, fakes):
+    from toolchain.model.tokenizer import BYTE_SPECIALS
+
+    pte = an_export(tmp_path / "work", fakes)
+    frames = stream(hashlib.sha256(fakes.FAKE_PTE).hexdigest())
+    frames.insert(-1, (P.TOKEN, P.Token(len(REPLY.encode()), 2, 99_000).pack()))  # then EOS (id 2)
+    proc = monitor("--port", board_link(frames), "--pte", str(pte), "--workdir", str(tmp_path / "work"))
+    assert f"text: {REPLY}\n" in proc.stdout + "\n"
+    proc = monitor("--port", board_link(frames), "--pte", str(pte), "--workdir", str(tmp_path / "work"),
+                   "--show-special")
+    assert f"text: {REPLY}{BYTE_SPECIALS[2]}" in proc.stdout

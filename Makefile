@@ -3,42 +3,65 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := g++-aarch64-linux-gnu qemu-user socat cmake clang libclang-rt-dev openssh-client openssh-server \
-	qemu-system-arm e2fsprogs faketime chromium ser2net gcc-arm-none-eabi libnewlib-arm-none-eabi
+# Debian/Ubuntu packages by capability (`edgelm doctor` says the same, with macOS's lines), installed by
+# .ci/apt-install: only the missing ones, without Recommends, no service started or left enabled.
+APT_BUILD := g++-aarch64-linux-gnu make cmake
+APT_EMULATED := $(APT_BUILD) qemu-user socat
+APT_SSH := openssh-client
+APT_IMAGE := qemu-system-arm e2fsprogs faketime openssh-client
+APT_ARM := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm cmake
+APT_TEST := g++ clang libclang-rt-dev openssh-server chromium ser2net
+APT_PACKAGES := $(sort $(APT_EMULATED) $(APT_SSH) $(APT_IMAGE) $(APT_ARM) $(APT_TEST))
 STAMP := $(VENV)/.edgelm-setup
 
 FUZZ_SECONDS ?= 60
 FUZZ_MAX_LEN ?= 512
 
-.PHONY: setup apt demo demo-model test test-fast lint fuzz bench bench-quality clean
+.PHONY: setup setup-export setup-emulated setup-ssh setup-image setup-arm setup-test apt demo demo-model test test-fast lint fuzz bench bench-quality clean
 
+# `make setup` (= setup-test): everything `make test` and `make demo` need. The others, by capability:
+# export only (pip alone), emulated boards, SSH boards, board images, Arm NPU boards.
 setup: $(STAMP)
+setup-test: setup
+
+define venv
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.$(1)'
+endef
+
+setup-export:
+	$(call venv,)
+setup-emulated:
+	.ci/apt-install $(APT_EMULATED)
+	$(call venv,)
+setup-ssh:
+	.ci/apt-install $(APT_SSH) $(APT_BUILD)
+	$(call venv,)
+setup-image:
+	.ci/apt-install --arch arm64 $(APT_IMAGE) $(APT_BUILD)
+	$(call venv,)
+setup-arm:
+	.ci/apt-install $(APT_ARM)
+	$(call venv,[arm])
+	$(BIN)/python -m pip install -q --no-deps tosa-tools==2026.8.0
 
 # Debian packages: the aarch64 cross-compiler and user-mode QEMU (the emulated boards); clang and
 # libclang-rt-dev (libFuzzer's runtime) for `make fuzz` and tests/fuzz/test_libfuzzer.py; the OpenSSH
-# client (ssh targets) and server (tests/sshd.py runs its own throwaway sshd on 127.0.0.1). Note: on a
-# machine with systemd, Debian starts and enables the system's sshd when openssh-server is installed;
-# `systemctl disable --now ssh` if you do not want it. The board image (`edgelm image`, the qemu-system
+# client (ssh targets) and server (tests/sshd.py runs its own throwaway sshd on 127.0.0.1: the system's
+# ssh service is neither started nor left enabled by .ci/apt-install). The board image (`edgelm image`, the qemu-system
 # target) is made of Debian's arm64 packages (kernel, busybox-static, dropbear), downloaded by apt once
 # the arm64 architecture is added; it boots under qemu-system-arm's qemu-system-aarch64, its data disk
 # is made by e2fsprogs' mke2fs under faketime (fixed timestamps: the same inputs give the same bytes).
 # chromium: the test of `edgelm run --report` opens the HTML report headless and reads its screenshot.
 # ser2net: labgrid's exporter serves a farm board's serial port with it (tests/labgrid_farm.py starts
-# a coordinator and exporters on 127.0.0.1). Debian enables a system ser2net service with its example
-# configuration where systemd runs: `systemctl disable --now ser2net` if you do not want it.
+# a coordinator and exporters on 127.0.0.1; the system's ser2net service is left off as sshd's).
 # gcc-arm-none-eabi and libnewlib-arm-none-eabi: the Cortex-M firmware of the Arm NPU boards
 # (corstone-300/320) is compiled with them; its self-test runs on qemu-system-arm's mps3-an547.
 # Linking the ExecuTorch runner for Cortex-M also needs libstdc++-arm-none-eabi-newlib (1.5 GB
 # installed) and ExecuTorch built for Cortex-M, neither of which the tests need.
 apt:
-	@SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); update=""; \
-	if ! dpkg --print-foreign-architectures | grep -qx arm64; then \
-	  echo "adding the arm64 architecture (board image packages)"; $$SUDO dpkg --add-architecture arm64; update=1; \
-	fi; \
-	missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then echo "installing Debian packages:$$missing"; update=1; fi; \
-	if [ -n "$$update" ]; then $$SUDO apt-get update -qq; fi; \
-	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; fi
+	@.ci/apt-install --arch arm64 $(APT_PACKAGES)
 
 $(STAMP): pyproject.toml | apt
 	$(MAKE) apt

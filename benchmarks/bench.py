@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import harness  # noqa: E402
 import report  # noqa: E402
+import warm_run  # noqa: E402
 import weights  # noqa: E402
 
 LLAMA_CPP_PYTHON = "0.3.36"
@@ -458,8 +459,9 @@ def main() -> None:
         subprocess.run([str(bench_py), str(HERE / "chart.py"), str(path), str(chart)], check=True)
         md = ROOT / "BENCHMARKS.md"
         kept = report.quality_block(md.read_text()) if md.exists() else None  # make bench-quality's section
-        md.write_text(report.with_quality(report.render(results, path.relative_to(ROOT), chart.relative_to(ROOT)),
-                                          kept))
+        warm = warm_run.block(md.read_text()) if md.exists() else None  # benchmarks/warm_run.py's
+        md.write_text(warm_run.with_block(report.with_quality(
+            report.render(results, path.relative_to(ROOT), chart.relative_to(ROOT)), kept), warm))
         log("wrote BENCHMARKS.md and " + str(chart.relative_to(ROOT)))
     bad = [n for n, s in results["summary"].items() if s["ok_passes"] < len(passes)]
     if bad:

@@ -24,6 +24,36 @@ pytest_plugins = ["pytester"]
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
 warnings.filterwarnings("ignore")
+SUITE_CACHE = "EDGELM_SUITE_CACHE"  # the cache this session (and its subprocesses, xdist's workers) uses
+FETCHED = ("sdk", "presets", "debs", "ssh")  # fetched or trained once per machine: shared with the user's cache
+
+
+def pytest_configure(config):
+    """The suite keeps edgelm's cache (toolchain/cache.py: exports, builds) out of the user's: one folder for the
+    whole session, so tests still reuse each other's exports; under --edgelm-workdir DIR, DIR/cache, so the next
+    session with the same DIR reuses them too. What is fetched from the network or trained once per machine (the
+    runtimes, the tiny preset's weights) stays shared with the user's cache through links, where it has them."""
+    import tempfile
+
+    from toolchain.hil.plugin import option
+    from toolchain.paths import cache_dir
+
+    if os.environ.get(SUITE_CACHE):
+        os.environ["EDGELM_CACHE"] = os.environ[SUITE_CACHE]
+        return
+    user = cache_dir()
+    given = option(config, "workdir")
+    if given:
+        suite = Path(given).expanduser().resolve() / "cache"
+    else:
+        suite = Path(tempfile.mkdtemp(prefix="edgelm-suite-cache-"))
+        config.add_cleanup(lambda: __import__("shutil").rmtree(suite, ignore_errors=True))
+    suite.mkdir(parents=True, exist_ok=True)
+    for name in FETCHED:
+        link = suite / name
+        if (user / name).is_dir() and not link.exists() and not link.is_symlink():
+            link.symlink_to(user / name, target_is_directory=True)
+    os.environ[SUITE_CACHE] = os.environ["EDGELM_CACHE"] = str(suite)
 
 
 @pytest.fixture(scope="session")

@@ -299,26 +299,55 @@ def _toolchain_sources_hash() -> str:
     return h.hexdigest()[:16]
 
 
-def cached_export(model: str, workdir: Path, *, quant: str, group_size: int = 32, embedding: str | None = None,
-                  max_seq_len: int = DEFAULT_MAX_SEQ_LEN, draft_model: str | None = None,
+def cached_export(model: str, workdir: Path | None = None, *, quant: str, group_size: int = 32,
+                  embedding: str | None = None, max_seq_len: int = DEFAULT_MAX_SEQ_LEN, draft_model: str | None = None,
                   progress: Progress = _noop) -> tuple[ExportResult, bool]:
-    """export_model, reusing an earlier export of exactly the same inputs. Returns (result, reused)."""
+    """export_model into the cache (toolchain/cache.py: ``exports/<key>``), reusing an earlier export of exactly
+    the same inputs, from whichever folder or process made it. Returns (result, reused).
+
+    ``workdir`` is not used (exports are not a run's: every folder shares them); kept for callers."""
+    from toolchain import cache
     from toolchain.export import manifest
 
     key = _digest({"model": _model_identity(model), "quant": quant, "group": group_size, "emb": embedding,
                    "seq": max_seq_len, "versions": versions(), "src": _toolchain_sources_hash(),
                    **({"draft": _model_identity(draft_model)} if draft_model is not None else {})})
-    out = workdir / "exports" / key
-    pte = out / manifest.PROGRAM_FILE
-    if pte.exists():
+    bodies: dict[Path, dict[str, Any]] = {}
+
+    def ready(folder: Path) -> bool:
         try:
-            body = manifest.read(pte)
-            progress("export", f"reusing {out}")
-            return ExportResult(pte, out / manifest.MANIFEST_FILE, body), True
+            bodies[folder] = manifest.read(folder / manifest.PROGRAM_FILE)
+            return True
         except EdgelmError:
-            pass  # damaged cache entry: export again
-    return export_model(model, out, quant=quant, group_size=group_size, embedding=embedding,
-                        max_seq_len=max_seq_len, draft_model=draft_model, progress=progress), False
+            return False  # damaged or stale entry: export again
+
+    def make(tmp: Path) -> None:
+        result = export_model(model, tmp, quant=quant, group_size=group_size, embedding=embedding,
+                              max_seq_len=max_seq_len, draft_model=draft_model, progress=progress)
+        bodies[tmp] = result.manifest
+
+    out, reused = cache.entry("exports", key, make, ready=ready, waiting=lambda why: progress("export", why))
+    body = bodies.get(out) or bodies.popitem()[1]
+    if reused:
+        progress("export", f"reusing {out}")
+    return ExportResult(out / manifest.PROGRAM_FILE, out / manifest.MANIFEST_FILE, body), reused
+
+
+def cache_list() -> dict[str, Any]:
+    """The cache's entries (toolchain/cache.py), most recently used first, with their sizes."""
+    from toolchain import cache
+
+    items = [e.to_dict() for e in cache.entries()]
+    return {"root": str(cache.root()), "entries": items, "total_bytes": sum(e["size_bytes"] for e in items)}
+
+
+def cache_prune(keep_bytes: int = 0) -> dict[str, Any]:
+    """Remove cache entries, least recently used first, down to ``keep_bytes``; never one a process uses."""
+    from toolchain import cache
+
+    if keep_bytes < 0:
+        raise UsageError(f"--keep-bytes {keep_bytes} must be 0 or more")
+    return cache.prune(keep_bytes)
 
 
 def check_counter_option(security_counter: int | None, sign_key: Any) -> None:
@@ -399,14 +428,15 @@ def _build(board, pte: Path, body: dict[str, Any], out: Path, *, sanitize: bool 
                             sign_key=sign_key, counter=security_counter)
 
 
-def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress = _noop, sign_key: Path | None = None,
-                 security_counter: int | None = None):
-    """build_firmware into ``workdir/builds``, reusing an earlier build of the same inputs (re-verified).
+def cached_build(board_name: str, pte: Path, workdir: Path | None = None, progress: Progress = _noop,
+                 sign_key: Path | None = None, security_counter: int | None = None):
+    """build_firmware into the cache (toolchain/cache.py: ``builds/<board>-<key>``), reusing an earlier build of
+    the same inputs (re-verified), from whichever folder or process made it.
 
     ``sign_key``: sign the bundle (a reused one too) with this ed25519 private key, with
-    ``security_counter`` (None: a reused bundle's own, a new one's 0).
+    ``security_counter`` (None: a reused bundle's own, a new one's 0). ``workdir`` is not used (kept for callers).
     """
-    from toolchain import boards
+    from toolchain import boards, cache
     from toolchain.bundle import package, render, sdk, signing
     from toolchain.export import manifest
 
@@ -414,21 +444,27 @@ def cached_build(board_name: str, pte: Path, workdir: Path, progress: Progress =
     check_counter_option(security_counter, sign_key)
     signer = signing.load_private_key(sign_key) if sign_key is not None else None
     body = manifest.read(pte)  # hashes the program once; the build below reuses the verified manifest
-    key = _digest({"board": board.to_dict(), "fw": render.firmware_version(), "et": sdk.host_version(),
-                   "pte": body["program"]["sha256"]})
-    out = workdir / "builds" / f"{board.name}-{key}"
-    if (out / "bundle" / package.BUNDLE_FILE).exists():
+    key = f"{board.name}-" + _digest({"board": board.to_dict(), "fw": render.firmware_version(),
+                                      "et": sdk.host_version(), "pte": body["program"]["sha256"]})
+
+    def ready(folder: Path) -> bool:
         try:
-            bundle = package.read_bundle(out / "bundle")
-            package.verify_bundle(bundle)
-            if signer is not None:
-                package.sign_bundle(bundle, signer, security_counter)
-                bundle = package.read_bundle(out / "bundle")
-            progress("build", f"reusing {out / 'bundle'}")
-            return bundle, True
+            package.verify_bundle(package.read_bundle(folder / "bundle"))
+            return True
         except EdgelmError:
-            pass
-    return _build(board, pte, body, out, sign_key=signer, progress=progress, security_counter=security_counter), False
+            return False
+
+    def make(tmp: Path) -> None:
+        _build(board, pte, body, tmp, progress=progress, security_counter=None)
+
+    waiting = lambda why: progress("build", why)  # noqa: E731
+    out, reused = cache.entry("builds", key, make, ready=ready, waiting=waiting)
+    if signer is not None:  # a bundle in the cache is shared: signed under its lock
+        with cache.changing("builds", key, waiting):
+            package.sign_bundle(package.read_bundle(out / "bundle"), signer, security_counter)
+    if reused:
+        progress("build", f"reusing {out / 'bundle'}")
+    return package.read_bundle(out / "bundle"), reused
 
 
 def target_for(board_name: str, target: str | None, workdir: Path = DEFAULT_WORKDIR, options: Any = None):
@@ -864,6 +900,86 @@ def measure_fidelity(model: str, prompt: list[int], tokens: Sequence[int], progr
     return fidelity.measure(logits.numpy(), np.stack(program_logits), tokens, min_agreement)
 
 
+def _fp32_imports() -> None:
+    """The code of fidelity's eager fp32 model (torch, the model), imported ahead. Only imported: torch's work
+    (making the model, its thread pool) waits until after the stream, whose timing a busy CPU would blur."""
+    import torch  # noqa: F401
+
+    from toolchain.model import lfm2, presets  # noqa: F401
+    from toolchain.validate import fidelity  # noqa: F401
+
+
+class Later:
+    """A value made in a background thread, started at once: ``get()`` waits for it and raises what making it
+    raised. A run loads its host references this way while the board comes up (``Prepared.settle``)."""
+
+    def __init__(self, make: Callable[[], Any], name: str):
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = make()
+            except BaseException as exc:  # handed to whoever asks for the value
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=f"edgelm: {name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def ready(self) -> bool:
+        return not self._thread.is_alive()
+
+    def get(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def wait(self) -> None:
+        """Wait for the thread to end, whatever it made (nothing runs in the background after a job)."""
+        self._thread.join()
+
+
+class LoadingReference:
+    """The host reference (``validate.reference.ProgramRunner`` of a program), loading in the background:
+    any use of it waits for the load (``progress`` is told once if it has to)."""
+
+    def __init__(self, pte: Path, progress: Progress = _noop):
+        def imports() -> None:  # the slow part (torch, the ExecuTorch runtime); the program loads on first use,
+            from toolchain.validate import reference  # in the caller's thread (it briefly takes over fd 2)
+
+            reference._runtime()
+
+        self._pte, self._runner = pte, None  # type: Path, Any
+        self._later, self._progress, self._told = Later(imports, "load the host reference"), progress, False
+
+    def loaded(self) -> Any:
+        if self._runner is None:
+            if not self._later.ready and not self._told:
+                self._told = True
+                self._progress("reference", "waiting for the host reference to finish loading")
+            self._later.get()
+            from toolchain.validate.reference import ProgramRunner
+
+            self._runner = ProgramRunner(self._pte)
+        return self._runner
+
+    @property
+    def ready(self) -> bool:
+        return self._later.ready
+
+    def wait(self) -> None:
+        self._later.wait()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.loaded(), name)
+
+
 @dataclass
 class RunReport:
     """What the main job found: the board's stream, its timings and the verdict (``to_dict`` for JSON)."""
@@ -1007,24 +1123,38 @@ class Prepared:
     bundle: Any  # bundle.package.Bundle
     quant: str
     tok: Any  # model.tokenizer tokenizer
-    reference: Any  # validate.reference.ProgramRunner
+    reference: Any  # validate.reference.ProgramRunner (a LoadingReference: it loads in the background)
     tolerance: float
     reused: dict[str, bool]
     judge: Any = None  # validate.judge.Judge: the twin (started on the first request) or the reference
+    fp32: Later | None = None  # fidelity's eager fp32 model: its code, imported in the background
+
+    def settle(self, progress: Progress = _noop) -> None:
+        """Wait for the background loads: nothing may run beside a stream, whose timing is judged against this
+        process's clock (a thread that holds the interpreter would make tokens seem late)."""
+        busy = [later for later in (self.reference, self.fp32)
+                if isinstance(later, (Later, LoadingReference)) and not later.ready]
+        if busy:
+            progress("reference", "waiting for the host reference to finish loading (nothing loads during a stream)")
+        for later in busy:
+            later.wait()
 
     def close(self) -> None:
-        """Stop the twin, if one was started."""
+        """Stop the twin, if one was started, and wait for the background loads."""
         if self.judge is not None:
             self.judge.close()
+        for later in (self.reference, self.fp32):
+            if isinstance(later, (Later, LoadingReference)):
+                later.wait()
 
 
 def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
-    """Check the request, export (cached), build (cached) and load the host reference."""
+    """Check the request, export (cached), build (cached), and start loading the host reference (and, for
+    fidelity, the eager fp32 model) in the background, while the board comes up (``Prepared.settle``)."""
     from toolchain import boards
     from toolchain.model import tokenizer
     from toolchain.validate import compare
     from toolchain.validate.judge import Judge
-    from toolchain.validate.reference import ProgramRunner
 
     req.check()
     check_counter_option(req.security_counter, req.sign_key)
@@ -1049,12 +1179,14 @@ def prepare_run(req: RunRequest, progress: Progress = _noop) -> Prepared:
     bundle, reused_build = cached_build(req.board, exported.pte, req.workdir, progress=progress, sign_key=req.sign_key,
                                         security_counter=req.security_counter)
     tol = req.tolerance if req.tolerance is not None else compare.default_tolerance(quant)
-    reference = ProgramRunner(exported.pte)
+    progress("reference", "importing torch and the ExecuTorch runtime for the host reference, in the background")
+    reference = LoadingReference(exported.pte, progress)
+    fp32 = Later(_fp32_imports, "import the eager fp32 model's code") if req.fidelity else None
     fraction = compare.DEFAULT_NEAR_TIE_BUDGET if req.near_tie_budget is None else req.near_tie_budget
     judge = Judge(board=board, bundle_root=bundle.root, reference=reference, tolerance=tol,
                   near_tie=board.near_tie, near_tie_fraction=fraction)
     return Prepared(req, board, tgt, exported, bundle, quant, tok, reference, tol,
-                    {"export": reused_export, "build": reused_build}, judge)
+                    {"export": reused_export, "build": reused_build}, judge, fp32)
 
 
 def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _noop,
@@ -1077,6 +1209,7 @@ def serve_run(prep: Prepared, up: Any, req: RunRequest, progress: Progress = _no
         assembler = tokenizer.TextAssembler(tok, req.show_special)
         on_retry(n, why)
 
+    prep.settle(progress)
     progress("stream", f"{len(request.prompt)} prompt tokens, up to {req.tokens} new")
     if prep.judge.rule == "twin":
         progress("validate", f"against the board's twin ({prep.judge.how})")

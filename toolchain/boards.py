@@ -14,8 +14,8 @@ from typing import Any
 import tomllib
 
 from toolchain.errors import InputError, UsageError
+from toolchain.paths import BOARDS_DIR
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
 ARCHES = ("aarch64", "x86_64", "armv8.1-m")  # armv8.1-m: bare-metal Cortex-M55/M85 (no OS)
 BARE_METAL_ARCHES = ("armv8.1-m",)
 _REGION_RE = re.compile(r"^[A-Z][A-Z0-9_]{0,15}$")

@@ -237,8 +237,21 @@ class StepProgress:
         self._task = self._progress.add_task(escape(printable(detail)), step=step, total=None)
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """edgelm's version (toolchain/__init__.py, the one place it is written) and the firmware versions it builds:
+    the version plus a hash of the runner's and the Cortex-M firmware's sources, as a bundle records them."""
+    if not value or ctx.resilient_parsing:
+        return
+    from toolchain.bundle import cortexm, render
+
+    click.echo(f"edgelm {__version__} (firmware {render.firmware_version()}, "
+               f"cortex-m firmware {cortexm.firmware_version()})")
+    ctx.exit()
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="edgelm")
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="Show edgelm's version and its firmware's source hash, and exit.")
 @click.option("-v", "--verbose", is_flag=True, help="Log what each step does.")
 def main(verbose: bool) -> None:
     """edgelm: LFM2-family language models on real boards.
@@ -273,22 +286,33 @@ def main(verbose: bool) -> None:
 @click.option("--draft-model", default=None,
               help="A smaller model with the same tokenizer (e.g. fortune-draft for fortune), carried as the "
                    "program's draft method: the runner drafts with it and the model verifies.")
-@click.option("--out", "-o", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: edgelm's cache (`edgelm cache list`), reused when the inputs are the same; "
+                   "xnnpack only].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 @command
 def export(model: str, quant: str | None, group_size: int, embedding: str | None, max_seq_len: int, backend: str,
            board: str | None, calibration: Path | None, check_steps: int | None, min_agreement: float | None,
-           draft_model: str | None, out: Path, as_json: bool) -> None:
+           draft_model: str | None, out: Path | None, as_json: bool) -> None:
     """Quantize and lower a model to an ExecuTorch program (model.pte + manifest.json)."""
     from toolchain import api
     from toolchain.export.arm import DoesNotFit
 
+    if out is None:  # into the cache: what `edgelm run` would export, made once for every folder
+        if backend != "xnnpack" or board is not None or calibration is not None or check_steps is not None \
+                or min_agreement is not None:
+            raise UsageError(f"--backend {backend} and its options write to a folder: give --out")
     try:
         with StepProgress(enabled=not as_json) as progress:
-            result = api.export_model(model, out, quant=quant, group_size=group_size, embedding=embedding,
-                                      max_seq_len=max_seq_len, backend=backend, draft_model=draft_model, board=board,
-                                      calibration=calibration, check_steps=check_steps,
-                                      min_agreement=min_agreement, progress=progress)
+            if out is None:
+                result, _ = api.cached_export(model, quant=quant or "8da4w", group_size=group_size,
+                                              embedding=embedding, max_seq_len=max_seq_len, draft_model=draft_model,
+                                              progress=progress)
+            else:
+                result = api.export_model(model, out, quant=quant, group_size=group_size, embedding=embedding,
+                                          max_seq_len=max_seq_len, backend=backend, draft_model=draft_model,
+                                          board=board, calibration=calibration, check_steps=check_steps,
+                                          min_agreement=min_agreement, progress=progress)
     except DoesNotFit as exc:
         if as_json:  # the verdict as data too; the error line and exit code follow
             emit_json({"written": False, "fit": exc.fit.to_dict()})
@@ -1033,6 +1057,99 @@ def ports_cmd(workdir: Path, wide: bool, as_json: bool) -> None:
     from toolchain import tables
 
     tables.ports(console, items, wide=wide)
+
+
+@main.command("doctor")
+@click.option("--for", "for_", multiple=True, metavar="WHAT",
+              help="Exit 1 unless this is ready: a capability (export, build-host, build-arm64, local, qemu, ssh, "
+                   "image, arm, farm, test, all), run:BOARD[:TARGET] or build:BOARD. Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: every capability and tool.")
+@command
+def doctor_cmd(for_: tuple[str, ...], as_json: bool) -> None:
+    """What this host can do: one line per capability, ready or what is missing with its install line
+    (Debian/Ubuntu apt, macOS, pip), and the torch build in use."""
+    from toolchain import doctor
+
+    data = doctor.report(for_)
+    if as_json:
+        emit_json(data)
+    else:
+        for line in doctor.render(data):
+            console.print(escape(line), soft_wrap=True)
+    if not data["ready"]:
+        sys.exit(1)
+
+
+def parse_bytes(text: str) -> int:
+    """``--keep-bytes``: a count of bytes, or with K, M, G (powers of 1024), e.g. 500M."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    raw = text.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (raw[:-1], raw[-1]) if raw[-1:] in units and raw[-1:] else (raw, "")
+    try:
+        value = float(number)
+    except ValueError:
+        raise UsageError(f"--keep-bytes {text}: not a size (a count of bytes, or e.g. 500M, 2G)") from None
+    if not value >= 0 or value == float("inf"):
+        raise UsageError(f"--keep-bytes {text} must be 0 or more")
+    return int(value * units[unit])
+
+
+def _bytes_text(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return str(n)
+
+
+@main.group("cache")
+def cache_group() -> None:
+    """edgelm's cache of exports and builds ($EDGELM_CACHE, else $XDG_CACHE_HOME/edgelm, else ~/.cache/edgelm):
+    shared by every folder, the pytest plugin and the benchmarks."""
+
+
+@cache_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@command
+def cache_list_cmd(as_json: bool) -> None:
+    """The entries, most recently used first: kind, key, size, last use."""
+    from toolchain import api
+
+    listing = api.cache_list()
+    if as_json:
+        emit_json(listing)
+        return
+    console.print(f"{escape(listing['root'])}: {len(listing['entries'])} entries, "
+                  f"{_bytes_text(listing['total_bytes'])}", soft_wrap=True)
+    if not listing["entries"]:
+        return
+    table = Table()
+    for name in ("kind", "key", "size", "last used"):
+        table.add_column(name, justify="right" if name == "size" else "left")
+    for e in listing["entries"]:
+        table.add_row(e["kind"], escape(e["key"]), _bytes_text(e["size_bytes"]), e["last_used_iso"].replace("T", " "))
+    console.print(table)
+
+
+@cache_group.command("prune")
+@click.option("--keep-bytes", default="0", show_default=True,
+              help="Keep the most recently used entries up to this size (bytes, or e.g. 500M, 2G).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@command
+def cache_prune_cmd(keep_bytes: str, as_json: bool) -> None:
+    """Remove entries, least recently used first, until the cache holds at most --keep-bytes. An entry a
+    process is using (a run, a build, a pytest session) is kept."""
+    from toolchain import api
+
+    result = api.cache_prune(parse_bytes(keep_bytes))
+    if as_json:
+        emit_json(result)
+        return
+    for e in result["removed"]:
+        console.print(f"removed {e['kind']}/{escape(e['key'])} ({_bytes_text(e['size_bytes'])})")
+    for e in result["in_use"]:
+        console.print(f"kept {e['kind']}/{escape(e['key'])}: in use")
+    console.print(f"freed {_bytes_text(result['freed_bytes'])}; {_bytes_text(result['remaining_bytes'])} remain")
 
 
 if __name__ == "__main__":

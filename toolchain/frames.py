@@ -2,9 +2,9 @@
 with the tokenizer its program's manifest names, and one line per frame.
 
 Which program the board serves comes from ``--pte``, else from its sha256 (the release `flash` made
-current, or the HELLO the runner sends when it starts) looked up among the workdir's exports and
-builds. The manifest names the model; its tokenizer must be the one the program was exported with
-(its sha256 is in the manifest), else the ids are shown without text, and a note says why.
+current, or the HELLO the runner sends when it starts) looked up among the workdir's and the
+cache's exports and builds. The manifest names the model; its tokenizer must be the one the program was
+exported with (its sha256 is in the manifest), else the ids are shown without text, and a note says why.
 """
 
 from __future__ import annotations
@@ -42,9 +42,14 @@ class FrameText:
         if self.tok is not None or sha256 in self._looked:
             return
         self._looked.add(sha256)
+        from toolchain import cache
+
         root = self.workdir
-        for path in sorted([*root.glob("exports/*/manifest.json"), *root.glob("builds/*/bundle/manifest.json"),
-                            *root.glob("targets/*/current/manifest.json")]):
+        found = []
+        for base in (root, cache.root()):  # the run's folder (its targets), then the cache (exports, builds)
+            found += sorted([*base.glob("exports/*/manifest.json"), *base.glob("builds/*/bundle/manifest.json"),
+                             *base.glob("targets/*/current/manifest.json")])
+        for path in found:
             try:
                 body = json.loads(path.read_text(encoding="utf-8"))
                 if body["program"]["sha256"] != sha256:
@@ -53,8 +58,8 @@ class FrameText:
                 return
             except (OSError, ValueError, KeyError, TypeError, EdgelmError):
                 continue
-        self.note(f"no program with sha256 {sha256[:16]}... under {root}: token ids only (give --pte, the program "
-                  "the board serves, to see its text)")
+        self.note(f"no program with sha256 {sha256[:16]}... under {root} or in the cache: token ids only (give "
+                  "--pte, the program the board serves, to see its text)")
 
     def _use(self, man: dict[str, Any], where: str) -> None:
         from toolchain import api

@@ -22,7 +22,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn
 
-HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+# SIGHUP is POSIX: a host without it (Windows) handles the other two.
+HANDLED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 _DEFAULTS = (signal.SIG_DFL, signal.default_int_handler)
 
 

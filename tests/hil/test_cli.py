@@ -104,18 +104,17 @@ def test_flash_then_monitor_then_stop(hil_board, hil_workdir):
 
 
 def test_run_with_a_relative_workdir(hil_board, hil_workdir, tmp_path):
-    """What `make demo` does: the default workdir `out` is relative to the current folder."""
-    import shutil
-
+    """What `make demo` does: the default workdir `out` is relative to the current folder, and holds only
+    what belongs to the run (the target's state): exports and builds are in edgelm's cache."""
     from toolchain import api
 
-    api.cached_export("tiny", hil_workdir, quant="8da4w")
-    shutil.copytree(hil_workdir / "exports", tmp_path / "out" / "exports")  # skip the export, keep the build
+    api.cached_export("tiny", hil_workdir, quant="8da4w")  # in the cache: the run in another folder reuses it
     proc = subprocess.run([sys.executable, "-m", "toolchain.cli", "run", "--board", hil_board.board, "--target",
                            hil_board.target, "--tokens", "8"], capture_output=True, text=True, timeout=1200,
                           cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert "PASS" in proc.stdout and (tmp_path / "out" / "builds").is_dir()
+    assert "PASS" in proc.stdout and (tmp_path / "out" / "targets").is_dir()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["targets"]  # only the run's: no exports, builds
 
 
 def _stat(pid):

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -398,3 +400,71 @@ def test_a_local_start_cut_short_by_a_sigkill_leaves_the_lease_to_its_guard(work
         assert process.ProcessRecord.from_dict(socat).changed() is not None, "the dead flash's link still runs"
     finally:
         target.runner.stop()
+
+
+REMOTE_SSH = """#!/bin/sh
+# The remote command runs on "the board": in a session of its own, so killing this client (what
+# edgelm does to the ssh it waits for when a signal ends the wait) does not end it there.
+for last; do :; done
+setsid sh -c "$last" &
+wait $!
+"""
+
+
+@pytest.mark.parametrize("step", ["start", "stop"])
+def test_a_sigterm_during_a_remote_start_or_stop_waits_for_the_board_to_finish_it(tmp_path, fakes, board_ssh, step):
+    """ssh:// with --port: SIGTERM (or Ctrl-C) while the board runs START_SCRIPT or STOP_SCRIPT.
+    Killing our ssh client does not end the script on the board: raised at once, the recovery's
+    stop (or start) raced it, and the board ended with a runner no record names, holding the serial
+    line (benchmarks/interrupted_flash.py --kind ssh-port: SIGTERM in the start step left nothing
+    serving). The signal must wait for the board's answer, so what runs there is what is recorded."""
+    from toolchain import interrupts
+
+    board, _ = board_ssh
+    (tmp_path / "bin" / "systemctl").unlink()  # no unit on this board
+    release = ssh.SshStore(board, boards.get("host"), "board:host").deploy(
+        fakes.write_bundle(tmp_path / "a", runner=b"#!/bin/sh\nexec sleep 47.25\n"))
+    _script(tmp_path / "bin" / "rm", '#!/bin/sh\nsleep 0.6\nexec /bin/rm "$@"\n')  # a slow board from now on
+    remote = Ssh(SshSpec("board"), multiplex=False, program=str(_script(tmp_path / "remote-ssh", REMOTE_SSH)))
+    store = ssh.SshStore(remote, boards.get("host"), "board:host")
+    daemon = ssh.SshDaemon(remote, store, boards.get("host"), "loop://", "/dev/null")
+
+    def runners() -> list[int]:
+        found = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and (d / "cmdline").read_bytes() == b"sleep\x0047.25\x00":
+                    found.append(int(d.name))
+            except OSError:
+                pass
+        return found
+
+    try:
+        if step == "stop":
+            daemon.start(release, device="/dev/null")
+            assert daemon.running()["release"] == release.id
+        with interrupts.handled():
+            timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM))
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                if step == "start":
+                    daemon.start(release, device="/dev/null")
+                else:
+                    daemon.stop(lease_s=60)
+                time.sleep(5)  # (not reached: the signal is raised once the board answered)
+            timer.join()
+        if step == "start":  # what the bring-up does next: stop what it started, for a switch
+            daemon.stop(lease_s=60)
+        else:  # the recovery starts the release again; a stop still running on the board must not undo it
+            daemon.start(release, device="/dev/null")
+        time.sleep(1.5)  # whatever was still running on the board has finished by now
+        running = daemon.running()
+        if step == "start":
+            assert running is None and runners() == [], "the board runs a runner the stop did not stop"
+        else:
+            assert running is not None and running["release"] == release.id, "the recorded runner is gone"
+            assert [int(running["pid"])] == runners(), "a runner runs that no record names"
+    finally:
+        daemon.stop()
+        for pid in runners():
+            os.kill(pid, signal.SIGKILL)

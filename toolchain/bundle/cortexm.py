@@ -355,7 +355,9 @@ def build(board: Board, body: dict[str, Any], pte: Path, out: Path, executorch_d
     assert executorch_dir is not None  # missing_runtime(None) lists everything
     cmake = shutil.which("cmake")
     if cmake is None:
-        raise BuildError("cmake not found", hint="pip install cmake (`make setup`)")
+        from toolchain import doctor
+
+        raise BuildError("cmake not found", hint=doctor.hint("cmake"))
     progress("linking the runner against ExecuTorch for Cortex-M")
     build_dir = project / "build"
     _run([cmake, "-S", ".", "-B", "build", "-DCMAKE_TOOLCHAIN_FILE=toolchain-arm-none-eabi.cmake",

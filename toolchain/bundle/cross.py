@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from toolchain import doctor
 from toolchain.boards import Board
 from toolchain.bundle.sdk import Sdk
 from toolchain.errors import BuildError, CapacityError
@@ -34,7 +35,7 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=CMAKE_TIMEOUT_S)
     except FileNotFoundError:
-        raise BuildError(f"{what}: {cmd[0]} is not installed", hint="run `make setup`") from None
+        raise BuildError(f"{what}: {cmd[0]} is not installed", hint=doctor.hint(cmd[0])) from None
     except subprocess.TimeoutExpired:
         raise BuildError(f"{what} timed out after {CMAKE_TIMEOUT_S} s") from None
     if proc.returncode != 0:
@@ -48,9 +49,8 @@ def compiler_for(board: Board) -> tuple[str, str]:
     prefix = board.cross_prefix
     cc, cxx = f"{prefix}gcc", f"{prefix}g++"
     if shutil.which(cxx) is None:
-        package = f"g++-{board.triple}" if prefix else "g++"
         raise BuildError(f"the {board.arch} C++ compiler {cxx} is not installed",
-                         hint=f"`make setup` installs Debian's {package}")
+                         hint=doctor.hint(cxx))
     return cc, cxx
 
 
@@ -91,7 +91,7 @@ def zig_binary() -> Path:
     zig = Path(folders[0], "zig") if folders else None
     if zig is None or not zig.is_file():
         raise BuildError("zig, which links the runner for a board with an older glibc than the compiler's, "
-                         "is not installed", hint=f"`make setup` installs the {ZIG_PACKAGE} package (pyproject.toml)")
+                         "is not installed", hint=doctor.hint("zig"))
     return zig
 
 
@@ -135,7 +135,7 @@ def required_glibc(binary: Path, board: Board) -> tuple[int, int]:
     """Highest GLIBC_x.y version a binary's dynamic symbols need (objdump -T)."""
     objdump = f"{board.cross_prefix}objdump"
     if shutil.which(objdump) is None:
-        raise BuildError(f"{objdump} is not installed", hint="`make setup` installs the binutils")
+        raise BuildError(f"{objdump} is not installed", hint=doctor.hint(objdump))
     out = _run([objdump, "-T", str(binary)], f"read symbol versions of {binary.name}")
     found = [(int(a), int(b)) for a, b, _ in _GLIBC.findall(out)]
     return max(found) if found else (0, 0)

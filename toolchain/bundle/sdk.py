@@ -83,7 +83,9 @@ def _installed_package() -> Path:
 
     spec = importlib.util.find_spec("executorch")
     if spec is None or not spec.submodule_search_locations:
-        raise BuildError("the executorch package is not installed", hint="run `make setup`")
+        from toolchain import doctor
+
+        raise BuildError("the executorch package is not installed", hint=doctor.hint("executorch"))
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -209,7 +209,9 @@ def _client() -> Any:
     try:
         from labgrid.remote import client
     except ImportError:
-        raise UsageError("labgrid:// targets need labgrid's client", hint="pip install labgrid (make setup does)") \
+        from toolchain import doctor
+
+        raise UsageError("labgrid:// targets need labgrid's client", hint=doctor.hint("labgrid")) \
             from None
     return client
 

@@ -27,6 +27,9 @@ SOCAT = ("socat", "Debian's socat: it joins the board's and the host's pseudo-te
 def process_target(kind: str, board: Board, state_dir: Path, prefix: Callable[[], list[str]], *,
                    emulated: bool = False, timeouts: Timeouts | None = None,
                    missing: Callable[[], list[str]] = lambda: missing_tools(SOCAT)) -> Target:
+    from toolchain import doctor
+
+    doctor.require_linux(f"--target {kind} (a runner process joined to this host by pseudo-terminals)")
     state = state_dir / f"{kind}-{board.name}"
     where = f"{kind}:{board.name}"
     runner = ProcessRunner(state, board, prefix)

@@ -1,14 +1,14 @@
 """One edgelm job at a time per target: a lock on a file in the target's state folder.
 
 ``fcntl.flock`` belongs to the open file, so the kernel releases it when the holder ends, however
-it ends (even SIGKILL); a lock file left behind by a dead holder blocks nothing. The holder writes
+it ends (even SIGKILL); a lock file left behind by a dead holder blocks nothing. Where there is no
+``fcntl`` (Windows) ``msvcrt.locking`` locks the file's first byte, also released with the handle. The holder writes
 its pid and command line into the file, so a refused caller can say who holds the target. The
 file is opened close-on-exec: a runner started while the lock is held does not inherit it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from toolchain import procinfo
 from toolchain.errors import DeviceError
 
 LOCK_FILE = "lock"
@@ -27,11 +28,26 @@ COMMAND_CHARS = 160  # of the holder's command line, in the refusal
 _held: dict[Path, int] = {}  # lock files this process holds -> nesting depth
 
 
+def _read_at_start(fd: int) -> bytes:
+    if hasattr(os, "pread"):
+        return os.pread(fd, 4096, 0)
+    os.lseek(fd, 0, os.SEEK_SET)  # Windows: no pread
+    return os.read(fd, 4096)
+
+
+def _write_at_start(fd: int, data: bytes) -> None:
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, data, 0)
+        return
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, data)
+
+
 def _holder(fd: int) -> dict | None:
     deadline = time.monotonic() + HOLDER_READ_S
     while True:
         try:
-            return json.loads(os.pread(fd, 4096, 0).decode(errors="replace"))
+            return json.loads(_read_at_start(fd).decode(errors="replace"))
         except ValueError:  # not written yet (the holder has only just taken the lock)
             if time.monotonic() > deadline:
                 return None
@@ -60,12 +76,35 @@ describe = _describe
 
 
 def process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` on this machine (field 22 of /proc/PID/stat), None if none
+    """The start time of process ``pid`` on this machine (:func:`toolchain.procinfo.look`), None if none
     runs: a pid and its start time name one process, even after the pid is reused."""
     try:
-        return Path(f"/proc/{int(pid)}/stat").read_text().rsplit(") ", 1)[1].split()[19]
-    except (OSError, ValueError, IndexError):
+        seen = procinfo.look(int(pid))
+    except (TypeError, ValueError):
         return None
+    return str(seen.start) if seen is not None else None
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the lock on ``fd`` without waiting; whether it was free."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        try:
+            import msvcrt
+        except ImportError:
+            raise DeviceError("this host can lock files neither with fcntl nor with msvcrt") from None
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+        except OSError:
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def note(what: str) -> dict:
@@ -95,18 +134,16 @@ def hold(state_dir: Path, what: str, name: str | None = None) -> Iterator[None]:
             _held[path] -= 1
         return
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     except OSError as exc:
         raise DeviceError(f"cannot keep the target's state in {state_dir}: {exc.strerror or exc}",
                           hint="give a --workdir this user can write") from None
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fd):
             raise DeviceError(f"{name or state_dir} is busy: held by {_describe(_holder(fd))}",
                               hint="wait for it to finish, or end that process") from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(note(what)).encode(), 0)
+        _write_at_start(fd, json.dumps(note(what)).encode())
         _held[path] = 1
         try:
             yield

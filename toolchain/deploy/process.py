@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from toolchain import interrupts
+from toolchain import doctor, interrupts, procinfo
 from toolchain.boards import Board
 from toolchain.bundle.package import RUNNER
 from toolchain.deploy.base import Release
@@ -28,6 +28,7 @@ from toolchain.errors import DeviceError
 from toolchain.export.manifest import PROGRAM_FILE
 from toolchain.link import ports
 from toolchain.link.transport import Transport
+from toolchain.procinfo import stat_start_time  # noqa: F401  (where it used to live)
 
 log = logging.getLogger(__name__)
 
@@ -38,36 +39,22 @@ RUNNING_FILE = "running.json"
 LEASE_FILE = "lease.json"  # a stop for a switch: the guard's token (ProcessRunner.stop)
 
 
-def stat_start_time(stat: bytes) -> tuple[str, int]:
-    """(state, start time) from the text of /proc/PID/stat: fields 3 and 22.
-
-    Field 2 is the command name in parentheses, and it may itself hold spaces and ')': the fields
-    after it are counted from the last ')'.
-    """
-    rest = stat[stat.rindex(b")") + 2:].split()
-    return rest[0].decode(), int(rest[22 - 3])
-
-
 @dataclass(frozen=True)
 class ProcessRecord:
-    """A process edgelm started, as /proc showed it then. A pid alone is not an identity: once the
-    process ends, the kernel gives the number to the next process that starts."""
+    """A process edgelm started, as this machine showed it then (:mod:`toolchain.procinfo`). A pid alone
+    is not an identity: once the process ends, the kernel gives the number to the next process that starts."""
 
     pid: int
-    start_time: int  # clock ticks after boot (field 22 of /proc/PID/stat)
+    start_time: int  # Linux: clock ticks after boot (field 22 of /proc/PID/stat); elsewhere psutil's (procinfo)
     cmdline: tuple[str, ...]
 
     @classmethod
     def of(cls, pid: int) -> ProcessRecord | None:
         """The process ``pid`` names now; None when there is none (or only a zombie)."""
-        try:
-            state, start = stat_start_time(Path(f"/proc/{pid}/stat").read_bytes())
-            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
+        seen = procinfo.look(pid)
+        if seen is None or seen.state == "Z":
             return None
-        if state == "Z":
-            return None
-        return cls(pid, start, tuple(x.decode(errors="replace") for x in raw.split(b"\0")[:-1]))
+        return cls(pid, seen.start, seen.cmdline)
 
     @classmethod
     def from_dict(cls, d: Any) -> ProcessRecord | None:
@@ -181,7 +168,7 @@ class ProcessRunner:
     def _start_link(self) -> tuple[str, str]:
         if shutil.which("socat") is None:
             raise DeviceError("socat is not installed (it joins the board's and the host's pseudo-terminals)",
-                              hint="`make setup` installs it")
+                              hint=doctor.hint("socat"))
         link_dir = self.state / "link"
         link_dir.mkdir(parents=True, exist_ok=True)
         board_end, host_end = link_dir / "board", link_dir / "host"

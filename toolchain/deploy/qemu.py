@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from toolchain import doctor
 from toolchain.boards import Board
 from toolchain.deploy import local
 from toolchain.deploy.base import Target, missing_tools
@@ -28,7 +29,7 @@ def emulator(board: Board) -> list[str]:
                          hint="use --target local for the host board")
     qemu = f"qemu-{board.arch}"
     if shutil.which(qemu) is None:
-        raise DeviceError(f"{qemu} is not installed", hint="`make setup` installs Debian's qemu-user")
+        raise DeviceError(f"{qemu} is not installed", hint=doctor.hint(qemu))
     return [qemu, "-L", SYSROOTS[board.arch], "-cpu", board.qemu_cpu or "max"]
 
 

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from toolchain import doctor
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle
 from toolchain.deploy import preflight
@@ -205,7 +206,7 @@ class Machine:
         if self.is_on():
             return False
         if shutil.which(QEMU) is None:
-            raise DeviceError(f"{QEMU} is not installed", hint="`make setup` installs Debian's qemu-system-arm")
+            raise DeviceError(f"{QEMU} is not installed", hint=doctor.hint(QEMU))
         image = self.image(progress)
         self.state.mkdir(parents=True, exist_ok=True)
         ssh_port, uart_port = _free_port(), _free_port()
@@ -506,6 +507,7 @@ def create(spec: str, board: Board, state_dir: Path, options: TargetOptions) -> 
     if options.port or options.board_port or options.ssh_config or options.boot or options.service:
         raise UsageError(f"the {NAME} target wires its own UART, SSH and service: --port, --board-port, "
                          "--ssh-config, --boot and --service do not apply")
+    doctor.require_linux(f"--target {NAME} (a board image made of Debian packages, booted by qemu-system)")
     given = spec[len(NAME) + 1:] or None
     image_dir = Path(given).expanduser().resolve() if given else None
     state = state_dir / _state_name(board, image_dir)

@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from toolchain import interrupts
 from toolchain.boards import Board
 from toolchain.bundle import signing
 from toolchain.bundle.package import (
@@ -694,8 +695,12 @@ class SshDaemon:
         return ports.open_port(port, self.board.baud)
 
     def start(self, release: Release, *, device: str, threads: int | None = None) -> None:
-        self.ssh.script(START_SCRIPT, [self.store.data, release.id, *runner_argv(release, device, threads)],
-                        what=f"starting the runner of {release.id}")
+        # The board runs the script to its end whatever becomes of our ssh: a signal waits for its
+        # answer (else the stop that follows races a start still running there, and the board keeps
+        # a runner no record names, holding the serial line).
+        with interrupts.deferred():
+            self.ssh.script(START_SCRIPT, [self.store.data, release.id, *runner_argv(release, device, threads)],
+                            what=f"starting the runner of {release.id}")
 
     def _status(self) -> tuple[str, str]:
         out = self.ssh.script(STATUS_SCRIPT, [self.store.data], what="asking whether the runner runs").stdout
@@ -748,7 +753,8 @@ class SshDaemon:
         args = [self.store.data, str(int(STOP_TIMEOUT_S))]
         if lease_s is not None:
             args += [str(max(1, int(lease_s))), self.board_device, GUARD_SCRIPT]
-        out = self.ssh.script(STOP_SCRIPT, args, timeout_s=STOP_TIMEOUT_S + 30, what="stopping the runner").stdout
+        with interrupts.deferred():  # as for a start: a stop the board goes on with must not undo what follows
+            out = self.ssh.script(STOP_SCRIPT, args, timeout_s=STOP_TIMEOUT_S + 30, what="stopping the runner").stdout
         stopped = out.decode(errors="replace").strip() == "stopped"
         if self._unit_active():
             self._stop_unit(unit_lease_s)

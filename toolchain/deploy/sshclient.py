@@ -299,20 +299,11 @@ def _end_master(base: list[str], state: str) -> None:
 
 
 def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie has ended). Reads /proc where there is one."""
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    return stat_line.rsplit(")", 1)[1].split()[0] != "Z"
+    """Whether ``pid`` runs (a zombie has ended): :func:`toolchain.procinfo.look`."""
+    from toolchain import procinfo
+
+    seen = procinfo.look(pid)
+    return seen is not None and seen.state != "Z"
 
 
 class Ssh:

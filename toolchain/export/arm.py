@@ -264,7 +264,10 @@ def _require(module: str, what: str, alternative: str = "") -> None:
     import importlib.util
 
     if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
-        raise UsageError(f"{what} is not installed", hint=f"`make setup` installs it {alternative}".strip())
+        from toolchain import doctor
+
+        hint = doctor.hint(module)
+        raise UsageError(f"{what} is not installed", hint=f"{hint} {alternative}".strip())
 
 
 class RejectOps(OperatorSupportBase):

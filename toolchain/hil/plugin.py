@@ -15,12 +15,12 @@ Every option is also an ini setting (``edgelm_board``, ``edgelm_target``, ``edge
 given more than once (``edgelm_board`` one per line): board fixtures then run once per board.
 
 The board is brought up once per session and board, through the one bring-up routine
-(:func:`toolchain.deploy.bringup.bring_up`), with a program and runner built through edgelm's caches
-(keyed by model, quantization, board and the toolchain's sources; kept in the pytest cache folder
-unless ``--edgelm-workdir``). A test that needs a board nobody configured, or one this machine
-cannot reach (qemu, socat, an SSH server that answers), is skipped with the reason; with
-``--edgelm-require`` it fails instead. A board whose SSH host key changed (or is not known yet), or
-that refuses our login, is an error, never a skip: a misconfiguration, or someone in between.
+(:func:`toolchain.deploy.bringup.bring_up`), with a program and runner from edgelm's one cache
+(toolchain/cache.py, shared with the CLI: keyed by model, quantization, board and the toolchain's sources);
+the target's state is kept in the pytest cache folder unless ``--edgelm-workdir``. A test that needs a
+board nobody configured, or one this machine cannot reach (qemu, socat, an SSH server that answers), is
+skipped with the reason; with ``--edgelm-require`` it fails instead. A board whose SSH host key changed
+(or is not known yet), or that refuses our login, is an error, never a skip: a misconfiguration, or someone in between.
 Each generation is recorded in the JUnit XML (``record_property``), in the test's report (a section
 "edgelm board": each stream's text and verdict, and the runner's log where the target keeps one on
 this machine) and in ``--edgelm-report FILE.html`` (or ``.json``), which leads with every test's
@@ -55,7 +55,7 @@ OPTIONS: dict[str, tuple[str, str, str | None, Any]] = {
     "board-port": ("the board's serial device", "string", "DEV", None),
     "ssh-config": ("an ssh_config file for ssh:// targets", "string", "FILE", None),
     "accept-new-host-key": ("trust an SSH host key seen for the first time", "bool", None, False),
-    "workdir": ("where exports, builds and target state are kept (default: the pytest cache folder)", "string",
+    "workdir": ("where target state is kept (default: the pytest cache folder)", "string",
                 "DIR", None),
     "require": ("a configured board this machine cannot reach fails the test instead of skipping it", "bool", None,
                 False),
@@ -170,8 +170,8 @@ def hil_workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 @pytest.fixture(scope="session")
 def edgelm_workdir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where ``edgelm_board`` keeps its exports, builds and target state: --edgelm-workdir, else the
-    pytest cache folder, so the next session reuses what this one built."""
+    """Where ``edgelm_board`` keeps its target state (exports and builds are in edgelm's cache):
+    --edgelm-workdir, else the pytest cache folder."""
     given = option(request.config, "workdir")
     if given:
         return Path(given).expanduser().resolve()

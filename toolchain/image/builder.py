@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from toolchain import doctor
 from toolchain.boards import Board
 from toolchain.bundle.package import Bundle, verify_bundle
 from toolchain.errors import BuildError, UsageError
@@ -142,23 +143,25 @@ def verify_boot(image: Image) -> None:
 
 
 def _run(cmd: list[str], what: str, *, cwd: Path | None = None, env: dict[str, str] | None = None,
-         timeout: float = APT_TIMEOUT_S, hint: str = "run `make setup`") -> str:
+         timeout: float = APT_TIMEOUT_S, hint: str | None = None) -> str:
     try:
         proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     except FileNotFoundError:
-        raise BuildError(f"{what}: {cmd[0]} is not installed", hint=hint) from None
+        raise BuildError(f"{what}: {cmd[0]} is not installed", hint=hint or doctor.hint(cmd[0])) from None
     except subprocess.TimeoutExpired:
         raise BuildError(f"{what} took longer than {timeout:.0f} s") from None
     if proc.returncode != 0:
         lines = [x for x in (proc.stderr + proc.stdout).splitlines() if x.strip() and not x.startswith("W:")]
-        raise BuildError(f"{what} failed: {lines[-1][:300] if lines else 'exit ' + str(proc.returncode)}", hint=hint)
+        raise BuildError(f"{what} failed: {lines[-1][:300] if lines else 'exit ' + str(proc.returncode)}",
+                         hint=hint or "`edgelm doctor --for image` says what this host lacks")
     return proc.stdout
 
 
 # ----------------------------------------------------------------------------------------------
 # Packages
 
-APT_HINT = "the image's packages are Debian's arm64 ones: `make setup` adds the architecture and runs apt-get update"
+APT_HINT = ("the image's packages are Debian's arm64 ones: sudo dpkg --add-architecture arm64 && sudo apt-get update "
+            "(`edgelm doctor --for image`)")
 
 
 def kernel_package() -> str:
@@ -201,7 +204,7 @@ def default_key() -> Path:
         key.parent.mkdir(parents=True, exist_ok=True)
         key.parent.chmod(0o700)
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgelm-board-image", "-f", str(key)],
-             "making edgelm's SSH key", hint="install the OpenSSH client (`make setup`)")
+             "making edgelm's SSH key", hint=doctor.hint("ssh-keygen"))
     return key
 
 
@@ -278,7 +281,7 @@ def _faketime_env() -> dict[str, str]:
     libs = sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))
     if not libs:
         raise BuildError("faketime is not installed (the data disk is made under a frozen clock, for the same "
-                         "bytes every time)", hint="run `make setup` (Debian's faketime)")
+                         "bytes every time)", hint=doctor.hint("faketime"))
     return {**os.environ, "LD_PRELOAD": str(libs[0]), "FAKETIME": FROZEN_TIME, "TZ": "UTC"}
 
 
@@ -292,7 +295,7 @@ def _data_disk(staging: Path, out: Path, size: int) -> None:
     _run(["mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "edgelm-data", "-U", FS_UUID,
           "-E", f"hash_seed={FS_UUID},root_owner=0:0,lazy_itable_init=1,lazy_journal_init=1",
           "-d", str(staging), str(out), str(size // 4096)], "making the data disk (mke2fs)", env=env,
-         timeout=MKFS_TIMEOUT_S, hint="install e2fsprogs (`make setup`)")
+         timeout=MKFS_TIMEOUT_S, hint=doctor.hint("mke2fs"))
     # mke2fs -d copies each file's atime and ctime (which no one can set): zero them.
     names = ["/" + p.relative_to(staging).as_posix() for p in paths]
     script = "".join(f"sif {name} {field} 0\n" for name in ["/", *names] for field in ("atime", "ctime"))

@@ -13,20 +13,21 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from toolchain.errors import InputError, UsageError
-from toolchain.model import presets
 from toolchain.model.config import PRESET_SEEDS, PRESETS, Lfm2Config, from_hf_dict
-from toolchain.model.lfm2 import Lfm2Model
-from toolchain.paths import REPO
+
+if TYPE_CHECKING:  # torch is imported where weights are touched: naming or inspecting a model needs none
+    import torch
+
+    from toolchain.model.lfm2 import Lfm2Model
+from toolchain.paths import MODELS_DIR
 
 log = logging.getLogger(__name__)
 
 # Checkpoint folders that ship with the project, by name (`make demo-model` trains them).
-SHIPPED = {"fortune": REPO / "models" / "fortune", "fortune-draft": REPO / "models" / "fortune-draft"}
+SHIPPED = {"fortune": MODELS_DIR / "fortune", "fortune-draft": MODELS_DIR / "fortune-draft"}
 
 
 def folder_of(name: str) -> Path:
@@ -133,6 +134,9 @@ def inspect_folder(folder: Path) -> ModelSource:
 
 def load(name: str, max_seq_len: int, all_logits: bool = False) -> tuple[Lfm2Model, ModelSource]:
     """Load a preset or a checkpoint folder into an eval-mode fp32 :class:`Lfm2Model`."""
+    from toolchain.model import presets
+    from toolchain.model.lfm2 import Lfm2Model
+
     if max_seq_len < 2:
         raise UsageError(f"--max-seq-len {max_seq_len} must be at least 2")
     if is_preset(name):
@@ -163,6 +167,8 @@ def _check_seq_len(cfg: Lfm2Config, max_seq_len: int) -> None:
 
 def load_state(model: Lfm2Model, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Copy checkpoint tensors into ``model``, checking every name and shape first."""
+    import torch
+
     tensors = dict(tensors)
     if model.is_tied:
         tensors.pop("lm_head.weight", None)  # some exporters store the tied copy too
@@ -197,6 +203,8 @@ def load_state(model: Lfm2Model, tensors: dict[str, torch.Tensor], source: str) 
 def hf_state(model: Lfm2Model) -> dict[str, torch.Tensor]:
     """``model``'s weights in the Hugging Face layout (the inverse of :func:`load_state`): each conv
     block's B, C and x projections joined back into ``in_proj``, the tied head left out."""
+    import torch
+
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     if model.is_tied:
         state.pop("lm_head.weight", None)

@@ -38,15 +38,45 @@ def native_stderr_to_log(what: str) -> Iterator[None]:
                 log.info("executorch runtime (%s): %s", what, line)
 
 
+def _runtime():
+    """``executorch.runtime.Runtime``, imported without ``executorch.exir``: the pybindings import exir's
+    ``_warnings`` module only for a warning class, and the package around it costs ~10 s of imports (the whole
+    export stack). Where exir is not imported yet, its package stands in empty while the runtime is imported
+    and is taken away afterwards, so a later ``import executorch.exir`` is the real one."""
+    import importlib.util
+    import types
+
+    if "executorch.runtime" not in sys.modules and "executorch.exir" not in sys.modules:
+        import executorch
+
+        spec = importlib.util.find_spec("executorch.exir")
+        if spec is not None and spec.submodule_search_locations:
+            stand_in = types.ModuleType("executorch.exir")
+            stand_in.__path__ = list(spec.submodule_search_locations)
+            stand_in.__spec__ = spec
+            sys.modules["executorch.exir"] = stand_in
+            try:
+                import executorch.kernels.quantized  # noqa: F401  (registers quantized_decomposed kernels)
+                from executorch.runtime import Runtime
+            finally:
+                for name in [n for n in sys.modules if n == "executorch.exir" or n.startswith("executorch.exir.")]:
+                    if name == "executorch.exir._warnings" or sys.modules[name] is stand_in:
+                        del sys.modules[name]
+                if getattr(executorch, "exir", None) is stand_in:
+                    del executorch.exir
+            return Runtime.get()
+    import executorch.kernels.quantized  # noqa: F401,F811
+    from executorch.runtime import Runtime
+
+    return Runtime.get()
+
+
 class ProgramRunner:
     """One loaded method with its state: ``step(tokens, pos)`` returns the next-token logits [V];
     ``rows(tokens, pos)`` the logits after each of the tokens [T, V] (a draft's verification)."""
 
     def __init__(self, pte: Path | bytes):
-        import executorch.kernels.quantized  # noqa: F401  (registers quantized_decomposed kernels)
-        from executorch.runtime import Runtime
-
-        runtime = Runtime.get()
+        runtime = _runtime()
         try:
             with native_stderr_to_log("load"):
                 # The runtime reads a program given as bytes in place: they, and the program the

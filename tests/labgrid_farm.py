@@ -45,6 +45,8 @@ class Gate:
     def __init__(self, to_port: int):
         self.to_port = to_port
         self.open = True
+        self.stalled = False  # accept, then say nothing (a board whose sshd hangs): the client waits
+        self._held: list[socket.socket] = []
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self._conns: list[socket.socket] = []
@@ -58,6 +60,9 @@ class Gate:
                 return
             if not self.open:
                 conn.close()
+                continue
+            if self.stalled:
+                self._held.append(conn)
                 continue
             try:
                 up = socket.create_connection(("127.0.0.1", self.to_port))

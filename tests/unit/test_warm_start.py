@@ -57,8 +57,11 @@ def test_a_loading_reference_says_once_that_it_is_waited_for(monkeypatch):
             return "logits"
 
     monkeypatch.setattr(reference, "ProgramRunner", Slow)
+    loading = threading.Event()  # the runtime's imports still under way when the reference is first used
+    monkeypatch.setattr(reference, "_runtime", lambda: loading.wait(30))
     told = []
     ref = api.LoadingReference("model.pte", lambda step, detail: told.append((step, detail)))
+    threading.Timer(0.3, loading.set).start()
     assert ref.step([1], 0) == "logits" and ref.max_seq_len == 64
     assert told == [("reference", "waiting for the host reference to finish loading")]
     ref.step([1], 0)

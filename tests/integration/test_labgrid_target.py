@@ -105,7 +105,6 @@ def test_ctrl_c_releases_the_place(farm, place, host_bundle, hil_workdir):
     run on this host board is over in about a second, sooner than the test sees the place taken)."""
     board, cfg = place
     board.gate.stalled = True
-    request_cleanup = board.gate
     proc = subprocess.Popen([sys.executable, "-m", "toolchain.cli",
                              *run_args(farm, "edgelm-host", cfg, board.board_end, hil_workdir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -117,7 +116,7 @@ def test_ctrl_c_releases_the_place(farm, place, host_bundle, hil_workdir):
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)
     finally:
-        request_cleanup.stalled = False
+        board.gate.stalled = False
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130 and "Traceback" not in err, err

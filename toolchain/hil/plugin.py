@@ -33,6 +33,7 @@ Lower-level fixtures for edgelm's own tests: ``hil_board`` (the selected BOARD:T
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -104,10 +105,7 @@ def say(config: pytest.Config, line: str) -> None:
     if reporter is None:
         return
     capture = config.pluginmanager.get_plugin("capturemanager")
-    if capture is None:
-        reporter.write_line(line)
-        return
-    with capture.global_and_fixture_disabled():
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
         reporter.ensure_newline()
         reporter.write_line(line)
 
